@@ -1,0 +1,42 @@
+# The two commands of the README:   make demo   |   make test
+# Both create .venv/ (if missing) and install ftexp into it. On these machines torch is held to
+# the CPU build on local disk (constraints/cpu.txt); with a GPU, run `make demo CONSTRAINTS=` or
+# install yourself with `pip install -e '.[test]'` to get your own torch build.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+BIN         := $(VENV)/bin
+CONSTRAINTS ?= constraints/cpu.txt
+PYTEST_ARGS ?=
+
+# Real datasets: FTEXP_DATA_DIR if set, else ../shared/data when it exists.
+ifeq ($(origin FTEXP_DATA_DIR), undefined)
+  ifneq ($(wildcard ../shared/data),)
+    export FTEXP_DATA_DIR := $(abspath ../shared/data)
+  endif
+endif
+
+.PHONY: demo test test-fast bench install clean
+
+$(BIN)/.installed: pyproject.toml $(wildcard $(CONSTRAINTS))
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: $(BIN)/.installed          ## the default experiment: tiny model, Banking77, CPU
+	$(BIN)/python -m ftexp
+
+test: $(BIN)/.installed          ## every CPU test, the slow tier included
+	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+test-fast: $(BIN)/.installed     ## the day-to-day tier
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(BIN)/.installed         ## ftexp's training step against a plain PyTorch loop
+	$(BIN)/python bench/train_step.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

@@ -1,0 +1,3 @@
+"""ftexp: declarative, controlled LLM fine-tuning experiments."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,55 @@
+"""``python -m ftexp --help``: the config groups, their options and a line on each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ftexp.config import config_dir
+from ftexp.config.preflight import HIDDEN_GROUPS, group_options, hydra_context
+
+HEADER = """\
+ftexp: controlled LLM fine-tuning experiments.
+
+  python -m ftexp [group=option ...] [key=value ...]      one run
+  python -m ftexp -m key=a,b [other=c,d ...]              a sweep: one folder and one W&B run per job
+  python -m ftexp --cfg job [overrides]                   print the composed config and stop
+  python -m ftexp --hydra-help                            Hydra's own flags
+
+Config groups (default marked *); each key is documented in src/ftexp/config/schema.py:
+"""
+
+
+def describe(group: str, option: str) -> str:
+    """The first comment line of an option file (its one-line description)."""
+    path = config_dir() / group / f"{option}.yaml"
+    if not path.exists():
+        return ""
+    for line in path.read_text().splitlines():
+        text = line.lstrip("# ").strip()
+        if line.startswith("#") and text and not text.startswith("@package"):
+            return text
+        if line.strip() and not line.startswith("#"):
+            break
+    return ""
+
+
+def render_help() -> str:
+    from hydra import compose
+
+    out = [HEADER]
+    with hydra_context():
+        loader = __import__("hydra").core.global_hydra.GlobalHydra.instance().config_loader()
+        choices = compose(config_name="config", return_hydra_config=True).hydra.runtime.choices
+        groups = sorted(g for g in loader.list_groups("") if g not in HIDDEN_GROUPS)
+        for group in groups:
+            out.append(f"  {group}")
+            default = choices.get(group)
+            for option in group_options(group):
+                mark = "*" if default is not None and option in str(default) else " "
+                line = f"    {mark} {option:<18} {describe(group, option)}".rstrip()
+                out.append(line)
+    out.append("\nExamples:\n"
+               "  python -m ftexp                                   the default: tiny model on Banking77, CPU\n"
+               "  python -m ftexp model=smollm2_135m trainer=gpu    a hub model with LoRA on one GPU\n"
+               "  python -m ftexp -m trainer.max_epochs=1,2         two jobs, results in multirun/<date>/<time>/<n>/")
+    return "\n".join(out)

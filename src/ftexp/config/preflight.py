@@ -1,0 +1,282 @@
+"""Fail fast on bad command lines.
+
+Before Hydra starts a run (or a whole sweep), compose the config for every value of every swept
+override and turn the first composition error into one short paragraph that names the override,
+the key or option at fault and the valid choices. Nothing heavy is imported here, so a typo costs
+a second, not a model load.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, ValueType
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ftexp.config import config_dir
+from ftexp.errors import FtexpError
+
+HIDDEN_GROUPS = ("hydra", "schema")
+
+
+class ConfigError(FtexpError):
+    """A user-facing configuration error; its message is one paragraph, ready to print."""
+
+
+@contextmanager
+def hydra_context(config_name: str = "config") -> Iterator[None]:
+    """Initialise Hydra's compose API on ftexp's config tree (and restore the previous state)."""
+    from ftexp.config.schema import register_configs
+
+    register_configs()
+    previous = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="ftexp"):
+            yield
+    finally:
+        GlobalHydra.instance().clear()
+        if previous is not None:
+            GlobalHydra.instance().initialize(previous)
+
+
+def group_options(group: str) -> List[str]:
+    """The options of a config group, as Hydra sees them (config dir, search path, ConfigStore)."""
+    loader = GlobalHydra.instance().config_loader()
+    return sorted(loader.get_group_options(group))
+
+
+def expand_sweeps(overrides: Sequence[str]) -> List[List[str]]:
+    """Command lines that together try every value of every swept override once.
+
+    The first line takes each sweep's first value; each further line changes one override to one
+    of its other values. Interval sweeps (for optimising sweepers) cannot be listed and are left
+    out; the sweeper checks those values itself.
+    """
+    parsed: List[Override] = OverridesParser.create().parse_overrides(list(overrides))
+    base: List[Optional[str]] = []
+    alternatives: List[tuple[int, str]] = []
+    for i, ov in enumerate(parsed):
+        if not ov.is_sweep_override():
+            base.append(ov.input_line)
+            continue
+        if ov.value_type == ValueType.INTERVAL_SWEEP:
+            base.append(None)
+            continue
+        key = ov.get_key_element()
+        values = [f"{key}={v}" for v in ov.sweep_string_iterator()]
+        base.append(values[0] if values else None)
+        alternatives.extend((i, v) for v in values[1:])
+    lines = [[x for x in base if x is not None]]
+    for i, line in alternatives:
+        variant = list(base)
+        variant[i] = line
+        lines.append([x for x in variant if x is not None])
+    return lines
+
+
+def check_overrides(overrides: Sequence[str], config_name: str = "config", multirun: bool = False) -> None:
+    """Compose the config for ``overrides`` (every sweep value if ``multirun``); raise
+    :class:`ConfigError` with a readable message on the first failure."""
+    with hydra_context(config_name):
+        try:
+            lines = expand_sweeps(overrides) if multirun else [list(overrides)]
+        except HydraException as exc:
+            raise ConfigError(f"cannot parse the command line: {_one_paragraph(str(exc))}") from None
+        for line in lines:
+            try:
+                compose(config_name=config_name, overrides=line)
+            except Exception as exc:  # noqa: BLE001 - every composition error is reported the same way
+                raise ConfigError(explain(exc, line, config_name)) from None
+
+
+def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
+    """Compose (without running) the config for ``overrides``: for tests and tools."""
+    with hydra_context(config_name):
+        try:
+            return compose(config_name=config_name, overrides=list(overrides))
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(explain(exc, list(overrides), config_name)) from None
+
+
+# ----------------------------------------------------------------------------- error messages
+
+
+def explain(exc: BaseException, overrides: Sequence[str], config_name: str = "config") -> str:
+    """One paragraph describing a composition error in the user's terms."""
+    if isinstance(exc, MissingConfigException) or "Could not find" in str(exc) or "Could not load" in str(exc):
+        return _explain_missing_option(exc, overrides)
+    cause = _omegaconf_cause(exc)
+    if cause is not None:
+        full_key = getattr(cause, "full_key", None) or ""
+        where = _where(str(exc), overrides, full_key)
+        if "not in" in str(cause) or type(cause).__name__ == "ConfigKeyError":
+            return _explain_unknown_key(full_key, where, overrides, config_name)
+        if type(cause).__name__ == "ValidationError":
+            return _explain_bad_value(cause, full_key, where, overrides, config_name)
+        return f"{where}: {full_key or 'config'}: {_first_line(getattr(cause, 'msg', str(cause)))}"
+    return _one_paragraph(str(exc))
+
+
+def _explain_missing_option(exc: BaseException, overrides: Sequence[str]) -> str:
+    text = str(exc)
+    m = re.search(r"Could not (?:find|load) '([^']+)'", text)
+    target = m.group(1) if m else ""
+    group, _, option = target.rpartition("/")
+    where = next((o for o in overrides if o.split("=", 1)[0].lstrip("+~") in (group, f"/{group}")), None)
+    context = f"override '{where}'" if where else _in_file(text) or "the defaults list"
+    options = [o for o in (getattr(exc, "options", None) or _safe_options(group))]
+    msg = f"{context}: '{option}' is not an option of the config group '{group}'."
+    close = difflib.get_close_matches(option, options, n=1)
+    if close:
+        msg += f" Did you mean '{close[0]}'?"
+    if options:
+        msg += f" Options of '{group}': {', '.join(options)}."
+    return msg
+
+
+def _explain_unknown_key(full_key: str, where: str, overrides: Sequence[str], config_name: str) -> str:
+    parent, _, leaf = full_key.rpartition(".")
+    valid = _keys_at(full_key, overrides, config_name)
+    label = f"'{leaf}' is not a key of {parent or 'the top-level config'}"
+    schema = _schema_name(full_key, overrides, config_name)
+    if schema:
+        label += f" (schema {schema})"
+    msg = f"{where}: {label}."
+    public = [k for k in valid if not k.startswith("_")]
+    close = difflib.get_close_matches(leaf, public, n=1)
+    if close:
+        msg += f" Did you mean '{close[0]}'?"
+    if public:
+        msg += f" Valid keys: {', '.join(public)}."
+    elif valid:
+        msg += " It takes no keys."
+    return msg
+
+
+def _explain_bad_value(cause: BaseException, full_key: str, where: str, overrides, config_name) -> str:
+    expected = _expected_type(full_key, overrides, config_name)
+    raw = _first_line(getattr(cause, "msg", str(cause)))
+    m = re.match(r"Value '(.*)' of type '.*' could not be converted to (\w+)", raw)
+    if m:
+        got, expected = m.group(1), expected or m.group(2).lower()
+        return f"{where}: {full_key} must be {_article(expected)}, got '{got}'."
+    return f"{where}: {full_key}: {raw}"
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _omegaconf_cause(exc: BaseException) -> Optional[BaseException]:
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OmegaConfBaseException):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _where(text: str, overrides: Sequence[str], full_key: str) -> str:
+    """Name the override or the file (and line) the error came from."""
+    for line in overrides:
+        key = line.split("=", 1)[0].lstrip("+~")
+        if full_key and (key == full_key or full_key.startswith(key + ".")):
+            return f"override '{line}'"
+    in_file = _in_file(text)
+    if in_file:
+        return _with_line(in_file, full_key)
+    return "config"
+
+
+def _in_file(text: str) -> Optional[str]:
+    m = re.search(r"In '([^']+)'", text) or re.search(r"Error merging '([^']+)'", text)
+    if not m:
+        return None
+    name = m.group(1)
+    path = config_dir() / f"{name}.yaml"
+    return f"{path}" if path.exists() else f"config '{name}'"
+
+
+def _with_line(path_text: str, full_key: str) -> str:
+    leaf = full_key.rpartition(".")[2]
+    path = Path(path_text)
+    if leaf and path.exists():
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.match(rf"\s*{re.escape(leaf)}\s*:", line):
+                return f"{path}, line {n}"
+    return path_text
+
+
+def _good_config(overrides: Sequence[str], config_name: str, drop_key: str) -> Optional[DictConfig]:
+    """The config composed without the overrides that touch ``drop_key`` (None if that fails too)."""
+    def touches(line: str) -> bool:
+        key = line.split("=", 1)[0].lstrip("+~")
+        return key == drop_key or drop_key.startswith(key + ".") or key.startswith(drop_key + ".")
+
+    kept = [o for o in overrides if not touches(o)]
+    try:
+        return compose(config_name=config_name, overrides=kept)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _keys_at(full_key: str, overrides, config_name) -> List[str]:
+    parent = full_key.rpartition(".")[0]
+    cfg = _good_config(overrides, config_name, full_key)
+    node = cfg if not parent or cfg is None else OmegaConf.select(cfg, parent)
+    return list(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def _schema_name(full_key: str, overrides, config_name) -> Optional[str]:
+    parent = full_key.rpartition(".")[0]
+    cfg = _good_config(overrides, config_name, full_key)
+    node = cfg if not parent or cfg is None else OmegaConf.select(cfg, parent)
+    if isinstance(node, DictConfig):
+        t = OmegaConf.get_type(node)
+        if t is not None and t is not dict:
+            return t.__name__
+    return None
+
+
+def _expected_type(full_key: str, overrides, config_name) -> Optional[str]:
+    cfg = _good_config(overrides, config_name, full_key)
+    if cfg is None:
+        return None
+    parent, _, leaf = full_key.rpartition(".")
+    node = cfg if not parent else OmegaConf.select(cfg, parent)
+    try:
+        child = node._get_node(leaf)
+    except Exception:  # noqa: BLE001
+        return None
+    names = {"IntegerNode": "int", "FloatNode": "float", "BooleanNode": "bool", "StringNode": "str"}
+    return names.get(type(child).__name__)
+
+
+def _safe_options(group: str) -> List[str]:
+    try:
+        return group_options(group)
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def _article(type_name: str) -> str:
+    return f"an {type_name}" if type_name[:1] in "aeiou" else f"a {type_name}"
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def _one_paragraph(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith(("Config search path", "provider=", "Set the environment"))]
+    return " ".join(lines)

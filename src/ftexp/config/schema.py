@@ -1,0 +1,286 @@
+"""Typed schemas for every config group.
+
+Each option file in ``conf/<group>/`` starts from one of these dataclasses through its defaults
+list (``- /schema/<group>/<name>@_here_``), so a misspelt key or a value of the wrong type fails
+when Hydra composes the config, before anything heavy is imported. Field documentation lives here,
+once. This module must stay import-light: no torch, no transformers.
+
+``_target_`` names the ftexp class that an option builds; :func:`ftexp.utils.build` constructs it
+as ``cls(cfg, ...)`` with the typed config object, so a new option is a dataclass, a class and a
+YAML file, never a new branch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import II, MISSING
+
+# --------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class ModelConfig:
+    """A causal language model and the training settings that suit its size."""
+
+    _target_: str = MISSING
+    name: str = MISSING  # short name, recorded in results
+    dtype: str = "float32"  # weights dtype: float32 | bfloat16 | float16
+    lr: float = 2e-4  # learning rate that suits this size (optim.lr defaults to it)
+    batch_size: int = 8  # per-device micro-batch size that suits this size
+    max_length: int = 256  # longest tokenised example (prompt + completion) kept
+    lora_target_modules: List[str] = field(default_factory=lambda: ["all-linear"])  # for peft=lora
+    # Also train on prompt tokens (validation loss stays on completions). Off for pretrained models;
+    # on for a model trained from scratch, which must learn the language of the prompts too.
+    train_on_prompt: bool = False
+
+
+@dataclass
+class HubModelConfig(ModelConfig):
+    """A pretrained model from the Hugging Face hub or a local folder of HF weights."""
+
+    _target_: str = "ftexp.models.hub.HubModel"
+    hub_id: str = MISSING  # e.g. mistralai/Mistral-7B-v0.3
+    path: Optional[str] = None  # local folder with config.json + weights; used instead of hub_id
+    revision: Optional[str] = None  # hub revision (branch, tag or commit) to pin
+    trust_remote_code: bool = False  # run modelling code shipped with the weights (off by default)
+    attn_implementation: Optional[str] = "sdpa"  # sdpa | eager | flash_attention_2
+
+
+@dataclass
+class TinyModelConfig(ModelConfig):
+    """A small Mistral-architecture model with random weights and a BPE tokenizer trained offline
+    on the run's training texts: the network-free default."""
+
+    _target_: str = "ftexp.models.tiny.TinyModel"
+    vocab_size: int = 2048  # BPE vocabulary trained on the training texts
+    hidden_size: int = 160
+    intermediate_size: int = 480
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    init_seed: Optional[int] = None  # weight-init seed; None = the run's seed
+
+
+# ---------------------------------------------------------------------------------------- peft
+
+
+@dataclass
+class PeftConfig:
+    """How the model's weights are adapted."""
+
+    _target_: str = MISSING
+
+
+@dataclass
+class FullFinetuneConfig(PeftConfig):
+    """Train every weight."""
+
+    _target_: str = "ftexp.models.adapters.FullFinetune"
+
+
+@dataclass
+class LoraConfig(PeftConfig):
+    """LoRA adapters via peft; the base weights stay frozen."""
+
+    _target_: str = "ftexp.models.adapters.Lora"
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Optional[List[str]] = None  # None = the model config's lora_target_modules
+    bias: str = "none"
+
+
+# ---------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class DataConfig:
+    """A task: where its examples come from and how they become prompt -> completion pairs."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+    path: Optional[str] = None  # folder with the files; None = <data_dir>/<subdir>
+    subdir: Optional[str] = None  # folder name under the data directory
+    hub_id: Optional[str] = None  # Hugging Face dataset id, used when the local files are absent
+    train_file: str = "train.jsonl"
+    test_file: str = "test.jsonl"
+    val_fraction: float = 0.1  # validation split carved from train (seeded)
+    n_train: Optional[int] = None  # training examples kept after the validation split (None = all)
+    prompt_template: str = "{text}"  # Python format string over the example's fields
+    completion_prefix: str = " "  # put between prompt and completion
+    eval_only: bool = False  # refuse to train on it (e.g. benchmarks with a canary)
+
+
+@dataclass
+class ClassificationDataConfig(DataConfig):
+    """Text classification rendered for a causal LM: prompt -> label text."""
+
+    _target_: str = "ftexp.data.classification.ClassificationTask"
+    text_field: str = "text"
+    label_field: str = "label"
+    hub_text_field: Optional[str] = None  # field names in the hub copy when they differ
+    hub_label_field: Optional[str] = None
+    max_test: Optional[int] = None  # evaluate on the first N test examples (None = all)
+
+
+# ---------------------------------------------------------------------------------- mitigation
+
+
+@dataclass
+class MitigationConfig:
+    """A forgetting mitigation: hooks around each stage and on the training loss."""
+
+    _target_: str = MISSING
+
+
+@dataclass
+class NoMitigationConfig(MitigationConfig):
+    _target_: str = "ftexp.mitigation.base.NoMitigation"
+
+
+# ----------------------------------------------------------------------------------- evaluator
+
+
+@dataclass
+class EvaluatorConfig:
+    """An evaluator scores the model on the run's tasks after row 0 and after every stage."""
+
+    _target_: str = MISSING
+    batch_size: int = 64
+
+
+@dataclass
+class ClassificationEvalConfig(EvaluatorConfig):
+    """Accuracy and macro-F1 on the test split; the prediction is the label whose text has the
+    highest log-likelihood given the prompt (so it is always one of the labels)."""
+
+    _target_: str = "ftexp.eval.classification.ClassificationEvaluator"
+    split: str = "test"  # test | val
+    label_chunk: int = 32  # labels scored per forward pass (bounds memory for big models)
+
+
+# ------------------------------------------------------------------------------------- trainer
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings (device, strategy, precision, length of a stage)."""
+
+    accelerator: str = "cpu"  # cpu | gpu | auto
+    devices: Any = 1  # int, list of ids, or "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | fsdp | ...
+    precision: str = "32-true"  # 32-true | bf16-mixed | bf16-true | 16-mixed
+    max_epochs: int = 3  # per stage, unless the stage says otherwise
+    max_steps: int = -1  # per stage; -1 = no limit
+    gradient_clip_val: float = 1.0
+    accumulate_grad_batches: int = 1
+    log_every_n_steps: int = 20
+    val_check_interval: Optional[float] = None  # None = once per epoch
+    num_workers: int = 0  # data-loader workers
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+
+
+# -------------------------------------------------------------------------------------- logger
+
+
+@dataclass
+class LoggerConfig:
+    """Where training curves and results go besides results.json."""
+
+    _target_: str = MISSING
+
+
+@dataclass
+class NoLoggerConfig(LoggerConfig):
+    _target_: str = "ftexp.tracking.loggers.NoLogger"
+
+
+@dataclass
+class CSVLoggerConfig(LoggerConfig):
+    _target_: str = "ftexp.tracking.loggers.CSVLogger"
+
+
+@dataclass
+class WandbLoggerConfig(LoggerConfig):
+    _target_: str = "ftexp.tracking.loggers.WandbLogger"
+    project: str = "ftexp"
+    entity: Optional[str] = None
+    mode: str = "offline"  # offline | online | disabled (WANDB_MODE wins when set)
+    group: Optional[str] = None  # runs of one sweep share a group
+    job_type: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    name: Optional[str] = None  # None = the output folder's name
+
+
+# ----------------------------------------------------------------------------------- top level
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up and cosine decay."""
+
+    lr: float = II("model.lr")
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_ratio: float = 0.05  # fraction of a stage's steps spent warming up
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    batch_size: int = II("model.batch_size")
+
+
+@dataclass
+class StageConfig:
+    """One round of fine-tuning. Fields left as None fall back to the run's settings."""
+
+    name: str = "finetune"
+    data: Optional[str] = None  # a task name; None = the run's data
+    max_epochs: Optional[int] = None
+    max_steps: Optional[int] = None
+    lr: Optional[float] = None
+
+
+@dataclass
+class Config:
+    """The whole run. Groups are filled from conf/<group>/<option>.yaml."""
+
+    model: Any = MISSING
+    peft: Any = MISSING
+    data: Any = MISSING
+    mitigation: Any = MISSING
+    evaluator: Dict[str, Any] = field(default_factory=dict)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: Any = MISSING
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    stages: List[StageConfig] = field(default_factory=lambda: [StageConfig()])
+    seed: int = 0
+    data_dir: str = "data"  # where local datasets live (FTEXP_DATA_DIR overrides)
+    cache_dir: str = ".cache/ftexp"  # tokenizers and other content-addressed artefacts
+    output_dir: str = II("hydra:runtime.output_dir")
+    save_model: bool = True  # write the adapter (LoRA) or the weights (full) at the end
+    objective: Optional[str] = "val/loss"  # metric returned to sweepers (tune on val, never on test)
+    experiment: Optional[str] = None  # name of the experiment file, if any
+    tags: List[str] = field(default_factory=list)
+
+
+SCHEMAS: Dict[str, Dict[str, type]] = {
+    "model": {"hub": HubModelConfig, "tiny": TinyModelConfig},
+    "peft": {"full": FullFinetuneConfig, "lora": LoraConfig},
+    "data": {"classification": ClassificationDataConfig},
+    "mitigation": {"none": NoMitigationConfig},
+    "evaluator": {"classification": ClassificationEvalConfig},
+    "trainer": {"trainer": TrainerConfig},
+    "logger": {"none": NoLoggerConfig, "csv": CSVLoggerConfig, "wandb": WandbLoggerConfig},
+}
+
+
+def register_configs() -> None:
+    """Put every schema in Hydra's ConfigStore as ``schema/<group>/<name>`` (+ ``base_config``)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    for group, options in SCHEMAS.items():
+        for name, node in options.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)

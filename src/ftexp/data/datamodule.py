@@ -1,0 +1,92 @@
+"""Tokenised splits -> padded batches for Lightning."""
+
+from __future__ import annotations
+
+import random
+from typing import Dict, Iterator, List, Optional
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+Encoded = Dict[str, List[int]]
+
+
+def pad_batch(rows: List[Encoded], pad_id: int) -> Dict[str, torch.Tensor]:
+    """Right-pad to the longest row of the batch; pads get label -100 and attention 0."""
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.tensor(r["input_ids"])
+        labels[i, :n] = torch.tensor(r["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+class LengthGroupedBatches(Sampler[List[int]]):
+    """Shuffled batches of similar-length examples, so little of each batch is padding.
+
+    Each epoch: shuffle, cut into windows of ``window`` batches, sort each window by length, cut it
+    into batches, shuffle the batches. Seeded, and different every epoch.
+    """
+
+    def __init__(self, lengths: List[int], batch_size: int, seed: int, window: int = 64) -> None:
+        self.lengths, self.batch_size, self.seed, self.window = lengths, batch_size, seed, window
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[List[int]]:
+        rng = random.Random(self.seed * 100_003 + self.epoch)
+        self.epoch += 1
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        span = self.batch_size * self.window
+        batches: List[List[int]] = []
+        for start in range(0, len(order), span):
+            window = sorted(order[start:start + span], key=self.lengths.__getitem__)
+            batches.extend(window[i:i + self.batch_size] for i in range(0, len(window), self.batch_size))
+        rng.shuffle(batches)
+        return iter(batches)
+
+
+class FineTuneDataModule(pl.LightningDataModule):
+    """Shuffled (seeded) training batches of similar lengths; ordered validation batches."""
+
+    def __init__(
+        self,
+        train: List[Encoded],
+        val: List[Encoded],
+        pad_id: int,
+        batch_size: int,
+        seed: int,
+        num_workers: int = 0,
+        val_batch_size: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        self.train, self.val = train, val
+        self.pad_id, self.batch_size, self.seed = pad_id, batch_size, seed
+        self.num_workers = num_workers
+        self.val_batch_size = val_batch_size or batch_size * 2
+
+    def _collate(self, rows: List[Encoded]) -> Dict[str, torch.Tensor]:
+        return pad_batch(rows, self.pad_id)
+
+    def train_dataloader(self) -> DataLoader:
+        lengths = [len(r["input_ids"]) for r in self.train]
+        return DataLoader(
+            self.train,
+            batch_sampler=LengthGroupedBatches(lengths, self.batch_size, self.seed),
+            collate_fn=self._collate,
+            num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.val, batch_size=self.val_batch_size, shuffle=False, collate_fn=self._collate,
+            num_workers=self.num_workers,
+        )

@@ -1,0 +1,114 @@
+"""Accuracy and macro-F1, predicting the label with the highest log-likelihood given the prompt.
+
+All candidate labels are scored in one forward pass per prompt batch, without re-encoding the
+prompt per label: the sequence is ``prompt + label_1 + label_2 + ...`` and a 4D attention mask lets
+each label's tokens see the prompt and their own earlier tokens only (tree attention); position ids
+restart after the prompt for every label. ``label_chunk`` labels go into one pass, which bounds the
+memory of the logits for large vocabularies. The prediction is therefore always one of the labels.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Sequence
+
+import torch
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
+from ftexp.data.base import encode_completion, encode_prompt
+from ftexp.eval.base import EvalContext, Evaluator, model_device
+
+
+def _tree_inputs(prompts: Sequence[List[int]], labels: Sequence[List[int]], pad_id: int, device):
+    """Token ids, position ids and a boolean (B, 1, T, T) mask for prompts followed by labels."""
+    B, P = len(prompts), max(len(p) for p in prompts)
+    block = [t for label in labels for t in label[:-1]]  # a label's last token is only predicted
+    S, T = len(block), P + len(block)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    valid = torch.zeros((B, P), dtype=torch.bool)
+    for b, p in enumerate(prompts):
+        ids[b, P - len(p):P] = torch.tensor(p)
+        valid[b, P - len(p):] = True
+    ids[:, P:] = torch.tensor(block, dtype=torch.long)
+    lengths = valid.sum(-1, keepdim=True)
+    label_pos, owner = [], []
+    for j, label in enumerate(labels):
+        label_pos.extend(range(len(label) - 1))
+        owner.extend([j] * (len(label) - 1))
+    positions = torch.cat([(valid.cumsum(-1) - 1).clamp(min=0), lengths + torch.tensor(label_pos, dtype=torch.long)], 1)
+
+    mask = torch.zeros((B, T, T), dtype=torch.bool)
+    mask[:, :P, :P] = torch.tril(torch.ones(P, P, dtype=torch.bool)) & valid[:, None, :]
+    mask[:, P:, :P] = valid[:, None, :]
+    if S:
+        own = torch.tensor(owner)
+        mask[:, P:, P:] = (own[:, None] == own[None, :]) & torch.tril(torch.ones(S, S, dtype=torch.bool))
+    mask |= torch.eye(T, dtype=torch.bool)  # padding rows see themselves, never an empty row
+    return ids.to(device), positions.to(device), mask[:, None].to(device)
+
+
+@torch.no_grad()
+def label_logprobs(
+    model: torch.nn.Module,
+    prompts: Sequence[List[int]],
+    labels: Sequence[List[int]],
+    pad_id: int,
+    label_chunk: int = 32,
+) -> torch.Tensor:
+    """log p(label | prompt) summed over each label's tokens: a (len(prompts), len(labels)) tensor."""
+    device = model_device(model)
+    impl = getattr(model.config, "_attn_implementation", "sdpa")
+    scores = torch.empty(len(prompts), len(labels))
+    for start in range(0, len(labels), label_chunk):
+        chunk = labels[start:start + label_chunk]
+        ids, positions, mask = _tree_inputs(prompts, chunk, pad_id, device)
+        S = ids.shape[1] - max(len(p) for p in prompts)
+        if impl == "eager":  # eager attention adds the mask to the scores
+            mask = torch.zeros(mask.shape, device=device).masked_fill(~mask, torch.finfo(torch.float32).min)
+        elif impl != "sdpa":
+            raise ValueError(f"label scoring needs attn_implementation sdpa or eager, not {impl}")
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=S + 1).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (B, S + 1, V); index 0 = after the prompt
+        offset = 0
+        for j, label in enumerate(chunk):
+            # t_0 is predicted after the prompt (index 0), t_k after block position offset + k - 1.
+            steps = torch.arange(offset, offset + len(label), device=device)
+            steps[0] = 0
+            target = torch.tensor(label, device=device)
+            scores[:, start + j] = logp[:, steps, target].sum(-1).cpu()
+            offset += len(label) - 1
+    return scores
+
+
+class ClassificationEvaluator(Evaluator):
+    """``evaluator=classification``."""
+
+    def applies_to(self, task: Any) -> bool:
+        return hasattr(task, "labels")
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, task: Any, ctx: EvalContext) -> Dict[str, float]:
+        tokenizer = ctx.tokenizer
+        split = self.cfg.split
+        examples = task.splits[split]
+        label_ids = {label: i for i, label in enumerate(task.labels)}
+        label_tokens = [encode_completion(tokenizer, label, task.completion_prefix) for label in task.labels]
+        keep = max(1, ctx.max_length - max(len(t) for t in label_tokens))
+        was_training = model.training
+        model.eval()
+        preds: List[torch.Tensor] = []
+        try:
+            for start in range(0, len(examples), self.cfg.batch_size):
+                batch = examples[start:start + self.cfg.batch_size]
+                prompts = [encode_prompt(tokenizer, ex.prompt)[-keep:] for ex in batch]
+                scores = label_logprobs(model, prompts, label_tokens, tokenizer.pad_token_id, self.cfg.label_chunk)
+                preds.append(scores.argmax(-1).cpu())
+        finally:
+            model.train(was_training)
+        pred = torch.cat(preds)
+        target = torch.tensor([label_ids[ex.label] for ex in examples])
+        n = len(task.labels)
+        return {
+            f"{split}/accuracy": float(multiclass_accuracy(pred, target, n, average="micro")),
+            f"{split}/macro_f1": float(multiclass_f1_score(pred, target, n, average="macro")),
+            f"{split}/n": float(len(examples)),
+        }

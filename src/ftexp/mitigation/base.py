@@ -1,0 +1,50 @@
+"""The mitigation interface and ``mitigation=none``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import torch
+
+
+@dataclass
+class StageContext:
+    """What a mitigation may look at around a stage."""
+
+    index: int  # 1-based stage number (row k of the accuracy matrix)
+    name: str
+    model: torch.nn.Module
+    datamodule: Any  # the stage's LightningDataModule
+    task: Any  # the stage's Task
+    extras: Dict[str, Any] = field(default_factory=dict)
+
+
+class Mitigation:
+    """Hooks around each stage and on the training loss. The default does nothing.
+
+    ``training_loss`` receives the task loss of one batch and returns the loss to optimise,
+    plus a dict of scalars to log (e.g. the penalty and its ratio to the task loss).
+    """
+
+    def __init__(self, cfg: Optional[Any] = None) -> None:
+        self.cfg = cfg
+
+    def before_stage(self, ctx: StageContext) -> None:
+        """Called before a stage trains (e.g. snapshot a teacher, fill a replay buffer)."""
+
+    def training_loss(self, loss: torch.Tensor, batch: Dict[str, torch.Tensor], model: torch.nn.Module):
+        return loss, {}
+
+    def after_stage(self, ctx: StageContext) -> None:
+        """Called after a stage trained (e.g. consolidate an EWC Fisher)."""
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (for resume)."""
+
+
+class NoMitigation(Mitigation):
+    """``mitigation=none``: plain fine-tuning."""

@@ -1,0 +1,49 @@
+"""The interface every model option implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Callable, Dict, Iterable
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ftexp.errors import FtexpError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(FtexpError):
+    """A model or tokenizer that cannot be loaded; the message says how to fix it."""
+
+
+class ModelSource(ABC):
+    """Builds the tokenizer and the causal LM for a model config."""
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+
+    @property
+    def trust_remote_code(self) -> bool:
+        return bool(getattr(self.cfg, "trust_remote_code", False))
+
+    @abstractmethod
+    def load_tokenizer(self, corpus: Callable[[], Iterable[str]], cache_dir: Path) -> PreTrainedTokenizerBase:
+        """``corpus`` yields training texts, for tokenizers that are trained per run."""
+
+    @abstractmethod
+    def load_model(self, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+        ...
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ModelLoadError(f"model.dtype '{name}' is not one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def count_parameters(model: torch.nn.Module) -> Dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable}

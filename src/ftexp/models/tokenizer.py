@@ -1,0 +1,66 @@
+"""A byte-level BPE tokenizer trained offline on the run's training texts, cached by content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+from ftexp.utils.io import publish_dir
+
+# GPT-2's word split, except that "_" counts as a letter: snake_case identifiers such as class
+# labels ("card_arrival") stay one word, so BPE can learn them as single tokens.
+WORDS = Regex(r" ?[\p{L}\p{N}_]+| ?[^\s\p{L}\p{N}_]+|\s+")
+SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+
+
+def _fingerprint(texts: list[str], vocab_size: int) -> str:
+    h = hashlib.sha256()
+    h.update(f"bpe-v2|{tokenizers.__version__}|{vocab_size}|".encode())
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()[:20]
+
+
+def _train(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE(unk_token=SPECIAL["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(WORDS, behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    bos = SPECIAL["bos_token"]
+    # Like Llama/Mistral tokenizers: a BOS token in front when special tokens are added.
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
+
+
+def bpe_tokenizer(texts: Iterable[str], vocab_size: int, cache_dir: Path) -> PreTrainedTokenizerFast:
+    """Train (or load from ``cache_dir``) a byte-level BPE tokenizer on ``texts``.
+
+    The cache key hashes the texts, the vocabulary size and the tokenizers version, so jobs of a
+    sweep that train on the same texts share one tokenizer; concurrent jobs each write to a temp
+    folder and publish it with an atomic rename.
+    """
+    texts = list(texts)
+    folder = Path(cache_dir) / "tokenizers" / _fingerprint(texts, vocab_size)
+    if not (folder / "tokenizer.json").exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+        _train(texts, vocab_size).save_pretrained(tmp)
+        publish_dir(tmp, folder)
+    return PreTrainedTokenizerFast.from_pretrained(str(folder))

@@ -1,0 +1,1 @@
+"""Tracking: results files, W&B and CSV loggers. Never imports training code."""

@@ -1,0 +1,1 @@
+"""Training: the LightningModule and the Trainer built from ``trainer=`` configs."""

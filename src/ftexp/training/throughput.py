@@ -1,0 +1,65 @@
+"""Tokens per second during training: logged every few steps and summed over the stage."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Optional
+
+import pytorch_lightning as pl
+
+
+class Throughput(pl.Callback):
+    """Counts tokens of every training batch (all, and non-pad "effective" ones) on this rank and
+    logs ``train/tokens_per_s`` and ``train/effective_tokens_per_s`` summed over ranks."""
+
+    def __init__(self) -> None:
+        self.total_tokens = 0
+        self.total_effective = 0
+        self.train_time_s = 0.0
+        self._window = [0, 0]
+        self._window_time = 0.0
+        self._window_start: Optional[float] = None
+        self._fit_start: Optional[float] = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
+        if self._window_start is None:
+            self._window_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch: Dict, batch_idx: int) -> None:
+        tokens, effective = batch["input_ids"].numel(), int(batch["attention_mask"].sum())
+        self.total_tokens += tokens
+        self.total_effective += effective
+        self._window[0] += tokens
+        self._window[1] += effective
+        if (batch_idx + 1) % max(1, trainer.log_every_n_steps):
+            return
+        elapsed = self._window_time + time.perf_counter() - self._window_start
+        world = trainer.world_size
+        pl_module.log("train/tokens_per_s", self._window[0] * world / elapsed, on_step=True, on_epoch=False)
+        pl_module.log("train/effective_tokens_per_s", self._window[1] * world / elapsed, on_step=True, on_epoch=False)
+        self._window = [0, 0]
+        self._window_time = 0.0
+        self._window_start = time.perf_counter()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        # Validation time is not training time: bank the window's time so far and pause it.
+        if self._window_start is not None:
+            self._window_time += time.perf_counter() - self._window_start
+            self._window_start = None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.train_time_s = time.perf_counter() - self._fit_start
+
+    def summary(self, world_size: int = 1) -> Dict[str, float]:
+        """Totals over the stage; rates are per second of the whole fit (validation included)."""
+        t = max(self.train_time_s, 1e-9)
+        return {
+            "tokens": float(self.total_tokens * world_size),
+            "effective_tokens": float(self.total_effective * world_size),
+            "train_time_s": self.train_time_s,
+            "tokens_per_s": self.total_tokens * world_size / t,
+            "effective_tokens_per_s": self.total_effective * world_size / t,
+        }

@@ -1,0 +1,36 @@
+"""A Lightning Trainer for one stage, from ``trainer=`` and the stage's own settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional
+
+import pytorch_lightning as pl
+
+
+def build_trainer(cfg: Any, stage: Any, out_dir: Path, logger: Optional[Any], callbacks: List[Any] = (),
+                  validate: bool = True) -> pl.Trainer:
+    max_epochs = stage.max_epochs if stage.max_epochs is not None else cfg.max_epochs
+    max_steps = stage.max_steps if stage.max_steps is not None else cfg.max_steps
+    return pl.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        gradient_clip_val=cfg.gradient_clip_val or None,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
+        log_every_n_steps=cfg.log_every_n_steps,
+        val_check_interval=cfg.val_check_interval,
+        deterministic=cfg.deterministic,
+        enable_progress_bar=cfg.enable_progress_bar,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=logger if logger is not None else False,
+        callbacks=list(callbacks),
+        default_root_dir=str(out_dir),
+        num_sanity_val_steps=0,
+        limit_val_batches=None if validate else 0,
+    )
