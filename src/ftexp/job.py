@@ -40,6 +40,20 @@ def hydra_info() -> Dict[str, Any]:
     }
 
 
+class _DropTips(logging.Filter):
+    """Lightning's advertising tips are noise in a run's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def quiet_libraries() -> None:
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" / "Writing shards" bars
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropTips())
+
+
 def teardown_distributed() -> None:
     """Destroy the process group and forget the rendezvous, so the next job starts clean."""
     try:
@@ -53,6 +67,7 @@ def teardown_distributed() -> None:
 
 
 def run_job(cfg: DictConfig) -> Optional[float]:
+    quiet_libraries()
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     started, t0 = now(), time.perf_counter()

@@ -85,6 +85,7 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord) -> RunR
     model_source = build(cfg.model)
     task: Task = build(cfg.data, data_dir=cfg.data_dir, seed=cfg.seed)
     tasks = {task.name: task}
+    stage_tasks = [stage_task(stage, tasks, task) for stage in cfg.stages]  # refuse bad stages early
     tokenizer = model_source.load_tokenizer(lambda: task.texts("train"), Path(cfg.cache_dir))
     model = model_source.load_model(tokenizer)
     adapter = build(cfg.peft)
@@ -102,22 +103,19 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord) -> RunR
     record.wall_time_s["setup"] = time.perf_counter() - t0
 
     def add_row(stage_name: str, index: int) -> None:
-        t = time.perf_counter()
+        started = time.perf_counter()
         metrics = evaluate_row(model, eval_ctx, tasks, evaluators, device, cfg.trainer.precision)
-        record.wall_time_s[f"eval/{index}"] = time.perf_counter() - t
+        record.wall_time_s[f"eval/{index}"] = time.perf_counter() - started
         record.rows.append({"index": index, "stage": stage_name, "metrics": metrics})
-        flat = {f"eval/{t}/{k}": v for t, m in metrics.items() for k, v in m.items()}
+        flat = {f"eval/{name}/{k}": v for name, m in metrics.items() for k, v in m.items()}
         tracker.log_metrics({**flat, "stage": float(index)}, step=record.step)
         log.info("row %d (%s): %s", index, stage_name, _short(metrics))
 
     add_row("base", 0)
-    for index, stage in enumerate(cfg.stages, start=1):
-        stage_task = tasks[stage.data] if stage.data else task
-        if stage_task.eval_only:
-            raise DataError(f"stage '{stage.name}': data '{stage_task.name}' is for evaluation only; refusing to train on it")
-        t = time.perf_counter()
-        summary = train_stage(cfg, stage, index, model, tokenizer, stage_task, mitigation, run_dir, tracker, record)
-        record.wall_time_s[f"stage/{index}"] = time.perf_counter() - t
+    for index, (stage, stage_data) in enumerate(zip(cfg.stages, stage_tasks), start=1):
+        started = time.perf_counter()
+        summary = train_stage(cfg, stage, index, model, tokenizer, stage_data, mitigation, run_dir, tracker, record)
+        record.wall_time_s[f"stage/{index}"] = time.perf_counter() - started
         record.stages.append(summary)
         add_row(stage.name, index)
 
@@ -125,6 +123,16 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord) -> RunR
         record.info["saved_to"] = str(adapter.save(model, tokenizer, run_dir))
     record.wall_time_s["run"] = time.perf_counter() - t0
     return record
+
+
+def stage_task(stage: Any, tasks: Dict[str, Task], default: Task) -> Task:
+    """The task a stage trains on; evaluation-only data is refused before anything runs."""
+    if stage.data and stage.data not in tasks:
+        raise DataError(f"stage '{stage.name}': data '{stage.data}' is not one of the run's tasks: {', '.join(tasks)}")
+    task = tasks[stage.data] if stage.data else default
+    if task.eval_only:
+        raise DataError(f"stage '{stage.name}': data '{task.name}' is for evaluation only; refusing to train on it")
+    return task
 
 
 def train_stage(cfg, stage, index, model, tokenizer, task, mitigation, run_dir, tracker, record) -> Dict[str, Any]:
@@ -137,6 +145,7 @@ def train_stage(cfg, stage, index, model, tokenizer, task, mitigation, run_dir, 
         batch_size=cfg.optim.batch_size,
         seed=cfg.seed + index,
         num_workers=cfg.trainer.num_workers,
+        group_by_length=cfg.trainer.group_by_length,
     )
     ctx = StageContext(index=index, name=stage.name, model=model, datamodule=datamodule, task=task)
     mitigation.before_stage(ctx)

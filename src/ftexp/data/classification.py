@@ -39,8 +39,11 @@ class ClassificationTask(Task):
                     f"validation split (data.val_fraction={cfg.val_fraction}); choose 1 to {len(train)}"
                 )
             _, train = stratified_split(train, cfg.n_train / len(train), seed, exact=cfg.n_train)
-        if cfg.max_test is not None:
-            test = test[: cfg.max_test]
+        if cfg.n_test is not None and cfg.n_test < 1:
+            raise DataError(f"data.n_test={cfg.n_test}: must be at least 1 (or null for the whole test split)")
+        if cfg.n_test is not None and cfg.n_test < len(test):
+            # A fixed subset (seed 0, not the run's seed): every job of a sweep is scored on the same examples.
+            _, test = stratified_split(test, cfg.n_test / len(test), seed=0, exact=cfg.n_test)
         self.splits = {"train": train, "val": val, "test": test}
 
     # ----------------------------------------------------------------------------- loading

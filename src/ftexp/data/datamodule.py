@@ -30,7 +30,8 @@ class LengthGroupedBatches(Sampler[List[int]]):
     """Shuffled batches of similar-length examples, so little of each batch is padding.
 
     Each epoch: shuffle, cut into windows of ``window`` batches, sort each window by length, cut it
-    into batches, shuffle the batches. Seeded, and different every epoch.
+    into batches, shuffle the batches. Seeded, and different every epoch. ``window=0`` gives plain
+    shuffled batches.
     """
 
     def __init__(self, lengths: List[int], batch_size: int, seed: int, window: int = 64) -> None:
@@ -45,6 +46,8 @@ class LengthGroupedBatches(Sampler[List[int]]):
         self.epoch += 1
         order = list(range(len(self.lengths)))
         rng.shuffle(order)
+        if not self.window:
+            return iter([order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)])
         span = self.batch_size * self.window
         batches: List[List[int]] = []
         for start in range(0, len(order), span):
@@ -66,8 +69,10 @@ class FineTuneDataModule(pl.LightningDataModule):
         seed: int,
         num_workers: int = 0,
         val_batch_size: Optional[int] = None,
+        group_by_length: bool = True,
     ) -> None:
         super().__init__()
+        self.group_by_length = group_by_length
         self.train, self.val = train, val
         self.pad_id, self.batch_size, self.seed = pad_id, batch_size, seed
         self.num_workers = num_workers
@@ -78,9 +83,10 @@ class FineTuneDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         lengths = [len(r["input_ids"]) for r in self.train]
+        window = 64 if self.group_by_length else 0
         return DataLoader(
             self.train,
-            batch_sampler=LengthGroupedBatches(lengths, self.batch_size, self.seed),
+            batch_sampler=LengthGroupedBatches(lengths, self.batch_size, self.seed, window=window),
             collate_fn=self._collate,
             num_workers=self.num_workers,
         )

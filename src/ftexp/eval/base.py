@@ -26,7 +26,6 @@ class Evaluator:
         """Whether this evaluator can score ``task`` (e.g. classification needs labels)."""
         return True
 
-    @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, task: Any, ctx: EvalContext) -> Dict[str, float]:
         raise NotImplementedError
 

@@ -3,8 +3,9 @@
 All candidate labels are scored in one forward pass per prompt batch, without re-encoding the
 prompt per label: the sequence is ``prompt + label_1 + label_2 + ...`` and a 4D attention mask lets
 each label's tokens see the prompt and their own earlier tokens only (tree attention); position ids
-restart after the prompt for every label. ``label_chunk`` labels go into one pass, which bounds the
-memory of the logits for large vocabularies. The prediction is therefore always one of the labels.
+restart after the prompt for every label. Labels are split into chunks so that the logits of one
+pass stay under ``max_logits`` elements, which bounds memory for large vocabularies. The prediction
+is therefore always one of the labels.
 """
 
 from __future__ import annotations
@@ -46,20 +47,39 @@ def _tree_inputs(prompts: Sequence[List[int]], labels: Sequence[List[int]], pad_
     return ids.to(device), positions.to(device), mask[:, None].to(device)
 
 
-@torch.no_grad()
+def label_chunks(labels: Sequence[List[int]], batch: int, vocab: int, max_logits: int, limit: int = 0):
+    """Consecutive (start, end) label ranges whose logits (batch x tokens x vocab) fit ``max_logits``;
+    at most ``limit`` labels per range when ``limit`` > 0."""
+    ranges, start, tokens = [], 0, 1
+    for j, label in enumerate(labels):
+        over = batch * (tokens + len(label) - 1) * vocab > max_logits or (limit and j - start >= limit)
+        if j > start and over:
+            ranges.append((start, j))
+            start, tokens = j, 1
+        tokens += len(label) - 1
+    ranges.append((start, len(labels)))
+    return ranges
+
+
+@torch.inference_mode()
 def label_logprobs(
     model: torch.nn.Module,
     prompts: Sequence[List[int]],
     labels: Sequence[List[int]],
     pad_id: int,
-    label_chunk: int = 32,
+    label_chunk: int = 0,
+    max_logits: int = 2**27,
 ) -> torch.Tensor:
-    """log p(label | prompt) summed over each label's tokens: a (len(prompts), len(labels)) tensor."""
+    """log p(label | prompt) summed over each label's tokens: a (len(prompts), len(labels)) tensor.
+
+    ``label_chunk`` > 0 caps the labels per forward pass; ``max_logits`` caps the logits' elements.
+    """
     device = model_device(model)
     impl = getattr(model.config, "_attn_implementation", "sdpa")
+    vocab = model.get_output_embeddings().weight.shape[0] if hasattr(model, "get_output_embeddings") else 1
     scores = torch.empty(len(prompts), len(labels))
-    for start in range(0, len(labels), label_chunk):
-        chunk = labels[start:start + label_chunk]
+    for start, end in label_chunks(labels, len(prompts), vocab, max_logits, label_chunk):
+        chunk = labels[start:end]
         ids, positions, mask = _tree_inputs(prompts, chunk, pad_id, device)
         S = ids.shape[1] - max(len(p) for p in prompts)
         if impl == "eager":  # eager attention adds the mask to the scores
@@ -85,7 +105,7 @@ class ClassificationEvaluator(Evaluator):
     def applies_to(self, task: Any) -> bool:
         return hasattr(task, "labels")
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def evaluate(self, model: torch.nn.Module, task: Any, ctx: EvalContext) -> Dict[str, float]:
         tokenizer = ctx.tokenizer
         split = self.cfg.split
@@ -100,7 +120,8 @@ class ClassificationEvaluator(Evaluator):
             for start in range(0, len(examples), self.cfg.batch_size):
                 batch = examples[start:start + self.cfg.batch_size]
                 prompts = [encode_prompt(tokenizer, ex.prompt)[-keep:] for ex in batch]
-                scores = label_logprobs(model, prompts, label_tokens, tokenizer.pad_token_id, self.cfg.label_chunk)
+                scores = label_logprobs(model, prompts, label_tokens, tokenizer.pad_token_id,
+                                        self.cfg.label_chunk, self.cfg.max_logits)
                 preds.append(scores.argmax(-1).cpu())
         finally:
             model.train(was_training)

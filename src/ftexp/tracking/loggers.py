@@ -74,7 +74,7 @@ class WandbLogger(NoLogger):
     def finish(self, failed: bool) -> None:
         import wandb
 
-        if self.lightning is None:
+        if getattr(self, "run", None) is None:
             return
         try:
             self.run.summary["status"] = "failed" if failed else "completed"
@@ -83,7 +83,5 @@ class WandbLogger(NoLogger):
 
     @property
     def location(self) -> Optional[str]:
-        if self.lightning is None:
-            return None
-        run = self.run
-        return f"{run.dir.rsplit('/files', 1)[0]}" if getattr(run, "dir", None) else None
+        run = getattr(self, "run", None)
+        return str(Path(run.dir).parent) if run is not None and getattr(run, "dir", None) else None

@@ -42,6 +42,11 @@ class FineTuneModule(pl.LightningModule):
     def forward(self, **batch):
         return self.model(**batch)
 
+    def on_fit_start(self) -> None:
+        # from_pretrained and the evaluators leave the model in eval mode; Lightning keeps the mode
+        # it finds, and dropout (e.g. LoRA's) must be on while training.
+        self.model.train()
+
     # ----------------------------------------------------------------------------- steps
 
     def training_step(self, batch: Dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -1,0 +1,131 @@
+"""ftexp's training step against a plain PyTorch loop: same model, same batches, same process.
+
+    python bench/train_step.py [--steps 120] [--warmup 20] [--repeats 3] [--batch-size 32]
+
+Both sides start from the same weights and run the same pre-collated batches (Banking77 from
+FTEXP_DATA_DIR when it is set, else random tokens of Banking77-like lengths) with AdamW, warm-up +
+cosine and gradient clipping. The plain loop is the baseline; ftexp runs the real FineTuneModule
+under a Lightning Trainer with its throughput callback. Time per step excludes the first
+``--warmup`` steps; runs alternate and the median of ``--repeats`` is reported. Goal: ratio <= 1.05.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from ftexp.config.preflight import compose_config
+from ftexp.data.base import encode_split
+from ftexp.data.datamodule import LengthGroupedBatches, pad_batch
+from ftexp.training.module import FineTuneModule, warmup_cosine
+from ftexp.training.throughput import Throughput
+from ftexp.utils.build import build
+
+
+def make_batches(cfg, steps: int, batch_size: int, cache_dir: Path):
+    data_dir = os.environ.get("FTEXP_DATA_DIR")
+    source = build(cfg.model)
+    if data_dir and Path(data_dir, "banking77").is_dir():
+        task = build(cfg.data, data_dir=data_dir, seed=0)
+        tokenizer = source.load_tokenizer(lambda: task.texts("train"), cache_dir)
+        rows = encode_split(tokenizer, task.splits["train"], cfg.model.max_length, task.completion_prefix,
+                            cfg.model.train_on_prompt)
+        origin = "Banking77"
+    else:
+        from ftexp.models.tokenizer import bpe_tokenizer
+
+        tokenizer = bpe_tokenizer([f"query number {i} about a card" for i in range(500)], 512, cache_dir)
+        gen = torch.Generator().manual_seed(0)
+        rows = []
+        for _ in range(steps * batch_size):
+            n = int(torch.randint(8, 40, (1,), generator=gen))
+            ids = torch.randint(4, len(tokenizer), (n,), generator=gen).tolist()
+            rows.append({"input_ids": ids, "labels": ids})
+        origin = "random tokens"
+    sampler = LengthGroupedBatches([len(r["input_ids"]) for r in rows], batch_size, seed=0)
+    batches = []
+    while len(batches) < steps:
+        batches.extend(pad_batch([rows[i] for i in idx], tokenizer.pad_token_id) for idx in sampler)
+    return source, tokenizer, batches[:steps], origin
+
+
+class StepClock(pl.Callback):
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start, self.end = warmup, None, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.end = time.perf_counter()
+
+
+def run_plain(model, batches, optim_cfg, lr: float, warmup: int) -> float:
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, betas=tuple(optim_cfg.betas), weight_decay=optim_cfg.weight_decay)
+    total, warm = len(batches), int(round(optim_cfg.warmup_ratio * len(batches)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warm, optim_cfg.min_lr_ratio))
+    start = None
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            start = time.perf_counter()
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    return (time.perf_counter() - start) / (len(batches) - warmup)
+
+
+def run_ftexp(model, batches, optim_cfg, lr: float, warmup: int) -> float:
+    clock = StepClock(warmup)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
+                         callbacks=[Throughput(), clock], log_every_n_steps=20, limit_val_batches=0)
+    module = FineTuneModule(model, optim_cfg, lr=lr)
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None, shuffle=False))
+    return (clock.end - clock.start) / (len(batches) - warmup)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=120)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    args = ap.parse_args()
+
+    pl.seed_everything(0, verbose=False)
+    cfg = compose_config([])
+    cache = Path(os.environ.get("FTEXP_CACHE_DIR", ".cache/ftexp"))
+    source, tokenizer, batches, origin = make_batches(cfg, args.steps, args.batch_size, cache)
+    base = source.load_model(tokenizer)
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches[args.warmup:]) / (args.steps - args.warmup)
+    print(f"tiny model ({sum(p.numel() for p in base.parameters()) / 1e6:.2f} M parameters), {origin}, "
+          f"batch {args.batch_size}, {args.steps} steps ({args.warmup} warm-up), torch threads {torch.get_num_threads()}")
+
+    plain, ours = [], []
+    for _ in range(args.repeats):
+        plain.append(run_plain(copy.deepcopy(base), batches, cfg.optim, cfg.optim.lr, args.warmup))
+        ours.append(run_ftexp(copy.deepcopy(base), batches, cfg.optim, cfg.optim.lr, args.warmup))
+    p, f = statistics.median(plain), statistics.median(ours)
+    print(f"plain loop : {p * 1e3:7.2f} ms/step  {tokens / p:8.0f} effective tok/s   runs: "
+          + ", ".join(f"{x * 1e3:.1f}" for x in plain))
+    print(f"ftexp      : {f * 1e3:7.2f} ms/step  {tokens / f:8.0f} effective tok/s   runs: "
+          + ", ".join(f"{x * 1e3:.1f}" for x in ours))
+    print(f"ratio ftexp/plain (time per step): {f / p:.3f}   (goal <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()

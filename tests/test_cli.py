@@ -1,0 +1,71 @@
+"""`python -m ftexp` in a subprocess, as a user runs it (slow tier)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY
+
+pytestmark = pytest.mark.slow
+
+
+def ftexp(*args, env_extra=None, timeout=600):
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "ftexp", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def small(data_dir, cache_dir, logger="wandb"):
+    return [a for a in TINY if not a.startswith("logger=")] + [f"logger={logger}", f"data_dir={data_dir}",
+                                                               f"cache_dir={cache_dir}"]
+
+
+def offline_runs(run_dir: Path):
+    return sorted((run_dir / "wandb").glob("offline-run-*"))
+
+
+def test_single_run_writes_results_and_an_offline_wandb_run(data_dir, cache_dir, tmp_path):
+    proc = ftexp(*small(data_dir, cache_dir), f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["status"] == "completed" and "test/accuracy" in res["metrics"]
+    runs = offline_runs(tmp_path)
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+    summary = json.loads((runs[0] / "files" / "wandb-summary.json").read_text())
+    assert summary["status"] == "completed" and "eval/banking77/test/accuracy" in summary
+    assert f"results: {tmp_path / 'results.json'}" in proc.stdout
+    assert (tmp_path / ".hydra" / "config.yaml").is_file()
+
+
+def test_multirun_gives_each_job_its_folder_results_and_wandb_run(data_dir, cache_dir, tmp_path):
+    proc = ftexp("-m", *small(data_dir, cache_dir), "trainer.max_epochs=1,2", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1"]
+    epochs, run_ids = [], set()
+    for job in jobs:
+        res = json.loads((job / "results.json").read_text())
+        assert res["status"] == "completed" and res["run_dir"] == str(job)
+        epochs.append(res["config"]["trainer"]["max_epochs"])
+        assert res["stages"][0]["epochs"] == res["config"]["trainer"]["max_epochs"]
+        runs = offline_runs(job)
+        assert len(runs) == 1
+        run_ids.add(runs[0].name.rsplit("-", 1)[-1])
+    assert epochs == [1, 2] and len(run_ids) == 2  # one W&B run per job, not one for the sweep
+
+
+def test_a_failing_run_exits_nonzero_with_one_paragraph_and_a_failed_record(data_dir, cache_dir, tmp_path):
+    proc = ftexp(*small(tmp_path / "nowhere", cache_dir), f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 1
+    assert "ftexp: error: data 'banking77'" in proc.stderr and "FTEXP_DATA_DIR" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["status"] == "failed"
+    summary = json.loads((offline_runs(tmp_path)[0] / "files" / "wandb-summary.json").read_text())
+    assert summary["status"] == "failed"

@@ -1,0 +1,134 @@
+"""Composition: every option composes against its schema; bad command lines fail fast and clearly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from omegaconf import OmegaConf
+
+from ftexp.config import config_dir
+from ftexp.config.preflight import ConfigError, check_overrides, compose_config, expand_sweeps
+from ftexp.config.schema import SCHEMAS
+
+GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir())
+
+
+def all_options():
+    """(group, option) for every YAML file under conf/<group>/, found recursively."""
+    for group in GROUPS:
+        for path in sorted((config_dir() / group).rglob("*.yaml")):
+            option = path.relative_to(config_dir() / group).with_suffix("").as_posix()
+            yield group, option
+
+
+def test_config_groups_are_the_documented_axes():
+    assert set(GROUPS) >= {"model", "peft", "data", "mitigation", "evaluator", "trainer", "logger", "experiment"}
+
+
+@pytest.mark.parametrize("group,option", list(all_options()))
+def test_every_option_composes_against_its_schema(group, option):
+    override = f"{group}=[{option}]" if group == "evaluator" else f"{group}={option}"
+    cfg = compose_config([override])
+    schemas = tuple(t for options in SCHEMAS.values() for t in options.values())
+    for node in ("model", "peft", "data", "mitigation", "trainer", "logger"):
+        assert isinstance(OmegaConf.get_type(cfg[node]), type) and issubclass(OmegaConf.get_type(cfg[node]), schemas), node
+    for name, ev in cfg.evaluator.items():
+        assert issubclass(OmegaConf.get_type(ev), schemas), name
+    OmegaConf.to_container(cfg.model, resolve=True)  # every interpolation inside the model resolves
+
+
+def test_hub_models_default_to_lora_and_an_explicit_choice_wins():
+    assert OmegaConf.get_type(compose_config(["model=mistral7b"]).peft).__name__ == "LoraConfig"
+    assert OmegaConf.get_type(compose_config(["model=mistral7b", "peft=full"]).peft).__name__ == "FullFinetuneConfig"
+    assert OmegaConf.get_type(compose_config([]).peft).__name__ == "FullFinetuneConfig"  # tiny: full
+
+
+def test_optimiser_defaults_follow_the_model():
+    cfg = compose_config(["model=mistral7b"])
+    assert cfg.optim.lr == cfg.model.lr == 1e-4
+    assert cfg.optim.batch_size == cfg.model.batch_size
+
+
+def message(overrides, multirun=False) -> str:
+    with pytest.raises(ConfigError) as info:
+        check_overrides(overrides, multirun=multirun)
+    return str(info.value)
+
+
+def test_misspelt_key_names_the_key_and_the_valid_keys():
+    msg = message(["model.hiden_size=64"])
+    assert "'hiden_size' is not a key of model" in msg
+    assert "Did you mean 'hidden_size'?" in msg and "num_hidden_layers" in msg
+
+
+def test_misspelt_key_of_an_option_without_keys():
+    msg = message(["mitigation.lamda=1"])
+    assert "mitigation.lamda=1" in msg and "'lamda' is not a key of mitigation" in msg
+
+
+def test_wrong_type_names_key_and_expected_type():
+    msg = message(["trainer.max_steps=abc"])
+    assert "trainer.max_steps must be an int, got 'abc'" in msg
+
+
+def test_unknown_option_lists_the_options():
+    msg = message(["model=mistral8b"])
+    assert "'mistral8b' is not an option of the config group 'model'" in msg
+    assert "Did you mean 'mistral7b'?" in msg and "smollm2_135m" in msg and "tiny" in msg
+
+
+def test_unknown_option_in_a_list_group():
+    msg = message(["evaluator=[classification,nope]"])
+    assert "'nope' is not an option of the config group 'evaluator'" in msg
+
+
+def test_every_swept_value_is_checked_before_the_sweep_starts():
+    check_overrides(["trainer.max_epochs=1,2", "seed=0,1"], multirun=True)
+    msg = message(["trainer.max_epochs=1,2,x"], multirun=True)
+    assert "trainer.max_epochs=x" in msg and "must be an int" in msg
+
+
+def test_sweep_expansion_tries_each_value_once():
+    lines = expand_sweeps(["a=1,2,3", "b=x", "c=range(0,2)"])
+    assert lines[0] == ["a=1", "b=x", "c=0"]
+    assert ["a=3", "b=x", "c=0"] in lines and ["a=1", "b=x", "c=1"] in lines
+    assert len(lines) == 4
+
+
+def run_cli(*args, timeout=60):
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "ftexp", *args], capture_output=True, text=True, timeout=timeout)
+    return proc, time.perf_counter() - t
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("mitigation.lamda=1", "'lamda' is not a key of mitigation"),
+        ("trainer.max_steps=abc", "trainer.max_steps must be an int"),
+        ("model=mistral8b", "Options of 'model'"),
+    ],
+)
+def test_cli_bad_override_exits_nonzero_with_one_line(override, expected, tmp_path):
+    proc, _ = run_cli(override, f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_cli_help_lists_groups_and_options():
+    proc, _ = run_cli("--help")
+    assert proc.returncode == 0
+    for word in ("model", "peft", "data", "mitigation", "evaluator", "trainer", "logger",
+                 "mistral7b", "llama3_70b", "banking77", "lora", "ddp", "wandb"):
+        assert word in proc.stdout
+    assert "schema" not in proc.stdout.replace("schema.py", "")
+
+
+def test_schema_module_imports_no_torch():
+    code = "import sys, ftexp.cli, ftexp.config.preflight; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -1,0 +1,152 @@
+"""Data: reading files with clear errors, splits, tokenisation and batching."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from ftexp.config.preflight import compose_config
+from ftexp.data.base import DataError, Example, assemble, encode_completion, encode_prompt, encode_split
+from ftexp.data.classification import stratified_split
+from ftexp.data.datamodule import LengthGroupedBatches, pad_batch
+from ftexp.data.sources import read_records
+from ftexp.models.tokenizer import bpe_tokenizer
+from ftexp.utils.build import build
+
+
+def task_for(folder, *overrides):
+    cfg = compose_config([f"data.path={folder}", *overrides])
+    return build(cfg.data, data_dir="unused", seed=0)
+
+
+def test_toy_task_splits_and_label_set(toy_data):
+    task = task_for(toy_data, "data.val_fraction=0.2")
+    assert task.labels == ["card_arrival", "refund", "top_up"]
+    assert len(task.splits["train"]) == 24 and len(task.splits["val"]) == 6 and len(task.splits["test"]) == 9
+    assert Counter(ex.label for ex in task.splits["val"]) == {"card_arrival": 2, "refund": 2, "top_up": 2}
+    train_prompts = {ex.prompt for ex in task.splits["train"]}
+    assert not train_prompts & {ex.prompt for ex in task.splits["val"]}
+    assert all(ex.origin == "real" for split in task.splits.values() for ex in split)
+    assert task.splits["train"][0].prompt.startswith("Query: ") and task.splits["train"][0].prompt.endswith("Intent:")
+
+
+def test_split_is_seeded(toy_data):
+    a = task_for(toy_data).splits["val"]
+    b = task_for(toy_data).splits["val"]
+    c = build(compose_config([f"data.path={toy_data}"]).data, data_dir="unused", seed=1).splits["val"]
+    assert [e.prompt for e in a] == [e.prompt for e in b] != [e.prompt for e in c]
+
+
+def test_n_train_is_exact_stratified_and_validated(toy_data):
+    task = task_for(toy_data, "data.val_fraction=0.2", "data.n_train=12")
+    assert Counter(ex.label for ex in task.splits["train"]) == {"card_arrival": 4, "refund": 4, "top_up": 4}
+    with pytest.raises(DataError, match=r"data.n_train=99: .* has 24 training examples"):
+        task_for(toy_data, "data.val_fraction=0.2", "data.n_train=99")
+
+
+def test_n_test_is_a_fixed_stratified_subset(toy_data):
+    a = task_for(toy_data, "data.n_test=6").splits["test"]
+    assert Counter(ex.label for ex in a) == {"card_arrival": 2, "refund": 2, "top_up": 2}
+    b = build(compose_config([f"data.path={toy_data}", "data.n_test=6"]).data, data_dir="unused", seed=5).splits["test"]
+    assert [e.prompt for e in a] == [e.prompt for e in b]  # the run's seed does not change the test set
+
+
+def test_stratified_split_exact_count_with_uneven_labels():
+    examples = [Example(prompt=str(i), completion=lb, label=lb) for i, lb in enumerate("a" * 7 + "b" * 3 + "c" * 1)]
+    rest, held = stratified_split(examples, 5 / 11, seed=0, exact=5)
+    assert len(held) == 5 and len(rest) == 6
+    assert Counter(e.label for e in held)["a"] == 3
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"text": "ok", "label": "a"}\n{"text": broken}\n')
+    with pytest.raises(DataError, match=r"train.jsonl, line 2: not valid JSON"):
+        read_records(path)
+
+
+def test_missing_field_names_record_and_field(toy_data):
+    (toy_data / "train.jsonl").write_text(json.dumps({"text": "x", "label": "a"}) + "\n" + json.dumps({"text": "y"}) + "\n")
+    with pytest.raises(DataError, match=r"record 2: field 'label' is missing"):
+        task_for(toy_data)
+
+
+def test_unknown_test_label_is_refused(toy_data):
+    with (toy_data / "test.jsonl").open("a") as f:
+        f.write(json.dumps({"text": "z", "label": "never_seen"}) + "\n")
+    with pytest.raises(DataError, match="never_seen"):
+        task_for(toy_data)
+
+
+def test_missing_data_directory_says_how_to_fix(tmp_path):
+    cfg = compose_config([])
+    with pytest.raises(DataError, match="FTEXP_DATA_DIR"):
+        build(cfg.data, data_dir=str(tmp_path / "nowhere"), seed=0)
+
+
+def test_csv_with_extra_cells_names_the_line(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\nhello,a\nbad,b,extra\n")
+    with pytest.raises(DataError, match=r"train.csv, line 3"):
+        read_records(path)
+
+
+@pytest.fixture
+def tokenizer(tmp_path):
+    texts = ["Query: where is my card?\nIntent: card_arrival", "Query: add money\nIntent: top_up"] * 20
+    return bpe_tokenizer(texts, 300, tmp_path)
+
+
+def test_loss_only_on_completion_and_prompt_truncated_from_the_left(tokenizer):
+    ex = Example(prompt="Query: where is my card?\nIntent:", completion="card_arrival")
+    prompt, completion = encode_prompt(tokenizer, ex.prompt), encode_completion(tokenizer, ex.completion)
+    full = assemble(prompt, completion, max_length=100)
+    assert full["input_ids"] == prompt + completion
+    assert full["labels"] == [-100] * len(prompt) + completion
+    assert completion[-1] == tokenizer.eos_token_id
+    short = assemble(prompt, completion, max_length=len(completion) + 2)
+    assert short["input_ids"] == prompt[-2:] + completion  # completion intact, prompt cut on the left
+    lm = assemble(prompt, completion, max_length=100, train_on_prompt=True)
+    assert lm["labels"] == [-100] + prompt[1:] + completion
+
+
+def test_batched_encoding_matches_one_by_one(tokenizer):
+    examples = [Example(prompt=f"Query: item {i} where is my card?\nIntent:", completion="card_arrival") for i in range(5)]
+    batched = encode_split(tokenizer, examples, max_length=64)
+    single = [assemble(encode_prompt(tokenizer, e.prompt), encode_completion(tokenizer, e.completion), 64) for e in examples]
+    assert batched == single
+
+
+def test_padding_masks_pads_out_of_loss_and_attention():
+    rows = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [5]}]
+    b = pad_batch(rows, pad_id=0)
+    assert b["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
+    assert b["labels"].tolist() == [[-100, 6, 7], [5, -100, -100]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_length_grouped_batches_cover_every_example_once_per_epoch():
+    lengths = [(i * 37) % 50 + 1 for i in range(1000)]
+    sampler = LengthGroupedBatches(lengths, batch_size=16, seed=3, window=8)
+    first, second = list(sampler), list(sampler)
+    for epoch in (first, second):
+        assert sorted(i for batch in epoch for i in batch) == list(range(1000))
+        assert len(epoch) == len(sampler) == 63
+    assert first != second  # a new order every epoch
+    assert list(LengthGroupedBatches(lengths, 16, seed=3, window=8)) == first  # seeded
+    def padding(batches):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    plain = list(LengthGroupedBatches(lengths, 16, seed=3, window=0))  # group_by_length=false
+    assert sorted(i for batch in plain for i in batch) == list(range(1000))
+    assert padding(first) < 0.25 * padding(plain)
+
+
+def test_banking77_from_the_data_directory(data_dir):
+    task = build(compose_config([]).data, data_dir=str(data_dir), seed=0)
+    assert len(task.labels) == 77
+    assert len(task.splits["test"]) == 3080
+    assert len(task.splits["train"]) + len(task.splits["val"]) == 10003
+    assert abs(len(task.splits["val"]) - 1000) < 40

@@ -1,0 +1,116 @@
+"""Label scoring: the tree-attention pass equals scoring each (prompt, label) pair on its own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import MistralConfig, MistralForCausalLM
+
+from ftexp.data.base import Example, Task
+from ftexp.eval.base import EvalContext
+from ftexp.eval.classification import ClassificationEvaluator, label_chunks, label_logprobs
+from ftexp.config.preflight import compose_config
+from ftexp.utils.build import build
+
+PROMPTS = [[1, 5, 6, 7], [1, 8], [1, 9, 10, 11, 12, 13], [1, 14, 15]]
+LABELS = [[20, 2], [21, 22, 23, 2], [24, 25, 2], [20, 26, 2], [27, 2]]
+
+
+def tiny_lm(impl="sdpa", seed=0):
+    torch.manual_seed(seed)
+    cfg = MistralConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, attn_implementation=impl)
+    return MistralForCausalLM(cfg).eval()
+
+
+def pairwise(model, prompts, labels):
+    """The reference: one forward pass per (prompt, label), no padding anywhere."""
+    out = torch.zeros(len(prompts), len(labels))
+    with torch.no_grad():
+        for i, p in enumerate(prompts):
+            for j, lab in enumerate(labels):
+                logp = torch.log_softmax(model(input_ids=torch.tensor([p + lab])).logits[0].float(), -1)
+                out[i, j] = sum(logp[len(p) - 1 + k, t] for k, t in enumerate(lab))
+    return out
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5])
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_tree_scoring_equals_pairwise_scoring(impl, chunk):
+    model = tiny_lm(impl)
+    got = label_logprobs(model, PROMPTS, LABELS, pad_id=0, label_chunk=chunk)
+    assert torch.allclose(got, pairwise(model, PROMPTS, LABELS), atol=1e-4)
+
+
+def test_memory_bound_splits_labels_into_chunks():
+    model = tiny_lm()
+    full = label_logprobs(model, PROMPTS, LABELS, pad_id=0)
+    assert label_chunks(LABELS, 4, 40, 2**27) == [(0, 5)]
+    small = 4 * 5 * 40  # room for 5 - 1 tokens after the prompt
+    ranges = label_chunks(LABELS, 4, 40, small)
+    assert ranges[0] == (0, 2) and ranges[-1][1] == 5 and len(ranges) > 2
+    got = label_logprobs(model, PROMPTS, LABELS, pad_id=0, max_logits=small)
+    assert torch.allclose(got, full, atol=1e-5)
+
+
+def toy_task(labels, n=12):
+    task = Task(name="toy")
+    task.labels = labels
+    task.splits = {"test": [Example(prompt=f"p{i}", completion=labels[i % len(labels)], label=labels[i % len(labels)])
+                            for i in range(n)]}
+    return task
+
+
+class StubTokenizer:
+    """Maps each word to an id; a label's ids are fixed so the stub model can prefer one."""
+
+    pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = [3 + (sum(map(ord, w)) % 30) for w in text.split()]
+        return {"input_ids": ([self.bos_token_id] if add_special_tokens else []) + ids}
+
+
+def test_accuracy_and_f1_follow_the_argmax_of_the_label_scores():
+    model, tok = tiny_lm(seed=3), StubTokenizer()
+    task = toy_task(["alpha", "beta_x", "gamma"], n=12)
+    cfg = compose_config(["evaluator.classification.batch_size=5"]).evaluator.classification
+    metrics = build(cfg).evaluate(model, task, EvalContext(tokenizer=tok, max_length=64))
+    labels = [[*tok(" " + lab, add_special_tokens=False)["input_ids"], 2] for lab in task.labels]
+    scores = pairwise(model, [tok(ex.prompt)["input_ids"] for ex in task.splits["test"]], labels)
+    target = torch.tensor([i % 3 for i in range(12)])
+    expected = (scores.argmax(-1) == target).float().mean().item()
+    assert metrics["test/accuracy"] == pytest.approx(expected)
+    assert metrics["test/n"] == 12 and 0.0 <= metrics["test/macro_f1"] <= 1.0
+
+
+def test_a_model_that_prefers_the_right_label_scores_one():
+    """A model whose output always favours the label whose token is the prompt's last token."""
+
+    class Echo(torch.nn.Module):
+        config = type("C", (), {"_attn_implementation": "sdpa"})()
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0):
+            logits = torch.full((*input_ids.shape, 40), -10.0)
+            logits.scatter_(-1, input_ids.unsqueeze(-1), 10.0)  # predict "repeat the last token"
+            logits[..., 2] = 9.0  # then end
+            keep = logits[:, -logits_to_keep:] if logits_to_keep else logits
+            return type("O", (), {"logits": keep})()
+
+    task = Task(name="echo")
+    task.labels = ["a", "b", "c"]
+    ids = {"a": 10, "b": 11, "c": 12}
+
+    class Tok(StubTokenizer):
+        def __call__(self, text, add_special_tokens=True):
+            word = text.split()[-1]
+            return {"input_ids": ([1] if add_special_tokens else []) + [ids.get(word, 5)]}
+
+    task.splits = {"test": [Example(prompt=f"x {lab}", completion=lab, label=lab) for lab in "abcabc"]}
+    evaluator = ClassificationEvaluator(compose_config([]).evaluator.classification)
+    metrics = evaluator.evaluate(Echo(), task, EvalContext(tokenizer=Tok(), max_length=16))
+    assert metrics["test/accuracy"] == 1.0 and metrics["test/macro_f1"] == 1.0

@@ -1,0 +1,91 @@
+"""A whole run in-process: rows, results.json, saved weights, and failures recorded as failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ftexp.config.preflight import compose_config
+from ftexp.job import run_job
+
+
+def results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def test_one_run_end_to_end(tiny_overrides, tmp_path):
+    cfg = compose_config([*tiny_overrides, "logger=csv"])
+    value = run_job(cfg)
+    run_dir = tmp_path / "run"
+    res = results(run_dir)
+    assert res["status"] == "completed"
+    assert value == res["metrics"]["val/loss"]  # the sweepers' objective
+    assert {"test/accuracy", "test/macro_f1", "train/loss", "val/loss", "train/tokens_per_s"} <= set(res["metrics"])
+    assert 0.0 <= res["metrics"]["test/accuracy"] <= 1.0
+    assert [r["index"] for r in res["rows"]] == [0, 1] and res["rows"][0]["stage"] == "base"
+    assert res["rows"][1]["metrics"]["banking77"]["test/accuracy"] == res["metrics"]["test/accuracy"]
+    assert res["stages"][0]["steps"] == 8 and res["stages"][0]["effective_tokens"] > 0  # 240 / 32 per epoch
+    assert res["data"]["counts"]["train"] == {"total": 240, "real": 240}
+    assert res["data"]["counts"]["test"]["total"] == 80
+    assert res["config"]["model"]["hidden_size"] == 32 and res["config"]["output_dir"] == str(run_dir)
+    assert res["environment"]["versions"]["torch"] and "commit" in res["environment"]["git"]
+    assert res["model"]["parameters"]["trainable"] == res["model"]["parameters"]["total"]
+    assert res["model"]["trust_remote_code"] is False
+    assert {"setup", "eval/0", "stage/1", "eval/1", "total"} <= set(res["wall_time_s"])
+    assert (run_dir / "model" / "config.json").is_file() and (run_dir / "model" / "tokenizer.json").is_file()
+    metrics_csv = (run_dir / "csv" / "metrics.csv").read_text()
+    assert "train/loss" in metrics_csv and "eval/banking77/test/accuracy" in metrics_csv and "lr" in metrics_csv
+
+
+def test_training_improves_over_the_untouched_model(tiny_overrides, toy_data):
+    cfg = compose_config([*tiny_overrides, f"data.path={toy_data}", "data.n_train=null", "data.n_test=null",
+                          "trainer.max_epochs=15", "model.batch_size=8", "model.lr=1e-2", "save_model=false"])
+    run_job(cfg)
+    rows = results(Path(cfg.output_dir))["rows"]
+    before, after = (rows[k]["metrics"]["banking77"]["test/accuracy"] for k in (0, 1))
+    assert after == 1.0 > before  # three labels, each with its own words
+
+
+def test_lora_run_saves_an_adapter(tiny_overrides):
+    cfg = compose_config([*tiny_overrides, "peft=lora", "peft.r=4"])
+    run_job(cfg)
+    res = results(Path(cfg.output_dir))
+    assert res["status"] == "completed"
+    assert res["model"]["parameters"]["trainable"] < res["model"]["parameters"]["total"] / 2
+    assert (Path(cfg.output_dir) / "adapter" / "adapter_config.json").is_file()
+
+
+def test_a_failing_run_records_failed_and_exits_nonzero(tiny_overrides, tmp_path):
+    cfg = compose_config([*tiny_overrides, f"data_dir={tmp_path / 'missing'}"])
+    with pytest.raises(SystemExit) as info:
+        run_job(cfg)
+    assert info.value.code == 1
+    res = results(Path(cfg.output_dir))
+    assert res["status"] == "failed"
+    assert res["error"]["type"] == "DataError" and "FTEXP_DATA_DIR" in res["error"]["message"]
+    assert "metrics" in res and res["rows"] == []
+
+
+def test_an_unexpected_exception_is_recorded_and_reraised(tiny_overrides, monkeypatch):
+    import ftexp.job
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom in training")
+
+    monkeypatch.setattr(ftexp.job, "run", boom)
+    cfg = compose_config(tiny_overrides)
+    with pytest.raises(RuntimeError, match="boom"):
+        run_job(cfg)
+    res = results(Path(cfg.output_dir))
+    assert res["status"] == "failed" and res["error"]["message"] == "boom in training"
+
+
+def test_training_on_an_evaluation_only_dataset_is_refused(tiny_overrides):
+    cfg = compose_config([*tiny_overrides, "data.eval_only=true"])
+    with pytest.raises(SystemExit):
+        run_job(cfg)
+    res = results(Path(cfg.output_dir))
+    assert res["status"] == "failed" and "evaluation only" in res["error"]["message"]
+    assert res["rows"] == []  # refused before any evaluation or training
