@@ -69,3 +69,15 @@ def toy_data(tmp_path) -> Path:
 @pytest.fixture
 def tiny_overrides(data_dir, cache_dir, tmp_path) -> List[str]:
     return [*TINY, f"data_dir={data_dir}", f"cache_dir={cache_dir}", f"output_dir={tmp_path / 'run'}"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run only where CUDA is available; elsewhere they are skipped with the reason."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -139,6 +139,10 @@ def test_length_grouped_batches_cover_every_example_once_per_epoch():
     def padding(batches):
         return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
 
+    shards = [list(LengthGroupedBatches(lengths, 16, seed=3, window=8, rank=r, world_size=3)) for r in range(3)]
+    assert len({len(s) for s in shards}) == 1 and len(shards[0]) == 21  # equal step counts per rank
+    seen = [i for shard in shards for batch in shard for i in batch]
+    assert len(seen) == len(set(seen))  # ranks never share an example
     plain = list(LengthGroupedBatches(lengths, 16, seed=3, window=0))  # group_by_length=false
     assert sorted(i for batch in plain for i in batch) == list(range(1000))
     assert padding(first) < 0.25 * padding(plain)

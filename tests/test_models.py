@@ -106,7 +106,9 @@ def test_missing_local_weights_say_how_to_fix(tmp_path):
 
 
 def test_unreachable_hub_model_points_at_model_path(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # never touch the network
     cfg = compose_config(["model=smollm2_135m", "model.hub_id=ftexp-test/does-not-exist"])
     with pytest.raises(ModelLoadError) as info:
         build(cfg.model).load_tokenizer(lambda: [], tmp_path)

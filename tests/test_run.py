@@ -41,7 +41,7 @@ def test_one_run_end_to_end(tiny_overrides, tmp_path):
 
 def test_training_improves_over_the_untouched_model(tiny_overrides, toy_data):
     cfg = compose_config([*tiny_overrides, f"data.path={toy_data}", "data.n_train=null", "data.n_test=null",
-                          "trainer.max_epochs=15", "model.batch_size=8", "model.lr=1e-2", "save_model=false"])
+                          "trainer.max_epochs=20", "model.batch_size=4", "model.lr=1e-2", "save_model=false"])
     run_job(cfg)
     rows = results(Path(cfg.output_dir))["rows"]
     before, after = (rows[k]["metrics"]["banking77"]["test/accuracy"] for k in (0, 1))
@@ -89,3 +89,27 @@ def test_training_on_an_evaluation_only_dataset_is_refused(tiny_overrides):
     res = results(Path(cfg.output_dir))
     assert res["status"] == "failed" and "evaluation only" in res["error"]["message"]
     assert res["rows"] == []  # refused before any evaluation or training
+
+
+def test_two_stages_fill_rows_call_hooks_and_continue_the_step_axis(tiny_overrides, monkeypatch):
+    import csv
+
+    from ftexp.mitigation.base import NoMitigation
+
+    calls = []
+    monkeypatch.setattr(NoMitigation, "before_stage", lambda self, ctx: calls.append(("before", ctx.index, ctx.name)))
+    monkeypatch.setattr(NoMitigation, "after_stage", lambda self, ctx: calls.append(("after", ctx.index, ctx.name)))
+    cfg = compose_config([*tiny_overrides, "logger=csv", "save_model=false",
+                          "stages=[{name: first}, {name: second, max_epochs: 2, lr: 1e-3}]"])
+    run_job(cfg)
+    res = results(Path(cfg.output_dir))
+    assert [(r["index"], r["stage"]) for r in res["rows"]] == [(0, "base"), (1, "first"), (2, "second")]
+    assert calls == [("before", 1, "first"), ("after", 1, "first"), ("before", 2, "second"), ("after", 2, "second")]
+    first, second = res["stages"]
+    assert (first["steps"], second["steps"], second["epochs"], second["lr"]) == (8, 16, 2, 1e-3)
+    with (Path(cfg.output_dir) / "csv" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    loss_steps = [int(r["step"]) for r in rows if r.get("train/loss")]
+    assert max(loss_steps) >= 8 + 16 - 2 and loss_steps == sorted(loss_steps)  # stage 2 continues stage 1
+    eval_steps = [int(r["step"]) for r in rows if r.get("eval/banking77/test/accuracy")]
+    assert eval_steps == [0, 8, 24]

@@ -36,7 +36,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
         print(render_help())
         return
-    if not (args.hydra_help or args.shell_completion or args.info or args.experimental_rerun):
+    # Extra config folders (--config-dir/--config-path) are Hydra's to search; it checks those runs itself.
+    extra_configs = args.config_dir or args.config_path
+    if not (args.hydra_help or args.shell_completion or args.info or args.experimental_rerun or extra_configs):
         from ftexp.config.preflight import ConfigError, check_overrides
 
         try:

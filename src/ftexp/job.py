@@ -1,8 +1,9 @@
 """The task wrapper around one run: output folder, logger, results.json, failure handling.
 
 Whatever happens, the job ends with a results.json that says ``completed`` or ``failed`` (with the
-error), the W&B run closed with the matching exit code, and the process group torn down, so the
-next job of a multirun starts clean.
+error), the W&B run closed with the matching exit code, and the process group torn down and the
+distributed environment restored, so the next job of a multirun starts clean. Only rank 0 writes
+files and talks to the tracker.
 """
 
 from __future__ import annotations
@@ -12,21 +13,32 @@ import os
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ftexp.errors import FtexpError
 from ftexp.run import RunRecord, run
-from ftexp.tracking.results import environment, now, write_results
+from ftexp.tracking.loggers import NoLogger, RunIdentity
+from ftexp.tracking.results import RESULTS_FILE, environment, now, write_results
 from ftexp.utils.build import build
 
 log = logging.getLogger(__name__)
 
 DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK",
             "LOCAL_WORLD_SIZE")
+
+
+def global_rank() -> int:
+    """This process's rank as launchers announce it (0 when not distributed)."""
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
 
 
 def hydra_info() -> Dict[str, Any]:
@@ -38,6 +50,16 @@ def hydra_info() -> Dict[str, Any]:
         "choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith(("hydra", "schema"))},
         "job_num": hc.job.get("num"),
     }
+
+
+def run_identity(run_dir: Path) -> RunIdentity:
+    """Name the tracker run after its folder; jobs of one sweep share the sweep's folder as group."""
+    parts = run_dir.parts
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        sweep = Path(HydraConfig.get().sweep.dir)
+        group = "/".join(sweep.parts[-2:])
+        return RunIdentity(name=f"{group}/{run_dir.name}", group=group, job_type="sweep")
+    return RunIdentity(name="/".join(parts[-2:]) if len(parts) >= 2 else run_dir.name, job_type="run")
 
 
 class _DropTips(logging.Filter):
@@ -54,53 +76,60 @@ def quiet_libraries() -> None:
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropTips())
 
 
-def teardown_distributed() -> None:
-    """Destroy the process group and forget the rendezvous, so the next job starts clean."""
+@contextmanager
+def distributed_scope() -> Iterator[None]:
+    """Whatever the job starts (a process group, rendezvous variables) ends with it; what a
+    launcher such as torchrun or SLURM set before the job is put back as it was."""
+    before = {name: os.environ.get(name) for name in DIST_ENV}
     try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        yield
     finally:
-        for name in DIST_ENV:
-            os.environ.pop(name, None)
+        try:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
+        finally:
+            for name, value in before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def run_job(cfg: DictConfig) -> Optional[float]:
     quiet_libraries()
     run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    started, t0 = now(), time.perf_counter()
+    rank = global_rank()
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     record = RunRecord()
-    base: Dict[str, Any] = {"status": "running", "run_dir": str(run_dir), "experiment": cfg.experiment,
-                            "seed": cfg.seed, "started_at": started, **hydra_info(), "config": resolved,
-                            "environment": environment()}
-    tracker = build(cfg.logger)
+    base: Dict[str, Any] = {"status": "running", "run_dir": str(run_dir), "seed": cfg.seed, "started_at": now(),
+                            **hydra_info(), "config": resolved, "environment": environment()}
+    tracker = build(cfg.logger) if rank == 0 else NoLogger(None)
     failed = True
-    try:
-        tracker.start(run_dir, resolved, name=_run_name(run_dir))
-        run(cfg, run_dir, tracker, record)
-        failed = False
-    except BaseException as exc:
-        _record(run_dir, base, record, cfg, tracker, t0, error=exc)
-        if isinstance(exc, FtexpError):
-            print(f"ftexp: error: {exc}\nftexp: results: {run_dir / 'results.json'} (status: failed)", file=sys.stderr)
-            raise SystemExit(1) from None
-        raise
-    finally:
+    with distributed_scope():
         try:
-            tracker.finish(failed=failed)
+            tracker.start(run_dir, resolved, run_identity(run_dir))
+            run(cfg, run_dir, tracker, record, rank=rank)
+            failed = False
+        except BaseException as exc:
+            if rank == 0:
+                _record(run_dir, base, record, cfg, tracker, t0, error=exc)
+            if isinstance(exc, FtexpError):
+                print(f"ftexp: error: {exc}\nftexp: results: {run_dir / RESULTS_FILE} (status: failed)",
+                      file=sys.stderr)
+                raise SystemExit(1) from None
+            raise
         finally:
-            teardown_distributed()
+            tracker.finish(failed=failed)
+    if rank != 0:
+        return None
     results = _record(run_dir, base, record, cfg, tracker, t0)
     _print_summary(results)
     return results["metrics"].get(cfg.objective) if cfg.objective else None
-
-
-def _run_name(run_dir: Path) -> str:
-    parts = run_dir.parts
-    return "/".join(parts[-3:]) if len(parts) >= 3 else run_dir.name
 
 
 def _record(run_dir, base, record: RunRecord, cfg, tracker, t0, error: Optional[BaseException] = None):
@@ -124,8 +153,8 @@ def _record(run_dir, base, record: RunRecord, cfg, tracker, t0, error: Optional[
 
 
 def _print_summary(results: Dict[str, Any]) -> None:
-    metrics = ", ".join(f"{k}={v:.4f}" for k, v in results["metrics"].items() if isinstance(v, float))
+    metrics = ", ".join(f"{k}={v:.4g}" for k, v in results["metrics"].items() if isinstance(v, float))
     print(f"ftexp: {results['status']} in {results['wall_time_s']['total']:.1f}s: {metrics}")
-    print(f"ftexp: results: {Path(results['run_dir']) / 'results.json'}")
+    print(f"ftexp: results: {Path(results['run_dir']) / RESULTS_FILE}")
     if results.get("logger"):
         print(f"ftexp: {results['logger']['type']}: {results['logger']['dir']}")

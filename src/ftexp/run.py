@@ -6,6 +6,7 @@ It imports the parts (models, data, mitigation, eval, training, tracking); no pa
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -57,7 +58,7 @@ class RunRecord:
 
 def eval_device(trainer_cfg: Any) -> torch.device:
     if trainer_cfg.accelerator in ("gpu", "cuda") or (trainer_cfg.accelerator == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
 
 
@@ -78,7 +79,9 @@ def evaluate_row(model, ctx: EvalContext, tasks: Dict[str, Task], evaluators: Li
     return row
 
 
-def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord) -> RunRecord:
+def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord, rank: int = 0) -> RunRecord:
+    """Row 0, then each stage and its row. Evaluation and saving happen on rank 0 only; under
+    DDP the other ranks train and wait for it at the next stage's first collective."""
     t0 = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -103,6 +106,8 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord) -> RunR
     record.wall_time_s["setup"] = time.perf_counter() - t0
 
     def add_row(stage_name: str, index: int) -> None:
+        if rank != 0:
+            return
         started = time.perf_counter()
         metrics = evaluate_row(model, eval_ctx, tasks, evaluators, device, cfg.trainer.precision)
         record.wall_time_s[f"eval/{index}"] = time.perf_counter() - started
@@ -119,7 +124,7 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord) -> RunR
         record.stages.append(summary)
         add_row(stage.name, index)
 
-    if cfg.save_model:
+    if cfg.save_model and rank == 0:
         record.info["saved_to"] = str(adapter.save(model, tokenizer, run_dir))
     record.wall_time_s["run"] = time.perf_counter() - t0
     return record
@@ -148,6 +153,7 @@ def train_stage(cfg, stage, index, model, tokenizer, task, mitigation, run_dir, 
         group_by_length=cfg.trainer.group_by_length,
     )
     ctx = StageContext(index=index, name=stage.name, model=model, datamodule=datamodule, task=task)
+    tracker.set_step_offset(record.step)
     mitigation.before_stage(ctx)
     lr = stage.lr if stage.lr is not None else cfg.optim.lr
     module = FineTuneModule(model, cfg.optim, lr=lr, mitigation=mitigation)

@@ -44,8 +44,9 @@ def render_help() -> str:
         for group in groups:
             out.append(f"  {group}")
             default = choices.get(group)
+            chosen = {default} if isinstance(default, str) else set(default or [])  # list groups: several
             for option in group_options(group):
-                mark = "*" if default is not None and option in str(default) else " "
+                mark = "*" if option in chosen else " "
                 line = f"    {mark} {option:<18} {describe(group, option)}".rstrip()
                 out.append(line)
     out.append("\nExamples:\n"

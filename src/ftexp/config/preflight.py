@@ -59,8 +59,8 @@ def expand_sweeps(overrides: Sequence[str]) -> List[List[str]]:
     """Command lines that together try every value of every swept override once.
 
     The first line takes each sweep's first value; each further line changes one override to one
-    of its other values. Interval sweeps (for optimising sweepers) cannot be listed and are left
-    out; the sweeper checks those values itself.
+    of its other values. Interval sweeps (for optimising sweepers) and glob sweeps cannot be listed
+    here and are left out; Hydra checks those values itself.
     """
     parsed: List[Override] = OverridesParser.create().parse_overrides(list(overrides))
     base: List[Optional[str]] = []
@@ -69,8 +69,8 @@ def expand_sweeps(overrides: Sequence[str]) -> List[List[str]]:
         if not ov.is_sweep_override():
             base.append(ov.input_line)
             continue
-        if ov.value_type == ValueType.INTERVAL_SWEEP:
-            base.append(None)
+        if ov.value_type in (ValueType.INTERVAL_SWEEP, ValueType.GLOB_CHOICE_SWEEP):
+            base.append(None)  # not listable without the config loader; Hydra checks these itself
             continue
         key = ov.get_key_element()
         values = [f"{key}={v}" for v in ov.sweep_string_iterator()]
@@ -94,9 +94,20 @@ def check_overrides(overrides: Sequence[str], config_name: str = "config", multi
             raise ConfigError(f"cannot parse the command line: {_one_paragraph(str(exc))}") from None
         for line in lines:
             try:
-                compose(config_name=config_name, overrides=line)
+                cfg = compose(config_name=config_name, overrides=line)
             except Exception as exc:  # noqa: BLE001 - every composition error is reported the same way
                 raise ConfigError(explain(exc, line, config_name)) from None
+            check_values(cfg, line)
+
+
+def check_values(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """Range and consistency checks of a composed config (see :mod:`ftexp.config.validate`)."""
+    from ftexp.config.validate import problems
+
+    found = problems(cfg)
+    if found:
+        where = f" (overrides: {' '.join(overrides)})" if overrides else ""
+        raise ConfigError(f"invalid value{'s' if len(found) > 1 else ''}{where}: " + "; ".join(found) + ".")
 
 
 def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:

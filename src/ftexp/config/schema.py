@@ -61,6 +61,7 @@ class TinyModelConfig(ModelConfig):
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
+    initializer_range: float = 0.02  # std of the random init
     init_seed: Optional[int] = None  # weight-init seed; None = the run's seed
 
 
@@ -266,8 +267,6 @@ class Config:
     output_dir: str = II("hydra:runtime.output_dir")
     save_model: bool = True  # write the adapter (LoRA) or the weights (full) at the end
     objective: Optional[str] = "val/loss"  # metric returned to sweepers (tune on val, never on test)
-    experiment: Optional[str] = None  # name of the experiment file, if any
-    tags: List[str] = field(default_factory=list)
 
 
 SCHEMAS: Dict[str, Dict[str, type]] = {

@@ -57,7 +57,14 @@ class ClassificationTask(Task):
             require_fields(records, [cfg.text_field, cfg.label_field], str(path))
             return records
         if cfg.hub_id:
-            records = load_hub_split(cfg.hub_id, split)
+            try:
+                records = load_hub_split(cfg.hub_id, split)
+            except DataError as exc:
+                raise DataError(
+                    f"data '{cfg.name}': {path} does not exist (set FTEXP_DATA_DIR or data_dir to the folder that "
+                    f"holds '{cfg.subdir}/', or data.path to the dataset folder), and the hub copy is not "
+                    f"available either: {exc}"
+                ) from None
             text_field = cfg.hub_text_field or cfg.text_field
             label_field = cfg.hub_label_field or cfg.label_field
             require_fields(records, [text_field, label_field], f"hub dataset {cfg.hub_id} ({split})")

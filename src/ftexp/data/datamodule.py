@@ -34,27 +34,36 @@ class LengthGroupedBatches(Sampler[List[int]]):
     shuffled batches.
     """
 
-    def __init__(self, lengths: List[int], batch_size: int, seed: int, window: int = 64) -> None:
+    def __init__(self, lengths: List[int], batch_size: int, seed: int, window: int = 64,
+                 rank: int = 0, world_size: int = 1) -> None:
         self.lengths, self.batch_size, self.seed, self.window = lengths, batch_size, seed, window
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
     def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        return ((len(self.lengths) + self.batch_size - 1) // self.batch_size) // self.world_size
 
     def __iter__(self) -> Iterator[List[int]]:
+        """This rank's batches: every rank builds the same list (same seed and epoch) and takes
+        every ``world_size``-th batch, after trimming the list to a multiple of ``world_size``."""
+        batches = self._all_batches()
+        usable = len(batches) - len(batches) % self.world_size
+        return iter(batches[self.rank:usable:self.world_size])
+
+    def _all_batches(self) -> List[List[int]]:
         rng = random.Random(self.seed * 100_003 + self.epoch)
         self.epoch += 1
         order = list(range(len(self.lengths)))
         rng.shuffle(order)
         if not self.window:
-            return iter([order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)])
+            return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         span = self.batch_size * self.window
         batches: List[List[int]] = []
         for start in range(0, len(order), span):
             window = sorted(order[start:start + span], key=self.lengths.__getitem__)
             batches.extend(window[i:i + self.batch_size] for i in range(0, len(window), self.batch_size))
         rng.shuffle(batches)
-        return iter(batches)
+        return batches
 
 
 class FineTuneDataModule(pl.LightningDataModule):
@@ -84,15 +93,18 @@ class FineTuneDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         lengths = [len(r["input_ids"]) for r in self.train]
         window = 64 if self.group_by_length else 0
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        sampler = LengthGroupedBatches(lengths, self.batch_size, self.seed, window=window, rank=rank, world_size=world)
         return DataLoader(
             self.train,
-            batch_sampler=LengthGroupedBatches(lengths, self.batch_size, self.seed, window=window),
+            batch_sampler=sampler,
             collate_fn=self._collate,
             num_workers=self.num_workers,
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.val, batch_size=self.val_batch_size, shuffle=False, collate_fn=self._collate,
-            num_workers=self.num_workers,
-        )
+        rows = self.val
+        if self.trainer is not None and self.trainer.world_size > 1:  # each rank a disjoint share
+            rows = rows[self.trainer.global_rank::self.trainer.world_size]
+        return DataLoader(rows, batch_size=self.val_batch_size, shuffle=False, collate_fn=self._collate,
+                          num_workers=self.num_workers)

@@ -70,7 +70,9 @@ def load_hub_split(hub_id: str, split: str, revision: Optional[str] = None) -> L
         ds = datasets.load_dataset(hub_id, split=split, revision=revision)
     except Exception as exc:  # noqa: BLE001 - network, auth and missing-split errors alike
         raise DataError(f"cannot load split '{split}' of '{hub_id}' from the hub: {exc}") from exc
-    return [dict(r) for r in ds]
+    # Class-label columns hold integers on the hub; the task wants the label names.
+    names = {k: f.int2str for k, f in ds.features.items() if isinstance(f, datasets.ClassLabel)}
+    return [{k: (names[k](v) if k in names else v) for k, v in row.items()} for row in ds]
 
 
 def require_fields(records: List[Record], fields: List[str], where: str) -> None:

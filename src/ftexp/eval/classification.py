@@ -10,7 +10,8 @@ is therefore always one of the labels.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Sequence
 
 import torch
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
@@ -76,6 +77,8 @@ def label_logprobs(
     """
     device = model_device(model)
     impl = getattr(model.config, "_attn_implementation", "sdpa")
+    if impl not in ("sdpa", "eager"):
+        raise ValueError(f"label scoring needs a 4D attention mask: attn_implementation sdpa or eager, not {impl}")
     vocab = model.get_output_embeddings().weight.shape[0] if hasattr(model, "get_output_embeddings") else 1
     scores = torch.empty(len(prompts), len(labels))
     for start, end in label_chunks(labels, len(prompts), vocab, max_logits, label_chunk):
@@ -84,8 +87,6 @@ def label_logprobs(
         S = ids.shape[1] - max(len(p) for p in prompts)
         if impl == "eager":  # eager attention adds the mask to the scores
             mask = torch.zeros(mask.shape, device=device).masked_fill(~mask, torch.finfo(torch.float32).min)
-        elif impl != "sdpa":
-            raise ValueError(f"label scoring needs attn_implementation sdpa or eager, not {impl}")
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=S + 1).logits
         logp = torch.log_softmax(logits.float(), dim=-1)  # (B, S + 1, V); index 0 = after the prompt
         offset = 0
@@ -97,6 +98,22 @@ def label_logprobs(
             scores[:, start + j] = logp[:, steps, target].sum(-1).cpu()
             offset += len(label) - 1
     return scores
+
+
+@contextmanager
+def scoring_attention(model: torch.nn.Module) -> Iterator[None]:
+    """Tree scoring needs a custom 4D mask, which flash-attention kernels do not take: switch such a
+    model to SDPA while scoring and back afterwards."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if impl in ("sdpa", "eager") or not hasattr(base, "set_attn_implementation"):
+        yield
+        return
+    base.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        base.set_attn_implementation(impl)
 
 
 class ClassificationEvaluator(Evaluator):
@@ -117,12 +134,13 @@ class ClassificationEvaluator(Evaluator):
         model.eval()
         preds: List[torch.Tensor] = []
         try:
-            for start in range(0, len(examples), self.cfg.batch_size):
-                batch = examples[start:start + self.cfg.batch_size]
-                prompts = [encode_prompt(tokenizer, ex.prompt)[-keep:] for ex in batch]
-                scores = label_logprobs(model, prompts, label_tokens, tokenizer.pad_token_id,
-                                        self.cfg.label_chunk, self.cfg.max_logits)
-                preds.append(scores.argmax(-1).cpu())
+            with scoring_attention(model):
+                for start in range(0, len(examples), self.cfg.batch_size):
+                    batch = examples[start:start + self.cfg.batch_size]
+                    prompts = [encode_prompt(tokenizer, ex.prompt)[-keep:] for ex in batch]
+                    scores = label_logprobs(model, prompts, label_tokens, tokenizer.pad_token_id,
+                                            self.cfg.label_chunk, self.cfg.max_logits)
+                    preds.append(scores.argmax(-1).cpu())
         finally:
             model.train(was_training)
         pred = torch.cat(preds)

@@ -28,6 +28,7 @@ class TinyModel(ModelSource):
             max_position_embeddings=max(c.max_length, 128) * 2,
             sliding_window=None,
             tie_word_embeddings=True,
+            initializer_range=c.initializer_range,
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,

@@ -1,10 +1,46 @@
-"""``logger=wandb|csv|none``: one logger per job, handed to every stage's Trainer."""
+"""``logger=wandb|csv|none``: one logger per job, handed to every stage's Trainer.
+
+Each stage gets a fresh Lightning Trainer whose step counter starts at 0; the Lightning loggers
+here add the steps of the earlier stages (``step_offset``), so the curves of a multi-stage run
+continue instead of overlapping, and evaluation rows land at the step where they were measured.
+"""
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
+
+from pytorch_lightning.loggers import CSVLogger as _LightningCSV
+from pytorch_lightning.loggers import WandbLogger as _LightningWandb
+from pytorch_lightning.utilities import rank_zero_only
+
+
+class _StepOffset:
+    """Mixin for a Lightning logger: stage-local steps become run-wide steps."""
+
+    step_offset = 0
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
+        super().log_metrics(metrics, None if step is None else step + self.step_offset)
+
+
+class OffsetCSVLogger(_StepOffset, _LightningCSV):
+    pass
+
+
+class OffsetWandbLogger(_StepOffset, _LightningWandb):
+    pass
+
+
+@dataclass
+class RunIdentity:
+    """How the job is named in the tracker: its name and, for a sweep, the group of its jobs."""
+
+    name: str
+    group: Optional[str] = None
+    job_type: Optional[str] = None
 
 
 class NoLogger:
@@ -14,12 +50,22 @@ class NoLogger:
         self.cfg = cfg
         self.lightning: Optional[Any] = None
 
-    def start(self, run_dir: Path, config: Dict[str, Any], name: str) -> None:
+    def start(self, run_dir: Path, config: Dict[str, Any], identity: RunIdentity) -> None:
         """Open the run; ``config`` is the resolved config, logged with it."""
 
-    def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
+    def set_step_offset(self, steps: int) -> None:
+        """Optimiser steps of the stages before the one about to train."""
         if self.lightning is not None:
-            self.lightning.log_metrics(metrics, step=step)
+            self.lightning.step_offset = steps
+
+    def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
+        """Log at run-wide ``step`` (not shifted by the stage offset)."""
+        if self.lightning is not None:
+            offset, self.lightning.step_offset = self.lightning.step_offset, 0
+            try:
+                self.lightning.log_metrics(metrics, step=step)
+            finally:
+                self.lightning.step_offset = offset
 
     def finish(self, failed: bool) -> None:
         """Close the run, marking it failed when the job failed."""
@@ -34,10 +80,8 @@ class NoLogger:
 class CSVLogger(NoLogger):
     """``logger=csv``: Lightning's CSVLogger, ``<run dir>/csv/metrics.csv``."""
 
-    def start(self, run_dir: Path, config: Dict[str, Any], name: str) -> None:
-        from pytorch_lightning.loggers import CSVLogger as _CSV
-
-        self.lightning = _CSV(save_dir=str(run_dir), name="csv", version="")
+    def start(self, run_dir: Path, config: Dict[str, Any], identity: RunIdentity) -> None:
+        self.lightning = OffsetCSVLogger(save_dir=str(run_dir), name="csv", version="")
         self.lightning.log_hyperparams(config)
 
     @property
@@ -46,26 +90,25 @@ class CSVLogger(NoLogger):
 
 
 class WandbLogger(NoLogger):
-    """``logger=wandb``: one W&B run per job, offline unless configured otherwise."""
+    """``logger=wandb``: one W&B run per job, offline unless ``logger.mode``/``WANDB_MODE`` say
+    otherwise. Jobs of a sweep share a group (``logger.group``, else the sweep's folder)."""
 
-    def start(self, run_dir: Path, config: Dict[str, Any], name: str) -> None:
+    def start(self, run_dir: Path, config: Dict[str, Any], identity: RunIdentity) -> None:
         import wandb
-        from pytorch_lightning.loggers import WandbLogger as _Wandb
 
         c = self.cfg
-        mode = os.environ.get("WANDB_MODE") or c.mode
         # A previous job of the same process (multirun) must not leak its run into this one.
         if wandb.run is not None:
             wandb.finish()
-        self.lightning = _Wandb(
+        self.lightning = OffsetWandbLogger(
             project=c.project,
             entity=c.entity,
-            group=c.group,
-            job_type=c.job_type,
+            group=c.group or identity.group,
+            job_type=c.job_type or identity.job_type,
             tags=list(c.tags) or None,
-            name=c.name or name,
+            name=c.name or identity.name,
             save_dir=str(run_dir),
-            mode=mode,
+            mode=c.mode,
             config=config,
             settings=wandb.Settings(silent=True, console="off"),
         )

@@ -20,6 +20,8 @@ class Throughput(pl.Callback):
         self._window_time = 0.0
         self._window_start: Optional[float] = None
         self._fit_start: Optional[float] = None
+        self._val_start: Optional[float] = None
+        self.val_time_s = 0.0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_start = time.perf_counter()
@@ -46,20 +48,26 @@ class Throughput(pl.Callback):
 
     def on_validation_start(self, trainer, pl_module) -> None:
         # Validation time is not training time: bank the window's time so far and pause it.
+        self._val_start = time.perf_counter()
         if self._window_start is not None:
             self._window_time += time.perf_counter() - self._window_start
             self._window_start = None
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._val_start is not None:
+            self.val_time_s += time.perf_counter() - self._val_start
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.train_time_s = time.perf_counter() - self._fit_start
+        self.train_time_s = time.perf_counter() - self._fit_start - self.val_time_s
 
     def summary(self, world_size: int = 1) -> Dict[str, float]:
-        """Totals over the stage; rates are per second of the whole fit (validation included)."""
+        """Totals over the stage; rates are per second of training (validation time left out)."""
         t = max(self.train_time_s, 1e-9)
         return {
             "tokens": float(self.total_tokens * world_size),
             "effective_tokens": float(self.total_effective * world_size),
             "train_time_s": self.train_time_s,
+            "val_time_s": self.val_time_s,
             "tokens_per_s": self.total_tokens * world_size / t,
             "effective_tokens_per_s": self.total_effective * world_size / t,
         }

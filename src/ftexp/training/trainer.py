@@ -33,4 +33,5 @@ def build_trainer(cfg: Any, stage: Any, out_dir: Path, logger: Optional[Any], ca
         default_root_dir=str(out_dir),
         num_sanity_val_steps=0,
         limit_val_batches=None if validate else 0,
+        use_distributed_sampler=False,  # the datamodule shards its own length-grouped batches by rank
     )

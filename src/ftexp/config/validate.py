@@ -1,0 +1,42 @@
+"""Value checks that types alone cannot express (ranges, combinations), run at composition time."""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+from omegaconf import DictConfig, ListConfig
+
+
+def problems(cfg: DictConfig) -> List[str]:
+    """Every value problem of a composed config, each naming its key and value."""
+    out: List[str] = []
+
+    def need(ok: bool, key: str, value: Any, rule: str) -> None:
+        if not ok:
+            out.append(f"{key}={value!r}: {rule}")
+
+    t, o, m, d = cfg.trainer, cfg.optim, cfg.model, cfg.data
+    devices = t.devices
+    need(
+        (isinstance(devices, int) and (devices >= 1 or devices == -1))
+        or devices == "auto"
+        or (isinstance(devices, (list, ListConfig)) and all(isinstance(x, int) and x >= 0 for x in devices)),
+        "trainer.devices", devices, "must be a positive int, -1, 'auto' or a list of device ids",
+    )
+    need(t.max_epochs >= 1 or t.max_steps > 0, "trainer.max_epochs", t.max_epochs,
+         "must be at least 1 (or set trainer.max_steps)")
+    need(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", t.accumulate_grad_batches, "must be >= 1")
+    need(o.lr > 0, "optim.lr", o.lr, "must be > 0")
+    need(o.batch_size >= 1, "optim.batch_size", o.batch_size, "must be >= 1")
+    need(0 <= o.warmup_ratio < 1, "optim.warmup_ratio", o.warmup_ratio, "must be in [0, 1)")
+    need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", list(o.betas),
+         "must be two numbers in [0, 1)")
+    need(m.max_length >= 8, "model.max_length", m.max_length, "must be >= 8")
+    need(0 <= d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in [0, 1)")
+    need(len(cfg.stages) >= 1, "stages", "[]", "a run needs at least one stage")
+    names = [s.name for s in cfg.stages]
+    need(len(set(names)) == len(names), "stages", names, "stage names must be unique")
+    for i, stage in enumerate(cfg.stages):
+        if stage.lr is not None:
+            need(stage.lr > 0, f"stages[{i}].lr", stage.lr, "must be > 0")
+    return out

@@ -1,0 +1,56 @@
+"""GPU paths (skipped without CUDA): bf16-mixed training and evaluation, hub loading with LoRA."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ftexp.config.preflight import compose_config
+from ftexp.job import run_job
+from tests.test_eval import LABELS, PROMPTS, tiny_lm
+
+pytestmark = pytest.mark.gpu
+
+
+def test_label_scoring_on_the_gpu_matches_the_cpu():
+    from ftexp.eval.classification import label_logprobs
+
+    model = tiny_lm()
+    cpu = label_logprobs(model, PROMPTS, LABELS, pad_id=0)
+    gpu = label_logprobs(model.cuda(), PROMPTS, LABELS, pad_id=0)
+    assert torch.allclose(cpu, gpu, atol=1e-3)
+
+
+def test_tiny_run_on_one_gpu_in_bf16_mixed(tiny_overrides):
+    cfg = compose_config([*tiny_overrides, "trainer=gpu", "trainer.enable_progress_bar=false"])
+    run_job(cfg)
+    res = json.loads((Path(cfg.output_dir) / "results.json").read_text())
+    assert res["status"] == "completed" and res["device"].startswith("cuda:")
+    assert res["config"]["trainer"]["precision"] == "bf16-mixed"
+    assert 0.0 <= res["metrics"]["test/accuracy"] <= 1.0 and res["stages"][0]["tokens_per_s"] > 0
+
+
+def test_hub_model_from_a_local_folder_trains_lora_on_the_gpu(tiny_overrides, tmp_path):
+    """A SmolLM2-shaped (Llama) model with random weights saved locally stands in for the hub."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ftexp.models.tokenizer import bpe_tokenizer
+
+    tok = bpe_tokenizer([f"Query: card {i}\nIntent: card_arrival" for i in range(200)], 500, tmp_path / "tok")
+    arch = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_token_id,
+                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    folder = tmp_path / "smol"
+    LlamaForCausalLM(arch).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    keep = [o for o in tiny_overrides if not o.startswith("model.")]
+    cfg = compose_config([*keep, "model=smollm2_135m", f"model.path={folder}", "model.max_length=64",
+                          "trainer=gpu", "peft.r=4"])
+    run_job(cfg)
+    res = json.loads((Path(cfg.output_dir) / "results.json").read_text())
+    assert res["status"] == "completed"
+    assert res["model"]["parameters"]["trainable"] < res["model"]["parameters"]["total"] / 10
+    assert (Path(cfg.output_dir) / "adapter" / "adapter_model.safetensors").is_file()
