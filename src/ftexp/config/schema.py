@@ -30,6 +30,7 @@ class ModelConfig:
     dtype: str = "float32"  # weights dtype: float32 | bfloat16 | float16
     lr: float = 2e-4  # learning rate that suits this size (optim.lr defaults to it)
     batch_size: int = 8  # per-device micro-batch size that suits this size
+    max_epochs: int = 3  # epochs per stage that suit this size (trainer.max_epochs defaults to it)
     max_length: int = 256  # longest tokenised example (prompt + completion) kept
     lora_target_modules: List[str] = field(default_factory=lambda: ["all-linear"])  # for peft=lora
     # Also train on prompt tokens (validation loss stays on completions). Off for pretrained models;
@@ -176,7 +177,7 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | fsdp | ...
     precision: str = "32-true"  # 32-true | bf16-mixed | bf16-true | 16-mixed
-    max_epochs: int = 3  # per stage, unless the stage says otherwise
+    max_epochs: int = II("model.max_epochs")  # per stage, unless the stage says otherwise
     max_steps: int = -1  # per stage; -1 = no limit
     gradient_clip_val: float = 1.0
     accumulate_grad_batches: int = 1
