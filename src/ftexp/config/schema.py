@@ -31,6 +31,7 @@ class ModelConfig:
     lr: float = 2e-4  # learning rate that suits this size (optim.lr defaults to it)
     batch_size: int = 8  # per-device micro-batch size that suits this size
     max_epochs: int = 3  # epochs per stage that suit this size (trainer.max_epochs defaults to it)
+    weight_decay: float = 0.0  # AdamW weight decay that suits this size (optim.weight_decay defaults to it)
     max_length: int = 256  # longest tokenised example (prompt + completion) kept
     lora_target_modules: List[str] = field(default_factory=lambda: ["all-linear"])  # for peft=lora
     # Also train on prompt tokens (validation loss stays on completions). Off for pretrained models;
@@ -231,7 +232,7 @@ class OptimConfig:
     """AdamW with linear warm-up and cosine decay."""
 
     lr: float = II("model.lr")
-    weight_decay: float = 0.0
+    weight_decay: float = II("model.weight_decay")
     betas: List[float] = field(default_factory=lambda: [0.9, 0.95])  # beta2 0.95: steadier at high lr
     warmup_ratio: float = 0.05  # fraction of a stage's steps spent warming up
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
