@@ -78,3 +78,31 @@ def test_a_stage_learns_and_calls_the_mitigation_hook():
     summary = throughput.summary()
     assert summary["effective_tokens"] == sum(len(r["input_ids"]) for r in data) * 8
     assert summary["tokens_per_s"] > 0 and "val/loss" in trainer.callback_metrics
+
+
+class StepLosses(pl.Callback):
+    def __init__(self):
+        self.losses, self.logged = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+        if "train/loss" in trainer.callback_metrics:
+            self.logged.append((trainer.global_step, float(trainer.callback_metrics["train/loss"])))
+
+
+def test_train_loss_is_logged_every_n_steps_as_the_window_mean():
+    pl.seed_everything(0, verbose=False)
+    data = rows(48)
+    dm = FineTuneDataModule(data, data[:8], pad_id=0, batch_size=8, seed=0)
+    module = FineTuneModule(tiny_lm(), compose_config([]).optim, lr=3e-3)
+    losses = StepLosses()
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[losses],
+                         log_every_n_steps=4, limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)
+    # 12 steps, windows of 4: the value logged at steps 4, 8, 12 is the mean of that window's losses.
+    changes = {step: value for step, value in losses.logged}
+    for end in (4, 8, 12):
+        window = losses.losses[end - 4:end]
+        assert math.isclose(changes[end], sum(window) / 4, rel_tol=1e-5), (end, changes[end], window)
+    assert "lr" in trainer.callback_metrics
