@@ -58,11 +58,11 @@ def toy_data(tmp_path) -> Path:
     folder.mkdir()
     # Same length for every label: length-grouped batches must not sort the labels apart.
     words = {"card_arrival": "card arrive post", "top_up": "top up money", "refund": "refund return back"}
-    for split, n in (("train", 30), ("test", 9)):
+    for split, n, first in (("train", 30, 0), ("test", 9, 100)):  # no text in both splits
         with (folder / f"{split}.jsonl").open("w") as f:
             for i in range(n):
                 label = list(words)[i % 3]
-                f.write(json.dumps({"text": f"{words[label]} request {i}", "label": label}) + "\n")
+                f.write(json.dumps({"text": f"{words[label]} request {first + i}", "label": label}) + "\n")
     return folder
 
 

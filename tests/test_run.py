@@ -27,7 +27,9 @@ def test_one_run_end_to_end(tiny_overrides, tmp_path):
     assert [r["index"] for r in res["rows"]] == [0, 1] and res["rows"][0]["stage"] == "base"
     assert res["rows"][1]["metrics"]["banking77"]["test/accuracy"] == res["metrics"]["test/accuracy"]
     assert res["stages"][0]["steps"] == 8 and res["stages"][0]["effective_tokens"] > 0  # 240 / 32 per epoch
-    assert res["data"]["counts"]["train"] == {"total": 240, "real": 240}
+    train_counts = res["data"]["counts"]["train"]
+    assert train_counts["total"] == 240 and train_counts["by_origin"] == {"real": 240}
+    assert len(train_counts["by_label"]) == 77 and sum(train_counts["by_label"].values()) == 240
     assert res["data"]["counts"]["test"]["total"] == 80
     assert res["config"]["model"]["hidden_size"] == 32 and res["config"]["output_dir"] == str(run_dir)
     assert res["environment"]["versions"]["torch"] and "commit" in res["environment"]["git"]

@@ -22,6 +22,7 @@ from ftexp.data.datamodule import FineTuneDataModule
 from ftexp.eval.base import EvalContext, Evaluator
 from ftexp.mitigation.base import Mitigation, StageContext
 from ftexp.models.base import count_parameters
+from ftexp.synthesis import add_synthetic
 from ftexp.training.module import FineTuneModule
 from ftexp.training.throughput import Throughput
 from ftexp.training.trainer import build_trainer
@@ -89,18 +90,24 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord, rank: i
     task: Task = build(cfg.data, data_dir=cfg.data_dir, seed=cfg.seed)
     tasks = {task.name: task}
     stage_tasks = [stage_task(stage, tasks, task) for stage in cfg.stages]  # refuse bad stages early
+    # The tokenizer is fitted to the real training texts only: it is the same whatever synthetic share.
     tokenizer = model_source.load_tokenizer(lambda: task.texts("train"), Path(cfg.cache_dir))
+    device = eval_device(cfg.trainer)
+    started = time.perf_counter()
+    add_synthetic(task, cfg.data.synthetic, cfg, model_source, tokenizer, Path(cfg.cache_dir), device,
+                  persist=rank == 0)
+    record.wall_time_s["synthetic"] = time.perf_counter() - started
     model = model_source.load_model(tokenizer)
     adapter = build(cfg.peft)
     model = adapter.apply(model, typed(cfg.model))
     evaluators: List[Evaluator] = [build(e) for e in cfg.evaluator.values()]
     mitigation: Mitigation = build(cfg.mitigation)
-    device = eval_device(cfg.trainer)
     eval_ctx = EvalContext(tokenizer=tokenizer, max_length=cfg.model.max_length)
     record.info.update(
         model={"name": cfg.model.name, "parameters": count_parameters(model),
                "trust_remote_code": model_source.trust_remote_code},
-        data={"name": task.name, "counts": task.counts(), "labels": len(getattr(task, "labels", []))},
+        data={"name": task.name, "counts": task.counts(), "labels": len(getattr(task, "labels", [])),
+              "slices": {name: len(idx) for name, idx in task.slices.items()}, **task.report},
         device=str(device) if device.type == "cpu" else f"cuda:{torch.cuda.get_device_name()}",
     )
     record.wall_time_s["setup"] = time.perf_counter() - t0
@@ -144,8 +151,9 @@ def train_stage(cfg, stage, index, model, tokenizer, task, mitigation, run_dir, 
     max_length = cfg.model.max_length
     datamodule = FineTuneDataModule(
         train=encode_split(tokenizer, task.splits["train"], max_length, task.completion_prefix,
-                           cfg.model.train_on_prompt),
-        val=encode_split(tokenizer, task.splits.get("val", []), max_length, task.completion_prefix),
+                           cfg.model.train_on_prompt, task.chat_template),
+        val=encode_split(tokenizer, task.splits.get("val", []), max_length, task.completion_prefix,
+                         chat=task.chat_template),
         pad_id=tokenizer.pad_token_id,
         batch_size=cfg.optim.batch_size,
         seed=cfg.seed + index,

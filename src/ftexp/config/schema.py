@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING
 
+from ftexp.config.data_schema import ClassificationDataConfig, CorpusDataConfig, GenerationDataConfig
+
 # --------------------------------------------------------------------------------------- model
 
 
@@ -96,37 +98,7 @@ class LoraConfig(PeftConfig):
     bias: str = "none"
 
 
-# ---------------------------------------------------------------------------------------- data
-
-
-@dataclass
-class DataConfig:
-    """A task: where its examples come from and how they become prompt -> completion pairs."""
-
-    _target_: str = MISSING
-    name: str = MISSING
-    path: Optional[str] = None  # folder with the files; None = <data_dir>/<subdir>
-    subdir: Optional[str] = None  # folder name under the data directory
-    hub_id: Optional[str] = None  # Hugging Face dataset id, used when the local files are absent
-    train_file: str = "train.jsonl"
-    test_file: str = "test.jsonl"
-    val_fraction: float = 0.1  # validation split carved from train (seeded)
-    n_train: Optional[int] = None  # training examples kept after the validation split (None = all)
-    prompt_template: str = "{text}"  # Python format string over the example's fields
-    completion_prefix: str = " "  # put between prompt and completion
-    eval_only: bool = False  # refuse to train on it (e.g. benchmarks with a canary)
-
-
-@dataclass
-class ClassificationDataConfig(DataConfig):
-    """Text classification rendered for a causal LM: prompt -> label text."""
-
-    _target_: str = "ftexp.data.classification.ClassificationTask"
-    text_field: str = "text"
-    label_field: str = "label"
-    hub_text_field: Optional[str] = None  # field names in the hub copy when they differ
-    hub_label_field: Optional[str] = None
-    n_test: Optional[int] = None  # score a fixed stratified subset of N test examples (None = all)
+# data: see ftexp.config.data_schema
 
 
 # ---------------------------------------------------------------------------------- mitigation
@@ -274,7 +246,8 @@ class Config:
 SCHEMAS: Dict[str, Dict[str, type]] = {
     "model": {"hub": HubModelConfig, "tiny": TinyModelConfig},
     "peft": {"full": FullFinetuneConfig, "lora": LoraConfig},
-    "data": {"classification": ClassificationDataConfig},
+    "data": {"classification": ClassificationDataConfig, "generation": GenerationDataConfig,
+             "corpus": CorpusDataConfig},
     "mitigation": {"none": NoMitigationConfig},
     "evaluator": {"classification": ClassificationEvalConfig},
     "trainer": {"trainer": TrainerConfig},

@@ -33,6 +33,20 @@ def problems(cfg: DictConfig) -> List[str]:
          "must be two numbers in [0, 1)")
     need(m.max_length >= 8, "model.max_length", m.max_length, "must be >= 8")
     need(0 <= d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in [0, 1)")
+    need(d.n_train is None or d.n_train >= 1, "data.n_train", d.n_train, "must be >= 1 (or null for all)")
+    need(d.n_test is None or d.n_test >= 1, "data.n_test", d.n_test, "must be >= 1 (or null for all)")
+    need(d.weight >= 0, "data.weight", d.weight, "must be >= 0")
+    for i, src in enumerate(d.extra_sources):
+        need(src.weight >= 0, f"data.extra_sources[{i}].weight", src.weight, "must be >= 0")
+    syn = d.synthetic
+    need(0 <= syn.share <= 0.9, "data.synthetic.share", syn.share, "must be in [0, 0.9]")
+    need(syn.n is None or syn.n >= 0, "data.synthetic.n", syn.n, "must be >= 0 (or null to use share)")
+    need(syn.method in ("model", "augment"), "data.synthetic.method", syn.method, "must be 'model' or 'augment'")
+    need(syn.temperature > 0, "data.synthetic.temperature", syn.temperature, "must be > 0")
+    need(0 < syn.top_p <= 1, "data.synthetic.top_p", syn.top_p, "must be in (0, 1]")
+    need(syn.oversample >= 1, "data.synthetic.oversample", syn.oversample, "must be >= 1")
+    need(0 <= d.checks.max_test_overlap <= 1, "data.checks.max_test_overlap", d.checks.max_test_overlap,
+         "must be in [0, 1]")
     need(len(cfg.stages) >= 1, "stages", "[]", "a run needs at least one stage")
     names = [s.name for s in cfg.stages]
     need(len(set(names)) == len(names), "stages", names, "stage names must be unique")

@@ -1,70 +1,104 @@
-"""Reading records from local files (JSONL, CSV, Parquet) or a Hugging Face dataset id."""
+"""Reading records from local files (JSONL, CSV, Parquet) or a Hugging Face dataset id.
+
+Every record keeps where it came from (file and line), so that any later complaint about it —
+a missing field, a text that is not a string, an unknown label — names the exact place to fix.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ftexp.data.base import DataError
 
-Record = Dict[str, object]
+
+@dataclass
+class Row:
+    """One record and where it came from (``path, line N`` or ``hub id (split), row N``)."""
+
+    where: str
+    fields: Dict[str, Any]
 
 
-def read_records(path: Path) -> List[Record]:
-    """All records of one file; malformed input raises :class:`DataError` naming file and line."""
+def read_rows(path: Path) -> List[Row]:
+    """All records of one file; malformed or unreadable input raises :class:`DataError` naming file and line."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        return _read_jsonl(path)
-    if suffix == ".csv":
-        return _read_csv(path)
-    if suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as exc:
-            raise DataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from exc
-        return pq.read_table(path).to_pylist()
+    try:
+        if suffix in (".jsonl", ".json"):
+            return _read_jsonl(path)
+        if suffix == ".csv":
+            return _read_csv(path)
+        if suffix == ".parquet":
+            return _read_parquet(path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     raise DataError(f"{path}: unsupported file type '{suffix}' (use .jsonl, .csv or .parquet)")
 
 
-def _read_jsonl(path: Path) -> List[Record]:
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+def _lines(path: Path):
+    """(line number, text) pairs; a byte sequence that is not UTF-8 names its line."""
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}, line {n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}, line {n}: expected a JSON object, got {type(obj).__name__}")
-            records.append(obj)
-    return records
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}, line {n}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
 
 
-def _read_csv(path: Path) -> List[Record]:
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        records = []
-        for row in reader:
-            if None in row:  # more cells than header columns
+def _read_jsonl(path: Path) -> List[Row]:
+    rows = []
+    for n, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}, line {n}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}, line {n}: expected a JSON object, got {type(obj).__name__}")
+        rows.append(Row(f"{path}, line {n}", obj))
+    return rows
+
+
+def _read_csv(path: Path) -> List[Row]:
+    text = "".join(line for _, line in _lines(path))
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    rows = []
+    try:
+        for record in reader:
+            if None in record:  # more cells than header columns
                 raise DataError(f"{path}, line {reader.line_num}: more values than the header has columns")
-            records.append(row)
-    return records
+            rows.append(Row(f"{path}, line {reader.line_num}", dict(record)))
+    except csv.Error as exc:
+        raise DataError(f"{path}, line {reader.line_num}: malformed CSV ({exc})") from None
+    return rows
 
 
-def load_hub_split(hub_id: str, split: str, revision: Optional[str] = None) -> List[Record]:
+def _read_parquet(path: Path) -> List[Row]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from exc
+    try:
+        records = pq.read_table(path).to_pylist()
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several unrelated types for a bad file
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    return [Row(f"{path}, row {i}", r) for i, r in enumerate(records, 1)]
+
+
+def load_hub_rows(hub_id: str, split: str, revision: Optional[str] = None) -> List[Row]:
     try:
         import datasets
     except ImportError as exc:
         raise DataError(
-            f"the local files are missing and loading '{hub_id}' from the hub needs the `datasets` package "
-            f"(pip install 'ftexp[hub]'); or set FTEXP_DATA_DIR / data.path to a folder with the files"
+            f"loading '{hub_id}' from the hub needs the `datasets` package (pip install 'ftexp[hub]'); "
+            f"or set FTEXP_DATA_DIR / data.path to a folder with the files"
         ) from exc
     try:
         ds = datasets.load_dataset(hub_id, split=split, revision=revision)
@@ -72,15 +106,50 @@ def load_hub_split(hub_id: str, split: str, revision: Optional[str] = None) -> L
         raise DataError(f"cannot load split '{split}' of '{hub_id}' from the hub: {exc}") from exc
     # Class-label columns hold integers on the hub; the task wants the label names.
     names = {k: f.int2str for k, f in ds.features.items() if isinstance(f, datasets.ClassLabel)}
-    return [{k: (names[k](v) if k in names else v) for k, v in row.items()} for row in ds]
+    return [
+        Row(f"hub dataset {hub_id} ({split}), row {i}", {k: (names[k](v) if k in names else v) for k, v in r.items()})
+        for i, r in enumerate(ds, 1)
+    ]
 
 
-def require_fields(records: List[Record], fields: List[str], where: str) -> None:
-    """Every record has every field, non-empty; the error names the first record that does not."""
-    for n, rec in enumerate(records, 1):
-        for field in fields:
-            value = rec.get(field)
-            if value is None or (isinstance(value, str) and not value.strip()):
+def map_fields(rows: Sequence[Row], mapping: Mapping[str, str], text_fields: Sequence[str],
+               other_fields: Sequence[str] = ()) -> List[Row]:
+    """Rename the source's fields to the task's (``mapping``: task field -> source field) and check
+    them: every field is present and non-empty; ``text_fields`` must hold strings."""
+    out = []
+    for row in rows:
+        rec = dict(row.fields)
+        for task_field in (*text_fields, *other_fields):
+            src = mapping.get(task_field, task_field)
+            if src not in rec or rec[src] is None:
                 have = ", ".join(sorted(rec)) or "none"
-                problem = "missing" if field not in rec else "empty"
-                raise DataError(f"{where}, record {n}: field '{field}' is {problem} (fields present: {have})")
+                raise DataError(f"{row.where}: field '{src}' is missing (fields present: {have})")
+            value = rec[src]
+            if task_field in text_fields and not isinstance(value, str):
+                raise DataError(f"{row.where}: field '{src}' must be a string, got {type(value).__name__} {value!r:.60}")
+            if isinstance(value, str) and not value.strip():
+                raise DataError(f"{row.where}: field '{src}' is empty")
+            rec[task_field] = value
+        out.append(Row(row.where, rec))
+    return out
+
+
+def source_rows(src: Any, split: str, data_dir: str, data_name: str) -> List[Row]:
+    """The records of one split of a source: its local file when present, else its hub copy."""
+    file_name = src.train_file if split == "train" else src.test_file
+    if file_name is None:
+        return []
+    folder = Path(src.path).expanduser() if src.path else Path(data_dir).expanduser() / (src.subdir or "")
+    path = folder / file_name
+    if path.is_file():
+        return read_rows(path)
+    where = (
+        f"{path} does not exist. Set FTEXP_DATA_DIR (or data_dir=...) to the folder that holds "
+        f"'{src.subdir}/', or data.path to the dataset folder"
+    )
+    if not src.hub_id:
+        raise DataError(f"data '{data_name}': {where}.")
+    try:
+        return load_hub_rows(src.hub_id, split, src.hub_revision)
+    except DataError as exc:
+        raise DataError(f"data '{data_name}': {where}; the hub copy is not available either: {exc}") from None

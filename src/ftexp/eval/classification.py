@@ -137,7 +137,7 @@ class ClassificationEvaluator(Evaluator):
             with scoring_attention(model):
                 for start in range(0, len(examples), self.cfg.batch_size):
                     batch = examples[start:start + self.cfg.batch_size]
-                    prompts = [encode_prompt(tokenizer, ex.prompt)[-keep:] for ex in batch]
+                    prompts = [encode_prompt(tokenizer, ex.prompt, task.chat_template)[-keep:] for ex in batch]
                     scores = label_logprobs(model, prompts, label_tokens, tokenizer.pad_token_id,
                                             self.cfg.label_chunk, self.cfg.max_logits)
                     preds.append(scores.argmax(-1).cpu())
@@ -146,8 +146,16 @@ class ClassificationEvaluator(Evaluator):
         pred = torch.cat(preds)
         target = torch.tensor([label_ids[ex.label] for ex in examples])
         n = len(task.labels)
-        return {
+        out = {
             f"{split}/accuracy": float(multiclass_accuracy(pred, target, n, average="micro")),
             f"{split}/macro_f1": float(multiclass_f1_score(pred, target, n, average="macro")),
             f"{split}/n": float(len(examples)),
         }
+        # Named slices of the test set (data.slices): accuracy only; macro-F1 over a slice's few
+        # labels is not comparable with the whole set's.
+        for name, idx in (task.slices.items() if split == "test" else ()):
+            if idx:
+                hits = (pred[idx] == target[idx]).float()
+                out[f"{split}/slice/{name}/accuracy"] = float(hits.mean())
+            out[f"{split}/slice/{name}/n"] = float(len(idx))
+        return out

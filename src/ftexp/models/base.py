@@ -28,6 +28,11 @@ class ModelSource(ABC):
     def trust_remote_code(self) -> bool:
         return bool(getattr(self.cfg, "trust_remote_code", False))
 
+    @property
+    def pretrained(self) -> bool:
+        """Whether the weights already know language (a model built from a config does not)."""
+        return True
+
     @abstractmethod
     def load_tokenizer(self, corpus: Callable[[], Iterable[str]], cache_dir: Path) -> PreTrainedTokenizerBase:
         """``corpus`` yields training texts, for tokenizers that are trained per run."""

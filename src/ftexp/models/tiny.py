@@ -13,6 +13,8 @@ from ftexp.models.tokenizer import bpe_tokenizer
 
 
 class TinyModel(ModelSource):
+    pretrained = False  # random weights: a generator made from it must be fine-tuned first
+
     def load_tokenizer(self, corpus: Callable[[], Iterable[str]], cache_dir: Path) -> PreTrainedTokenizerBase:
         return bpe_tokenizer(corpus(), self.cfg.vocab_size, Path(cache_dir))
 

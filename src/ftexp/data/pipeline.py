@@ -1,0 +1,182 @@
+"""From sources to splits: the one loading pipeline every record-based task shares.
+
+    primary train ─ task rules ─ drop test duplicates ─ validation split (split_seed) ─ drop val duplicates ─┐
+    extra sources' train ─ task rules ─ drop val/test duplicates ─────────────────────────────────────────────┴─ n_train, by weight, seeded ─ train
+    primary test ─ task rules ─ fixed n_test subset (seed 0) ─ test, and its named slices
+
+Validation and test depend on the data and ``split_seed`` only — never on the run's seed,
+``n_train``, the source weights or synthetic data — so every job of a sweep is scored on the same
+examples. Subclasses say how a record becomes an :class:`Example` and how to subsample.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ftexp.data.base import DataError, Example, Task
+from ftexp.data.checks import drop_overlap, normalise, overlap_fraction, text_keys
+from ftexp.data.mixture import derived_rng, source_quotas
+from ftexp.data.sources import Row, map_fields, source_rows
+
+log = logging.getLogger(__name__)
+
+
+class SourcedTask(Task):
+    """A task whose examples are records read from sources (files or hub datasets)."""
+
+    text_fields: Tuple[str, ...] = ("text",)  # task fields that must be non-empty strings
+    other_fields: Tuple[str, ...] = ()  # task fields that must be present
+
+    def __init__(self, cfg: Any, data_dir: str, seed: int) -> None:
+        super().__init__(name=cfg.name, completion_prefix=cfg.completion_prefix, eval_only=cfg.eval_only,
+                         chat_template=cfg.chat_template)
+        self.cfg, self.seed = cfg, seed
+        self.report = {"dropped": {}, "checks": {}}
+        test = self.load(cfg, "test", data_dir)
+        pool = [] if cfg.train_file is None else self.load(cfg, "train", data_dir)
+        if not test:
+            raise DataError(f"data '{cfg.name}': the test split is empty")
+        if not pool and not cfg.eval_only:
+            raise DataError(f"data '{cfg.name}': the training split is empty")
+        self.check_splits(pool, test)
+
+        test_keys = text_keys(test)
+        overlap = overlap_fraction(test, text_keys(pool))
+        self.report["checks"]["test_in_train_fraction"] = overlap
+        if overlap > cfg.checks.max_test_overlap:
+            raise DataError(
+                f"data '{cfg.name}': {overlap:.1%} of the test examples also occur (up to case, punctuation and "
+                f"spacing) in the training file — more than data.checks.max_test_overlap="
+                f"{cfg.checks.max_test_overlap}. Are train_file and test_file the same data?"
+            )
+        pool = self._dedupe(pool, test_keys, "train_test_duplicates")
+        train, val = self.split_off(pool, cfg.val_fraction, cfg.split_seed) if pool else ([], [])
+        train = self._dedupe(train, text_keys(val), "train_val_duplicates")
+
+        pools = {self.primary_name: train}
+        weights = {self.primary_name: cfg.weight}
+        held_out = test_keys | text_keys(val)
+        for extra in cfg.extra_sources:
+            name = extra.name or f"{cfg.name}:{extra.train_file}"
+            if name in pools:
+                raise DataError(f"data.extra_sources: two sources are named '{name}'; give each a distinct name")
+            examples = self.load(extra, "train", data_dir, name=name)
+            pools[name] = self._dedupe(examples, held_out, f"{name}_heldout_duplicates")
+            weights[name] = extra.weight
+        if pool:
+            quotas = source_quotas({k: len(v) for k, v in pools.items()}, weights, cfg.n_train)
+            train = [ex for k, examples in pools.items() for ex in self.subsample(examples, quotas[k], self.seed)]
+            self.report["sources"] = {k: {"weight": weights[k], "available": len(pools[k]), "used": quotas[k]}
+                                      for k in pools}
+
+        if cfg.n_test is not None:
+            if cfg.n_test < 1:
+                raise DataError(f"data.n_test={cfg.n_test}: must be at least 1 (or null for the whole test split)")
+            # seed 0, not the run's seed: every job of a sweep is scored on the same examples.
+            test = self.subsample(test, min(cfg.n_test, len(test)), seed=0)
+        self.splits = {"train": train, "val": val, "test": test}
+        self.slices = resolve_slices(cfg.slices, test, train, cfg.name)
+
+    # ---------------------------------------------------------------------------------- hooks
+
+    @property
+    def primary_name(self) -> str:
+        return self.cfg.name
+
+    def field_map(self, source: Any) -> Dict[str, str]:
+        """Task field -> the source's field name (the task's ``*_field`` settings, then the source's ``fields``)."""
+        return dict(source.fields)
+
+    def to_example(self, row: Row, source: str, split: str) -> Optional[Example]:
+        """The example of one (field-mapped) record; None drops it (count it with :meth:`drop`)."""
+        raise NotImplementedError
+
+    def check_splits(self, train: List[Example], test: List[Example]) -> None:
+        """Task-specific sanity checks of the loaded splits (e.g. labels in test never seen in train)."""
+
+    def split_off(self, examples: List[Example], fraction: float, seed: int) -> Tuple[List[Example], List[Example]]:
+        """(rest, held out), about ``fraction`` held out, seeded. Examples with the same normalised
+        text (one question asked twice) land on the same side, so none is lost to deduplication."""
+        groups: Dict[str, List[int]] = {}
+        for i, ex in enumerate(examples):
+            groups.setdefault(normalise(ex.text), []).append(i)
+        keys = sorted(groups)
+        derived_rng(seed, "split").shuffle(keys)
+        target, held = round(len(examples) * fraction), set()
+        for key in keys:
+            if len(held) >= target:
+                break
+            held.update(groups[key])
+        return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
+
+    def subsample(self, examples: List[Example], n: int, seed: int) -> List[Example]:
+        """``n`` examples: a prefix of one seeded order (so smaller subsets nest in larger ones)."""
+        order = list(range(len(examples)))
+        derived_rng(seed, "subsample").shuffle(order)
+        return [examples[i] for i in sorted(order[:n])]
+
+    # ---------------------------------------------------------------------------------- helpers
+
+    def load(self, source: Any, split: str, data_dir: str, name: Optional[str] = None) -> List[Example]:
+        rows = source_rows(source, split, data_dir, self.cfg.name)
+        rows = map_fields(rows, self.field_map(source), self.text_fields, self.other_fields)
+        out = []
+        for row in rows:
+            ex = self.to_example(row, name or self.primary_name, split)
+            if ex is not None:
+                out.append(ex)
+        return out
+
+    def drop(self, reason: str, split: str, n: int = 1) -> None:
+        entry = self.report["dropped"].setdefault(reason, {})
+        entry[split] = entry.get(split, 0) + n
+
+    def _dedupe(self, examples: List[Example], against: set, reason: str) -> List[Example]:
+        if not self.cfg.checks.dedupe or not examples:
+            return examples
+        kept, dropped = drop_overlap(examples, against)
+        if dropped:
+            self.drop(reason, "train", dropped)
+            log.warning("data '%s': dropped %d training examples whose text also occurs in %s (%s)", self.cfg.name,
+                        dropped, "validation" if "val" in reason else "validation or test", reason)
+        return kept
+
+
+def format_prompt(template: str, record: Dict[str, Any], where: str) -> str:
+    try:
+        return template.format(**record)
+    except (KeyError, IndexError) as exc:
+        raise DataError(
+            f"{where}: data.prompt_template '{template}' uses {exc}, which this record does not have "
+            f"(fields: {', '.join(sorted(record))})"
+        ) from None
+
+
+def resolve_slices(slices: Sequence[Any], test: List[Example], train: List[Example], data: str) -> Dict[str, List[int]]:
+    """Indices into ``test`` of every declared slice (every criterion that is set must hold)."""
+    train_counts = Counter(ex.label for ex in train)
+    out: Dict[str, List[int]] = {}
+    for s in slices:
+        if s.name in out:
+            raise DataError(f"data.slices: two slices are named '{s.name}'")
+        if s.field is not None and not any(s.field in ex.meta for ex in test):
+            fields = sorted({k for ex in test for k in ex.meta})
+            raise DataError(f"data.slices '{s.name}': field '{s.field}' is not a field of the test records "
+                            f"(fields: {', '.join(fields) or 'none'})")
+
+        def member(ex: Example) -> bool:
+            words = len(ex.text.split())
+            return (
+                (s.min_words is None or words >= s.min_words)
+                and (s.max_words is None or words <= s.max_words)
+                and (s.labels is None or ex.label in s.labels)
+                and (s.max_train_count is None or train_counts.get(ex.label, 0) <= s.max_train_count)
+                and (s.field is None or s.values is None or str(ex.meta.get(s.field)) in s.values)
+            )
+
+        out[s.name] = [i for i, ex in enumerate(test) if member(ex)]
+        if not out[s.name]:
+            log.warning("data '%s': slice '%s' matches no test example", data, s.name)
+    return out

@@ -1,0 +1,129 @@
+"""The model that writes synthetic examples: a configured model, or a fresh copy of the run's
+model fine-tuned in-run on the real training subset. Fine-tuned weights are cached on disk under a
+content hash of everything that determines them, so the jobs of a sweep train it once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Dict, List, Tuple
+
+import pytorch_lightning as pl
+import torch
+
+from ftexp.data.base import Example, encode_split
+from ftexp.data.datamodule import FineTuneDataModule
+from ftexp.synthesis.prompts import clean, label_prompt
+from ftexp.training.module import FineTuneModule
+from ftexp.training.trainer import build_trainer
+from ftexp.utils.build import build
+
+log = logging.getLogger(__name__)
+
+
+def content_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def training_examples(dataset: str, train: List[Example]) -> List[Example]:
+    """The in-run generator learns "header -> one text of that label" from every real example."""
+    return [Example(prompt=label_prompt(dataset, ex.label, []), completion=clean(ex.text), label=ex.label)
+            for ex in train]
+
+
+class Generator:
+    """Loads (and if asked, fine-tunes) the generator; ``identity`` hashes what its outputs depend on."""
+
+    def __init__(self, syn_cfg: Any, run_cfg: Any, run_source: Any, run_tokenizer: Any, task: Any,
+                 cache_dir: Path) -> None:
+        self.cfg, self.run_cfg, self.task = syn_cfg, run_cfg, task
+        own = syn_cfg.generator is not None
+        self.source = build(generator_config(syn_cfg.generator)) if own else run_source
+        self.finetune = (syn_cfg.finetune_generator if syn_cfg.finetune_generator is not None
+                         else not self.source.pretrained)
+        self.shots = syn_cfg.shots if syn_cfg.shots is not None else (0 if self.finetune else 3)
+        self.tokenizer = (self.source.load_tokenizer(lambda: task.texts("train"), cache_dir) if own
+                          else run_tokenizer)
+        real = [(ex.label, ex.text) for ex in task.splits["train"]]
+        model_cfg = generator_config(syn_cfg.generator) if own else run_cfg.model
+        self.identity: Dict[str, Any] = {
+            "model": _plain(model_cfg),
+            "vocab": content_hash(sorted(self.tokenizer.get_vocab().items())),
+            "finetune": self.finetune,
+        }
+        if self.finetune:
+            self.identity.update(real=content_hash(real), epochs=syn_cfg.generator_epochs, seed=run_cfg.seed,
+                                 optim=_plain(run_cfg.optim), batch_size=run_cfg.optim.batch_size)
+        self.dir = Path(cache_dir) / "generators" / content_hash(self.identity)
+        self._model = None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            self._model = self._load()
+        return self._model
+
+    def _load(self) -> torch.nn.Module:
+        model = self.source.load_model(self.tokenizer)
+        if not self.finetune:
+            return model
+        weights = self.dir / "generator.pt"
+        if weights.is_file():
+            log.info("synthetic: reusing the generator fine-tuned earlier (%s)", weights)
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            return model
+        log.info("synthetic: fine-tuning the generator on %d real examples for %d epochs",
+                 len(self.task.splits["train"]), self.cfg.generator_epochs)
+        with torch.random.fork_rng():
+            pl.seed_everything(self.run_cfg.seed, verbose=False)
+            self._fit(model)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = weights.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(weights)
+        return model
+
+    def _fit(self, model: torch.nn.Module) -> None:
+        cfg = self.run_cfg
+        rows = encode_split(self.tokenizer, training_examples(self.task.name, self.task.splits["train"]),
+                            cfg.model.max_length, " ")
+        datamodule = FineTuneDataModule(rows, [], pad_id=self.tokenizer.pad_token_id, batch_size=cfg.optim.batch_size,
+                                        seed=cfg.seed, num_workers=cfg.trainer.num_workers)
+        stage = SimpleNamespace(max_epochs=self.cfg.generator_epochs, max_steps=None)
+        trainer = build_trainer(cfg.trainer, stage, self.dir, logger=None, validate=False)
+        trainer.fit(FineTuneModule(model, cfg.optim, lr=cfg.optim.lr), datamodule=datamodule)
+        model.eval()
+
+    def prompts(self, label: str, indices: List[int], shots_from: List[str], seed: int) -> Tuple[List[str], List[int]]:
+        """Prompt and sampling seed of samples ``indices`` of ``label``; each depends only on
+        (seed, label, index), so a cached pool can be extended deterministically."""
+        from ftexp.data.mixture import derived_rng
+
+        prompts, seeds = [], []
+        for k in indices:
+            rng = derived_rng(seed, "synthetic", label, k)
+            shots = rng.sample(shots_from, min(self.shots, len(shots_from)))
+            prompts.append(label_prompt(self.task.name, label, shots))
+            seeds.append(rng.randrange(2**62))
+        return prompts, seeds
+
+
+def generator_config(cfg: Any) -> Any:
+    """A full model config (with ``_target_``) as it is, or a mapping such as ``{name: qwen,
+    hub_id: Qwen/Qwen2.5-0.5B}`` checked against the hub model schema."""
+    from omegaconf import OmegaConf
+
+    from ftexp.config.schema import HubModelConfig
+
+    if "_target_" in cfg:
+        return cfg
+    return OmegaConf.merge(OmegaConf.structured(HubModelConfig), cfg)
+
+
+def _plain(cfg: Any) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg

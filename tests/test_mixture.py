@@ -1,0 +1,183 @@
+"""The training mixture: seeded subsamples, source weights, leakage checks, synthetic data, slices."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from ftexp.config.preflight import compose_config
+from ftexp.data.base import DataError
+from ftexp.data.checks import normalise
+from ftexp.data.mixture import apportion, synthetic_count
+from ftexp.synthesis import add_synthetic
+from ftexp.utils.build import build
+
+WORDS = {"card_arrival": "card arrive post", "top_up": "top up money", "refund": "refund return back"}
+
+
+def write(path: Path, rows) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def toy(tmp_path) -> Path:
+    """120 training and 30 test examples over 3 unevenly sized labels; no text in both splits."""
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    sizes = {"card_arrival": 60, "top_up": 40, "refund": 20}
+    write(folder / "train.jsonl", [{"text": f"{WORDS[lb]} request {i}", "label": lb}
+                                   for lb, n in sizes.items() for i in range(n)])
+    write(folder / "test.jsonl", [{"text": f"{WORDS[lb]} question {i}", "label": lb}
+                                  for lb in sizes for i in range(10)])
+    return folder
+
+
+def task_for(folder, *overrides, seed=0):
+    cfg = compose_config([f"data.path={folder}", "data.slices=[]", *overrides])
+    return build(cfg.data, data_dir="unused", seed=seed)
+
+
+def prompts(examples):
+    return [e.prompt for e in examples]
+
+
+def test_apportion_and_synthetic_count():
+    assert apportion(10, {"a": 7, "b": 2, "c": 1}) == {"a": 7, "b": 2, "c": 1}
+    assert sum(apportion(7, {"a": 1, "b": 1, "c": 1}).values()) == 7
+    assert synthetic_count(2000, 0.0, None) == 0
+    assert synthetic_count(2000, 0.5, None) == 2000
+    assert synthetic_count(2000, 0.83, None) == 9765
+    assert synthetic_count(2000, 0.5, 17) == 17
+
+
+def test_subsample_is_seeded_stratified_and_nested(toy):
+    a = task_for(toy, "data.n_train=30").splits["train"]
+    assert prompts(a) == prompts(task_for(toy, "data.n_train=30").splits["train"])
+    assert prompts(a) != prompts(task_for(toy, "data.n_train=30", seed=1).splits["train"])
+    assert Counter(e.label for e in a) == {"card_arrival": 15, "top_up": 10, "refund": 5}
+    small = task_for(toy, "data.n_train=15").splits["train"]
+    assert set(prompts(small)) <= set(prompts(a))  # a learning curve varies only how many
+    with pytest.raises(DataError, match=r"data.n_train=500: 'banking77' has 108 training examples"):
+        task_for(toy, "data.n_train=500")
+
+
+def test_validation_and_test_do_not_change_with_the_mixture(toy):
+    base = task_for(toy)
+    other = task_for(toy, "data.n_train=20", "data.synthetic.method=augment", "data.synthetic.share=0.5", seed=3)
+    add_synthetic(other, compose_config(["data.synthetic.method=augment", "data.synthetic.share=0.5"]).data.synthetic,
+                  compose_config(["seed=3"]), None, None, Path("unused"))
+    for split in ("val", "test"):
+        assert prompts(other.splits[split]) == prompts(base.splits[split])
+        assert {e.origin for e in other.splits[split]} == {"real"}
+
+
+def test_train_test_duplicates_are_dropped_counted_and_capped(toy):
+    rows = [json.loads(line) for line in (toy / "train.jsonl").read_text().splitlines()]
+    rows += [{"text": "CARD arrive post,  question 3!", "label": "card_arrival"},  # normalised copy of a test text
+             {"text": "top up money question 4", "label": "top_up"}]  # exact copy
+    write(toy / "train.jsonl", rows)
+    task = task_for(toy, "data.checks.max_test_overlap=0.1")
+    test_keys = {normalise(e.text) for e in task.splits["test"]}
+    assert not any(normalise(e.text) in test_keys for e in task.splits["train"] + task.splits["val"])
+    assert task.report["dropped"]["train_test_duplicates"] == {"train": 2}
+    assert task.report["checks"]["test_in_train_fraction"] == pytest.approx(2 / 30)
+    with pytest.raises(DataError, match=r"6.7% of the test examples also occur .*data.checks.max_test_overlap=0.05"):
+        task_for(toy, "data.checks.max_test_overlap=0.05")
+
+
+@pytest.mark.parametrize("share", [0.1, 0.5, 0.83])
+def test_synthetic_share_is_realised_within_one_example(toy, share):
+    task = task_for(toy, "data.n_train=50")
+    cfg = compose_config(["data.synthetic.method=augment", f"data.synthetic.share={share}"])
+    add_synthetic(task, cfg.data.synthetic, cfg, None, None, Path("unused"))
+    train = task.splits["train"]
+    n_syn = sum(e.origin == "synthetic" for e in train)
+    assert sum(e.origin == "real" for e in train) == 50
+    assert abs(n_syn - share * len(train)) <= 1
+    assert task.report["synthetic"]["kept"] == n_syn
+    assert task.counts()["train"]["by_origin_label"]["synthetic"] == dict(sorted(
+        Counter(e.label for e in train if e.origin == "synthetic").items()))
+    # per label in proportion to the real subset; never a copy of a real text
+    real_keys = {normalise(e.text) for split in task.splits.values() for e in split if e.origin == "real"}
+    assert not any(normalise(e.text) in real_keys for e in train if e.origin == "synthetic")
+    syn_labels = Counter(e.label for e in train if e.origin == "synthetic")
+    assert syn_labels["card_arrival"] > syn_labels["top_up"] > syn_labels["refund"]
+
+
+def test_model_written_synthetic_data_is_cached_and_reproducible(toy, tmp_path, cache_dir):
+    from tests.conftest import TINY
+
+    overrides = [*TINY, f"data.path={toy}", "data.slices=[]", "data.n_train=60", "data.synthetic.generator_epochs=1",
+                 "data.synthetic.max_new_tokens=8", "data.synthetic.temperature=1.5"]
+
+    def synthetic(share, cache):
+        cfg = compose_config([*overrides, f"data.synthetic.share={share}"])
+        task = build(cfg.data, data_dir="unused", seed=0)
+        source = build(cfg.model)
+        tokenizer = source.load_tokenizer(lambda: task.texts("train"), cache_dir)
+        add_synthetic(task, cfg.data.synthetic, cfg, source, tokenizer, cache)
+        made = [(e.label, e.text) for e in task.splits["train"] if e.origin == "synthetic"]
+        return made, task.report["synthetic"]
+
+    first, stats = synthetic(0.5, tmp_path / "a")
+    assert len(first) == 60 and stats["generated"] >= 60 and Path(stats["cache"]).is_file()
+    again, stats = synthetic(0.5, tmp_path / "a")
+    assert again == first and stats["generated"] == 0  # a sweep generates once
+    extended, _ = synthetic(0.6, tmp_path / "a")  # extends the cached pool ...
+    fresh, _ = synthetic(0.6, tmp_path / "b")  # ... to exactly what a fresh run writes
+    assert extended == fresh and len(fresh) == 90
+
+
+def test_extra_sources_are_mixed_by_weight(toy, tmp_path):
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    write(extra / "mine.jsonl", [{"utterance": f"{WORDS[lb]} mine {i}", "intent": lb}
+                                 for lb in WORDS for i in range(20)]
+          + [{"utterance": "refund return back question 1", "intent": "refund"}])  # a test text: dropped
+    source = f"{{name: mine, path: {extra}, train_file: mine.jsonl, test_file: null, weight: 1.0, " \
+             f"fields: {{text: utterance, label: intent}}}}"
+    task = task_for(toy, "data.n_train=40", f"data.extra_sources=[{source}]")
+    by_source = task.counts()["train"]["by_source"]
+    assert by_source == {"banking77": 20, "mine": 20}
+    assert task.report["dropped"]["mine_heldout_duplicates"] == {"train": 1}
+    assert all(e.source == "banking77" for e in task.splits["val"] + task.splits["test"])
+
+
+def test_slices_select_test_examples_by_words_labels_and_rarity(toy):
+    slices = "[{name: long, min_words: 5}, {name: refund, labels: [refund]}, {name: rare, max_train_count: 20}]"
+    task = task_for(toy, f"data.slices={slices}", "data.n_train=60")
+    test = task.splits["test"]
+    assert all(len(test[i].text.split()) >= 5 for i in task.slices["long"])
+    assert [test[i].label for i in task.slices["refund"]] == ["refund"] * 10
+    assert {test[i].label for i in task.slices["rare"]} == {"refund", "top_up"}  # 10 and 20 in train, not 30
+    with pytest.raises(DataError, match="field 'contract' is not a field"):
+        task_for(toy, "data.slices=[{name: c, field: contract, values: [x]}]")
+
+
+def test_data_configs_load_from_the_data_directory(data_dir):
+    for option in ("banking77", "cuad", "medquad", "truthfulqa", "general"):
+        cfg = compose_config([f"data={option}"])
+        task = build(cfg.data, data_dir=str(data_dir), seed=0)
+        counts = task.counts()
+        assert counts["test"]["total"] > 0, option
+        assert (counts["train"]["total"] > 0) != task.eval_only, option
+        assert all(e.origin == "real" for split in task.splits.values() for e in split)
+
+
+def test_cuad_drops_multi_label_clauses_and_keeps_38_types(data_dir):
+    task = build(compose_config(["data=cuad"]).data, data_dir=str(data_dir), seed=0)
+    assert len(task.labels) == 38
+    assert task.report["dropped"]["multi_label"] == {"train": 1428, "test": 452}
+    assert all(len(e.meta["all_labels"]) == 1 for e in task.splits["test"])
+
+
+def test_truthfulqa_is_refused_for_training(data_dir):
+    from ftexp.run import stage_task
+
+    task = build(compose_config(["data=truthfulqa"]).data, data_dir=str(data_dir), seed=0)
+    stage = compose_config([]).stages[0]
+    with pytest.raises(DataError, match="evaluation only"):
+        stage_task(stage, {task.name: task}, task)
