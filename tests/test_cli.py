@@ -76,3 +76,30 @@ def test_a_failing_run_exits_nonzero_with_one_paragraph_and_a_failed_record(data
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["status"] == "failed"
     assert wandb_exit_code(offline_runs(tmp_path)[0]) == 1  # marked failed, not finished
+
+
+def test_a_malformed_data_file_fails_the_job_naming_file_and_line(cache_dir, tmp_path):
+    folder = tmp_path / "mydata"
+    folder.mkdir()
+    (folder / "test.jsonl").write_text('{"text": "where is my card", "label": "card_arrival"}\n')
+    (folder / "train.jsonl").write_text('{"text": "card please", "label": "card_arrival"}\n{"text": 7, "label": "x"}\n')
+    run_dir = tmp_path / "run"
+    proc = ftexp(*small(tmp_path, cache_dir, logger="none"), f"data.path={folder}", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 1
+    assert f"{folder / 'train.jsonl'}, line 2: field 'text' must be a string" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "failed"
+    assert (folder / "train.jsonl").is_file()  # the user's file is untouched
+
+
+def test_the_sweep_files_run_as_multiruns(data_dir, cache_dir, tmp_path):
+    """sweeps=dataset_size with its sizes overridden small: one job per size, each its own results."""
+    proc = ftexp("-m", *small(data_dir, cache_dir, logger="none"), "sweeps=dataset_size", "data.n_train=77,154",
+                 "data.slices=[]", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sizes = []
+    for job in sorted(p for p in tmp_path.iterdir() if p.is_dir() and p.name.isdigit()):
+        res = json.loads((job / "results.json").read_text())
+        assert res["status"] == "completed" and "E2" in res["config"]["tags"]
+        sizes.append(res["data"]["counts"]["train"]["by_origin"]["real"])
+    assert sizes == [77, 154]

@@ -9,7 +9,7 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from ftexp.config import config_dir
+from ftexp.config import config_dir, sweeps_root
 from ftexp.config.preflight import ConfigError, check_overrides, compose_config, expand_sweeps
 from ftexp.config.schema import SCHEMAS
 
@@ -22,6 +22,25 @@ def all_options():
         for path in sorted((config_dir() / group).rglob("*.yaml")):
             option = path.relative_to(config_dir() / group).with_suffix("").as_posix()
             yield group, option
+
+
+SWEEPS = sorted(p.stem for p in (sweeps_root() / "sweeps").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_every_sweep_file_composes_and_every_swept_value_is_valid(sweep):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = compose_config([f"sweeps={sweep}"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params, f"sweeps/{sweep}.yaml sweeps nothing"
+    text = (sweeps_root() / "sweeps" / f"{sweep}.yaml").read_text()
+    assert "python -m ftexp -m sweeps=" in text  # the file says how to run it
+    # every value of every swept key composes and passes the value checks
+    overrides = [f"{key}={value}" for key, value in params.items()]
+    for ov in OverridesParser.create().parse_overrides(overrides):
+        for value in ov.sweep_string_iterator():
+            check_overrides([f"sweeps={sweep}", f"{ov.get_key_element()}={value}"])
 
 
 def test_config_groups_are_the_documented_axes():
@@ -142,3 +161,13 @@ def test_cli_help_lists_groups_and_options():
 def test_schema_module_imports_no_torch():
     code = "import sys, ftexp.cli, ftexp.config.preflight; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_sweeps_declared_in_files_are_checked_and_the_command_line_wins():
+    from ftexp.config.preflight import _file_sweeps, hydra_context
+
+    with hydra_context():
+        assert _file_sweeps(["sweeps=dataset_size"], "config") == ["data.n_train=500,1500,5000,null"]
+        assert _file_sweeps(["sweeps=dataset_size", "data.n_train=10,20"], "config") == []
+    msg = message(["sweeps=dataset_size", "data.synthetic.share=0.95"], multirun=True)
+    assert "data.synthetic.share=0.95" in msg and "[0, 0.9]" in msg

@@ -149,3 +149,25 @@ def test_banking77_from_the_data_directory(data_dir):
     assert 0 < n_dropped < 60
     assert len(task.splits["train"]) + len(task.splits["val"]) + n_dropped == 10003
     assert abs(len(task.splits["val"]) - 1000) < 40
+
+
+def test_prompts_use_the_chat_template_when_the_tokenizer_has_one(tokenizer):
+    ex = Example(prompt="Query: where is my card?\nIntent:", completion="card_arrival")
+    plain = encode_prompt(tokenizer, ex.prompt, chat=True)  # no template: the prompt as it is
+    assert plain == encode_prompt(tokenizer, ex.prompt)
+    tokenizer.chat_template = "{% for m in messages %}<s>[INST] {{ m['content'] }} [/INST]{% endfor %}"
+    wrapped = encode_prompt(tokenizer, ex.prompt, chat=True)
+    assert wrapped == tokenizer("<s>[INST] " + ex.prompt + " [/INST]", add_special_tokens=False)["input_ids"]
+    assert encode_prompt(tokenizer, ex.prompt, chat=False) == plain  # data.chat_template=false
+    row = encode_split(tokenizer, [ex], max_length=200, chat=True)[0]
+    assert row["input_ids"][: len(wrapped)] == wrapped and row["labels"][: len(wrapped)] == [-100] * len(wrapped)
+
+
+def test_long_completions_are_cut_from_the_right_and_fit_max_length():
+    prompt, completion = list(range(10, 30)), list(range(100, 300))  # a long answer
+    row = assemble(prompt, completion, max_length=64)
+    assert len(row["input_ids"]) == 64
+    assert row["input_ids"][:20] == prompt and row["input_ids"][20:] == completion[:44]
+    long_prompt = list(range(1000, 1100))
+    row = assemble(long_prompt, completion, max_length=64)
+    assert len(row["input_ids"]) == 64 and row["input_ids"][:32] == long_prompt[-32:]

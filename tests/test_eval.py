@@ -74,14 +74,18 @@ class StubTokenizer:
 def test_accuracy_and_f1_follow_the_argmax_of_the_label_scores():
     model, tok = tiny_lm(seed=3), StubTokenizer()
     task = toy_task(["alpha", "beta_x", "gamma"], n=12)
+    task.slices = {"firsts": [0, 1, 2, 3], "empty": []}
     cfg = compose_config(["evaluator.classification.batch_size=5"]).evaluator.classification
     metrics = build(cfg).evaluate(model, task, EvalContext(tokenizer=tok, max_length=64))
     labels = [[*tok(" " + lab, add_special_tokens=False)["input_ids"], 2] for lab in task.labels]
     scores = pairwise(model, [tok(ex.prompt)["input_ids"] for ex in task.splits["test"]], labels)
     target = torch.tensor([i % 3 for i in range(12)])
-    expected = (scores.argmax(-1) == target).float().mean().item()
-    assert metrics["test/accuracy"] == pytest.approx(expected)
+    hits = (scores.argmax(-1) == target).float()
+    assert metrics["test/accuracy"] == pytest.approx(hits.mean().item())
     assert metrics["test/n"] == 12 and 0.0 <= metrics["test/macro_f1"] <= 1.0
+    assert metrics["test/slice/firsts/accuracy"] == pytest.approx(hits[:4].mean().item())
+    assert metrics["test/slice/firsts/n"] == 4 and metrics["test/slice/empty/n"] == 0
+    assert "test/slice/empty/accuracy" not in metrics
 
 
 def test_a_model_that_prefers_the_right_label_scores_one():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -181,3 +182,31 @@ def test_truthfulqa_is_refused_for_training(data_dir):
     stage = compose_config([]).stages[0]
     with pytest.raises(DataError, match="evaluation only"):
         stage_task(stage, {task.name: task}, task)
+
+
+def test_corpus_is_split_contiguously_into_line_aligned_chunks(tmp_path):
+    from ftexp.data.corpus import chunk_text
+
+    text = "".join(f"Line number {i} of the play.\n" for i in range(400))
+    chunks = chunk_text(text, 100)
+    assert "\n".join(chunks) + "\n" == text  # nothing lost, nothing repeated
+    assert all(len(c) <= 100 for c in chunks) and all(c.startswith("Line") for c in chunks)
+    (tmp_path / "input.txt").write_text(text)
+    task = build(compose_config(["data=general", f"data.path={tmp_path}", "data.chunk_chars=100"]).data,
+                 data_dir="unused", seed=0)
+    train, val, test = (task.splits[s] for s in ("train", "val", "test"))
+    numbers = [[int(n) for e in split for n in re.findall(r"\d+", e.completion)] for split in (train, val, test)]
+    assert max(numbers[0]) < min(numbers[1]) and max(numbers[1]) < min(numbers[2])  # ordered, disjoint
+    assert test[-1].completion.endswith("399 of the play.") and len(test) >= 0.09 * len(chunks)
+
+
+def test_augmented_texts_are_edits_of_real_ones():
+    import random
+
+    from ftexp.data.augment import edit_words
+
+    rng = random.Random(0)
+    text = "please tell me where my new card is"
+    variants = {edit_words(text, rng) for _ in range(20)}
+    assert text not in variants and len(variants) > 10
+    assert all(set(v.split()) <= set(text.split()) for v in variants)

@@ -15,7 +15,7 @@ import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -52,14 +52,14 @@ def hydra_info() -> Dict[str, Any]:
     }
 
 
-def run_identity(run_dir: Path) -> RunIdentity:
+def run_identity(run_dir: Path, tags: Optional[List[str]] = None) -> RunIdentity:
     """Name the tracker run after its folder; jobs of one sweep share the sweep's folder as group."""
     parts = run_dir.parts
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         sweep = Path(HydraConfig.get().sweep.dir)
         group = "/".join(sweep.parts[-2:])
-        return RunIdentity(name=f"{group}/{run_dir.name}", group=group, job_type="sweep")
-    return RunIdentity(name="/".join(parts[-2:]) if len(parts) >= 2 else run_dir.name, job_type="run")
+        return RunIdentity(name=f"{group}/{run_dir.name}", group=group, job_type="sweep", tags=tags or [])
+    return RunIdentity(name="/".join(parts[-2:]) if len(parts) >= 2 else run_dir.name, job_type="run", tags=tags or [])
 
 
 class _DropTips(logging.Filter):
@@ -112,7 +112,7 @@ def run_job(cfg: DictConfig) -> Optional[float]:
     failed = True
     with distributed_scope():
         try:
-            tracker.start(run_dir, resolved, run_identity(run_dir))
+            tracker.start(run_dir, resolved, run_identity(run_dir, list(cfg.tags)))
             run(cfg, run_dir, tracker, record, rank=rank)
             failed = False
         except BaseException as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 
 def config_dir() -> Path:
@@ -11,3 +12,13 @@ def config_dir() -> Path:
     if packaged.is_dir():
         return packaged
     return Path(__file__).resolve().parents[3] / "conf"
+
+
+def sweeps_root() -> Optional[Path]:
+    """The folder that holds ``sweeps/`` (Hydra's search-path root for the ``sweeps`` group):
+    a copy inside a wheel, or the root of a source checkout."""
+    packaged = Path(__file__).resolve().parent.parent / "_sweeps_root"
+    if (packaged / "sweeps").is_dir():
+        return packaged
+    checkout = Path(__file__).resolve().parents[3]
+    return checkout if (checkout / "sweeps").is_dir() else None

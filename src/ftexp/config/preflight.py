@@ -89,6 +89,8 @@ def check_overrides(overrides: Sequence[str], config_name: str = "config", multi
     :class:`ConfigError` with a readable message on the first failure."""
     with hydra_context(config_name):
         try:
+            if multirun:
+                overrides = [*overrides, *_file_sweeps(overrides, config_name)]
             lines = expand_sweeps(overrides) if multirun else [list(overrides)]
         except HydraException as exc:
             raise ConfigError(f"cannot parse the command line: {_one_paragraph(str(exc))}") from None
@@ -98,6 +100,18 @@ def check_overrides(overrides: Sequence[str], config_name: str = "config", multi
             except Exception as exc:  # noqa: BLE001 - every composition error is reported the same way
                 raise ConfigError(explain(exc, line, config_name)) from None
             check_values(cfg, line)
+
+
+def _file_sweeps(overrides: Sequence[str], config_name: str) -> List[str]:
+    """Sweeps declared in config files (``hydra.sweeper.params``, e.g. by ``sweeps=NAME``) whose key
+    the command line does not set itself, as overrides, so that their values are checked too."""
+    first = expand_sweeps(overrides)[0]
+    try:
+        params = compose(config_name=config_name, overrides=first, return_hydra_config=True).hydra.sweeper.get("params")
+    except Exception:  # noqa: BLE001 - the composition error is reported by the caller's own attempt
+        return []
+    given = {ov.get_key_element() for ov in OverridesParser.create().parse_overrides(list(overrides))}
+    return [f"{key}={value}" for key, value in (params or {}).items() if key not in given]
 
 
 def check_values(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
@@ -110,11 +124,12 @@ def check_values(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
         raise ConfigError(f"invalid value{'s' if len(found) > 1 else ''}{where}: " + "; ".join(found) + ".")
 
 
-def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
+def compose_config(overrides: Sequence[str] = (), config_name: str = "config",
+                   return_hydra_config: bool = False) -> DictConfig:
     """Compose (without running) the config for ``overrides``: for tests and tools."""
     with hydra_context(config_name):
         try:
-            return compose(config_name=config_name, overrides=list(overrides))
+            return compose(config_name=config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
         except Exception as exc:  # noqa: BLE001
             raise ConfigError(explain(exc, list(overrides), config_name)) from None
 
@@ -158,6 +173,9 @@ def _explain_missing_option(exc: BaseException, overrides: Sequence[str]) -> str
 def _explain_unknown_key(full_key: str, where: str, overrides: Sequence[str], config_name: str) -> str:
     parent, _, leaf = full_key.rpartition(".")
     valid = _keys_at(full_key, overrides, config_name)
+    if leaf in valid:  # the key exists for the default choice: a config file sets it for another option
+        return (f"{where}: the chosen {parent} option has no key '{leaf}', but a config file in this run "
+                f"(e.g. an experiment written for another {parent} option) sets {full_key}.")
     label = f"'{leaf}' is not a key of {parent or 'the top-level config'}"
     schema = _schema_name(full_key, overrides, config_name)
     if schema:

@@ -236,6 +236,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     stages: List[StageConfig] = field(default_factory=lambda: [StageConfig()])
     seed: int = 0
+    tags: List[str] = field(default_factory=list)  # labels of the run (W&B tags, results.json); experiments set them
     data_dir: str = "data"  # where local datasets live (FTEXP_DATA_DIR overrides)
     cache_dir: str = ".cache/ftexp"  # tokenizers and other content-addressed artefacts
     output_dir: str = II("hydra:runtime.output_dir")

@@ -20,8 +20,8 @@ class ClassificationTask(SourcedTask):
     def __init__(self, cfg: Any, data_dir: str, seed: int) -> None:
         self.declared = set(cfg.labels) if cfg.labels is not None else None
         super().__init__(cfg, data_dir, seed)
-        self.labels: List[str] = sorted(self.declared or {ex.label for ex in self.splits["train"]}
-                                        | ({ex.label for ex in self.splits["test"]} if self.eval_only else set()))
+        seen = {ex.label for ex in self.splits["test" if self.eval_only else "train"]}
+        self.labels: List[str] = sorted(self.declared if self.declared is not None else seen)
 
     def field_map(self, source: Any) -> Dict[str, str]:
         return {"text": self.cfg.text_field, "label": self.cfg.label_field, **source.fields}

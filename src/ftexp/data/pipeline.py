@@ -51,9 +51,9 @@ class SourcedTask(Task):
                 f"spacing) in the training file — more than data.checks.max_test_overlap="
                 f"{cfg.checks.max_test_overlap}. Are train_file and test_file the same data?"
             )
-        pool = self._dedupe(pool, test_keys, "train_test_duplicates")
+        pool = self._dedupe(pool, test_keys, "train_test_duplicates", "test")
         train, val = self.split_off(pool, cfg.val_fraction, cfg.split_seed) if pool else ([], [])
-        train = self._dedupe(train, text_keys(val), "train_val_duplicates")
+        train = self._dedupe(train, text_keys(val), "train_val_duplicates", "validation")
 
         pools = {self.primary_name: train}
         weights = {self.primary_name: cfg.weight}
@@ -63,7 +63,7 @@ class SourcedTask(Task):
             if name in pools:
                 raise DataError(f"data.extra_sources: two sources are named '{name}'; give each a distinct name")
             examples = self.load(extra, "train", data_dir, name=name)
-            pools[name] = self._dedupe(examples, held_out, f"{name}_heldout_duplicates")
+            pools[name] = self._dedupe(examples, held_out, f"{name}_heldout_duplicates", "validation or test")
             weights[name] = extra.weight
         if pool:
             quotas = source_quotas({k: len(v) for k, v in pools.items()}, weights, cfg.n_train)
@@ -133,14 +133,14 @@ class SourcedTask(Task):
         entry = self.report["dropped"].setdefault(reason, {})
         entry[split] = entry.get(split, 0) + n
 
-    def _dedupe(self, examples: List[Example], against: set, reason: str) -> List[Example]:
+    def _dedupe(self, examples: List[Example], against: set, reason: str, held_out: str) -> List[Example]:
         if not self.cfg.checks.dedupe or not examples:
             return examples
         kept, dropped = drop_overlap(examples, against)
         if dropped:
             self.drop(reason, "train", dropped)
-            log.warning("data '%s': dropped %d training examples whose text also occurs in %s (%s)", self.cfg.name,
-                        dropped, "validation" if "val" in reason else "validation or test", reason)
+            log.warning("data '%s': dropped %d training examples whose text also occurs in %s", self.cfg.name,
+                        dropped, held_out)
         return kept
 
 

@@ -7,9 +7,9 @@ continue instead of overlapping, and evaluation rows land at the step where they
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from pytorch_lightning.loggers import CSVLogger as _LightningCSV
 from pytorch_lightning.loggers import WandbLogger as _LightningWandb
@@ -41,6 +41,7 @@ class RunIdentity:
     name: str
     group: Optional[str] = None
     job_type: Optional[str] = None
+    tags: List[str] = field(default_factory=list)  # the run's own tags (``tags=[...]``, set by experiments)
 
 
 class NoLogger:
@@ -105,7 +106,7 @@ class WandbLogger(NoLogger):
             entity=c.entity,
             group=c.group or identity.group,
             job_type=c.job_type or identity.job_type,
-            tags=list(c.tags) or None,
+            tags=[*identity.tags, *c.tags] or None,
             name=c.name or identity.name,
             save_dir=str(run_dir),
             mode=c.mode,
