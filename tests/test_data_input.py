@@ -36,6 +36,7 @@ def folder(tmp_path):
     ({"label": "top_up"}, [], r"train.jsonl, line 4: field 'text' is missing"),
     ({"text": "   ", "label": "top_up"}, [], r"train.jsonl, line 4: field 'text' is empty"),
     ({"text": 12345, "label": "top_up"}, [], r"train.jsonl, line 4: field 'text' must be a string, got int"),
+    ({"text": "x y", "label": ["top_up"]}, [], r"train.jsonl, line 4: the label must be a string or an integer"),
     ({"text": "x y", "label": "refund"}, ["data.labels=[card_arrival,top_up]"],
      r"train.jsonl, line 4: label 'refund' is not one of data.labels"),
     ({"text": "x y", "label": "top_up", "tags": "a"}, ["data.multi_label_field=tags"],

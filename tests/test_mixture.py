@@ -84,7 +84,7 @@ def test_train_test_duplicates_are_dropped_counted_and_capped(toy):
     test_keys = {normalise(e.text) for e in task.splits["test"]}
     assert not any(normalise(e.text) in test_keys for e in task.splits["train"] + task.splits["val"])
     assert task.report["dropped"]["train_test_duplicates"] == {"train": 2}
-    assert task.report["checks"]["test_in_train_fraction"] == pytest.approx(2 / 30)
+    assert task.report["checks"]["test_in_train_fraction"] == {"banking77": pytest.approx(2 / 30)}
     with pytest.raises(DataError, match=r"6.7% of the test examples also occur .*data.checks.max_test_overlap=0.05"):
         task_for(toy, "data.checks.max_test_overlap=0.05")
 
@@ -118,7 +118,7 @@ def test_model_written_synthetic_data_is_cached_and_reproducible(toy, tmp_path, 
         cfg = compose_config([*overrides, f"data.synthetic.share={share}"])
         task = build(cfg.data, data_dir="unused", seed=0)
         source = build(cfg.model)
-        tokenizer = source.load_tokenizer(lambda: task.texts("train"), cache_dir)
+        tokenizer = source.load_tokenizer(task.tokenizer_corpus, cache_dir)
         add_synthetic(task, cfg.data.synthetic, cfg, source, tokenizer, cache)
         made = [(e.label, e.text) for e in task.splits["train"] if e.origin == "synthetic"]
         return made, task.report["synthetic"]
@@ -130,6 +130,9 @@ def test_model_written_synthetic_data_is_cached_and_reproducible(toy, tmp_path, 
     extended, _ = synthetic(0.6, tmp_path / "a")  # extends the cached pool ...
     fresh, _ = synthetic(0.6, tmp_path / "b")  # ... to exactly what a fresh run writes
     assert extended == fresh and len(fresh) == 90
+    overrides.append("data.synthetic.temperature=1.2")  # a setting that changes the samples: another pool
+    hotter, stats_hot = synthetic(0.5, tmp_path / "a")
+    assert stats_hot["cache"] != stats["cache"] and hotter != first
 
 
 def test_extra_sources_are_mixed_by_weight(toy, tmp_path):
@@ -141,6 +144,8 @@ def test_extra_sources_are_mixed_by_weight(toy, tmp_path):
     source = f"{{name: mine, path: {extra}, train_file: mine.jsonl, test_file: null, weight: 1.0, " \
              f"fields: {{text: utterance, label: intent}}}}"
     task = task_for(toy, "data.n_train=40", f"data.extra_sources=[{source}]")
+    with pytest.raises(DataError, match=r"in extra source 'mine' — more than data.checks.max_test_overlap=0.02"):
+        task_for(toy, "data.n_train=40", f"data.extra_sources=[{source}]", "data.checks.max_test_overlap=0.02")
     by_source = task.counts()["train"]["by_source"]
     assert by_source == {"banking77": 20, "mine": 20}
     assert task.report["dropped"]["mine_heldout_duplicates"] == {"train": 1}
@@ -148,12 +153,12 @@ def test_extra_sources_are_mixed_by_weight(toy, tmp_path):
 
 
 def test_slices_select_test_examples_by_words_labels_and_rarity(toy):
-    slices = "[{name: long, min_words: 5}, {name: refund, labels: [refund]}, {name: rare, max_train_count: 20}]"
+    slices = "[{name: long, min_words: 5}, {name: refund, labels: [refund]}, {name: rare, max_train_count: 40}]"
     task = task_for(toy, f"data.slices={slices}", "data.n_train=60")
     test = task.splits["test"]
     assert all(len(test[i].text.split()) >= 5 for i in task.slices["long"])
     assert [test[i].label for i in task.slices["refund"]] == ["refund"] * 10
-    assert {test[i].label for i in task.slices["rare"]} == {"refund", "top_up"}  # 10 and 20 in train, not 30
+    assert {test[i].label for i in task.slices["rare"]} == {"refund", "top_up"}  # 18 and 36 real, not 54
     with pytest.raises(DataError, match="field 'contract' is not a field"):
         task_for(toy, "data.slices=[{name: c, field: contract, values: [x]}]")
 
@@ -210,3 +215,49 @@ def test_augmented_texts_are_edits_of_real_ones():
     variants = {edit_words(text, rng) for _ in range(20)}
     assert text not in variants and len(variants) > 10
     assert all(set(v.split()) <= set(text.split()) for v in variants)
+
+
+def test_synthetic_copies_of_real_texts_and_empty_texts_are_dropped_and_counted():
+    from ftexp.synthesis import Pool, fill
+
+    cfg = compose_config(["data.synthetic.max_rounds=2"]).data.synthetic
+    seen = {normalise("where is my card"), normalise("a test question")}  # real train/val/test texts
+    outputs = iter([["A TEST question!", "   ", "new text one", "new text one"], ["new text two"]])
+    stats = {"generated": 0, "dropped_empty": 0, "dropped_duplicate": 0}
+    kept = fill({"x": 2}, Pool(None), lambda requests: {"x": next(outputs)}, seen, stats, cfg)
+    assert kept == {"x": ["new text one", "new text two"]}
+    assert stats == {"generated": 5, "dropped_empty": 1, "dropped_duplicate": 2}
+    outputs = iter([["a test question"]] * 3)
+    with pytest.raises(DataError, match="could not make enough usable synthetic examples in 2 rounds"):
+        fill({"x": 1}, Pool(None), lambda requests: {"x": next(outputs)}, set(seen), dict.fromkeys(stats, 0), cfg)
+
+
+def test_label_set_tokenizer_corpus_and_rarity_do_not_move_with_n_train(toy):
+    small, full = task_for(toy, "data.n_train=2"), task_for(toy)
+    assert small.labels == full.labels == ["card_arrival", "refund", "top_up"]  # though 2 examples cover 2 labels
+    assert list(small.tokenizer_corpus()) == list(full.tokenizer_corpus())
+    rare = "data.slices=[{name: rare, max_train_count: 20}]"
+    assert task_for(toy, rare, "data.n_train=30").slices == task_for(toy, rare).slices
+
+
+def test_validation_split_can_keep_groups_together(tmp_path):
+    folder = tmp_path / "grouped"
+    folder.mkdir()
+    write(folder / "train.jsonl", [{"text": f"{WORDS[lb]} clause {i}", "label": lb, "contract": f"c{i % 10}"}
+                                   for lb in WORDS for i in range(40)])
+    write(folder / "test.jsonl", [{"text": f"{WORDS[lb]} other {i}", "label": lb, "contract": "t"}
+                                  for lb in WORDS for i in range(3)])
+    task = task_for(folder, "data.group_field=contract", "data.val_fraction=0.2")
+    val_groups = {e.meta["contract"] for e in task.splits["val"]}
+    assert val_groups and not val_groups & {e.meta["contract"] for e in task.splits["train"]}
+    assert len(task.splits["val"]) == 24  # two whole contracts of ten
+    with pytest.raises(DataError, match=r"train.jsonl, line 1: field 'client' \(data.group_field\) is missing"):
+        task_for(folder, "data.group_field=client")
+
+
+def test_results_record_which_files_were_read(toy):
+    from ftexp.data.sources import file_sha256
+
+    files = task_for(toy).report["files"]
+    assert [(f["split"], Path(f["path"]).name) for f in files] == [("test", "test.jsonl"), ("train", "train.jsonl")]
+    assert files[1]["sha256"] == file_sha256(toy / "train.jsonl") and files[1]["records"] == 120

@@ -90,8 +90,8 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord, rank: i
     task: Task = build(cfg.data, data_dir=cfg.data_dir, seed=cfg.seed)
     tasks = {task.name: task}
     stage_tasks = [stage_task(stage, tasks, task) for stage in cfg.stages]  # refuse bad stages early
-    # The tokenizer is fitted to the real training texts only: it is the same whatever synthetic share.
-    tokenizer = model_source.load_tokenizer(lambda: task.texts("train"), Path(cfg.cache_dir))
+    # A tokenizer fitted per run sees all real training texts: the same at every n_train and synthetic share.
+    tokenizer = model_source.load_tokenizer(task.tokenizer_corpus, Path(cfg.cache_dir))
     device = eval_device(cfg.trainer)
     started = time.perf_counter()
     add_synthetic(task, cfg.data.synthetic, cfg, model_source, tokenizer, Path(cfg.cache_dir), device,

@@ -51,7 +51,7 @@ class SyntheticConfig:
     temperature: float = 1.0
     top_p: float = 0.95
     batch_size: int = 64
-    oversample: float = 1.3  # generate this much more than needed: duplicates and empties are dropped
+    oversample: float = 1.1  # generate this much more than needed: duplicates and empties are dropped
     max_rounds: int = 6  # give up (with an error) when this many rounds cannot fill the quota
 
 
@@ -88,6 +88,7 @@ class DataConfig(SourceConfig):
     chat_template: bool = True  # wrap the prompt in the tokenizer's chat template when it has one
     val_fraction: float = 0.1  # validation split carved from the primary source's train (split_seed)
     split_seed: int = 0  # fixes the validation split for every run, whatever its seed
+    group_field: Optional[str] = None  # records sharing this field stay on one side of the validation split
     n_train: Optional[int] = None  # real training examples (seeded subsample; None = all the weights allow)
     n_test: Optional[int] = None  # score a fixed subset of N test examples (None = all)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

@@ -23,6 +23,7 @@ class Example:
     source: str = ""  # the data source (or generator) it came from
     text: str = ""  # the input text before templating: what leakage checks and slices look at
     meta: Dict[str, Any] = field(default_factory=dict)  # the record's other fields
+    where: str = ""  # file and line it was read from, for error messages
 
 
 @dataclass
@@ -38,9 +39,13 @@ class Task:
     report: Dict[str, Any] = field(default_factory=dict)  # what loading dropped, checked and mixed
 
     def texts(self, split: str = "train") -> Iterator[str]:
-        """Training texts as the model sees them (for tokenizers trained per run)."""
+        """A split's texts as the model sees them."""
         for ex in self.splits.get(split, []):
             yield ex.prompt + self.completion_prefix + ex.completion
+
+    def tokenizer_corpus(self) -> Iterator[str]:
+        """The texts a tokenizer trained per run is fitted to (tasks with subsampling widen this)."""
+        return self.texts("train")
 
     def counts(self) -> Dict[str, Dict[str, Any]]:
         """Per split: total, and counts by origin, by source and (classification) by label."""

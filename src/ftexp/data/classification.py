@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, List, Optional, Tuple
 
 from ftexp.data.base import DataError, Example
 from ftexp.data.mixture import stratified_take
 from ftexp.data.pipeline import SourcedTask, format_prompt
 from ftexp.data.sources import Row
+
+log = logging.getLogger(__name__)
 
 
 class ClassificationTask(SourcedTask):
@@ -20,14 +23,23 @@ class ClassificationTask(SourcedTask):
     def __init__(self, cfg: Any, data_dir: str, seed: int) -> None:
         self.declared = set(cfg.labels) if cfg.labels is not None else None
         super().__init__(cfg, data_dir, seed)
-        seen = {ex.label for ex in self.splits["test" if self.eval_only else "train"]}
+        # From everything real that could be trained on, not the n_train subsample: the label set
+        # a model is scored over must not change with the training-set size.
+        seen = {ex.label for ex in (self.splits["test"] if self.eval_only else self.available)}
         self.labels: List[str] = sorted(self.declared if self.declared is not None else seen)
+        missing = sorted(set(self.labels) - {ex.label for ex in self.splits["train"]})
+        if missing and not self.eval_only:
+            log.warning("data '%s': %d labels have no training example at data.n_train=%s (e.g. '%s')",
+                        cfg.name, len(missing), cfg.n_train, missing[0])
 
     def field_map(self, source: Any) -> Dict[str, str]:
         return {"text": self.cfg.text_field, "label": self.cfg.label_field, **source.fields}
 
     def to_example(self, row: Row, source: str, split: str) -> Optional[Example]:
         rec = row.fields
+        if isinstance(rec["label"], bool) or not isinstance(rec["label"], (str, int)):
+            raise DataError(f"{row.where}: the label must be a string or an integer, got "
+                            f"{type(rec['label']).__name__} {rec['label']!r:.60}")
         label = str(rec["label"]).strip()
         if self.declared is not None and label not in self.declared:
             raise DataError(f"{row.where}: label '{label}' is not one of data.labels ({len(self.declared)} labels)")
@@ -51,14 +63,14 @@ class ClassificationTask(SourcedTask):
         seen = {ex.label for ex in train}
         unknown = sorted({ex.label for ex in test} - seen)
         if unknown:
+            first = next(ex for ex in test if ex.label == unknown[0])
             raise DataError(
-                f"data '{self.cfg.name}': the test split has labels that never occur in train: {', '.join(unknown[:10])}"
-                + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+                f"{first.where}: the test label '{unknown[0]}' never occurs in the training data"
+                + (f" (nor do {len(unknown) - 1} more test labels: {', '.join(unknown[1:6])})" if len(unknown) > 1 else "")
+                + "; set data.labels to declare the label set, or fix the files"
             )
 
     def split_off(self, examples: List[Example], fraction: float, seed: int) -> Tuple[List[Example], List[Example]]:
-        if not 0.0 <= fraction < 1.0:
-            raise DataError(f"data.val_fraction must be in [0, 1), got {fraction}")
         held = set(stratified_take(examples, round(len(examples) * fraction), _label, seed))
         return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from fractions import Fraction
 from collections import defaultdict
 from typing import Callable, Dict, Hashable, List, Optional, Sequence, TypeVar
 
@@ -74,8 +75,9 @@ def source_quotas(sizes: Dict[str, int], weights: Dict[str, float], n_train: Opt
         raise DataError(f"source weights {weights}: must be >= 0 and not all zero")
     active = {k: w for k, w in weights.items() if w > 0}
     if n_train is None:
-        wsum = sum(active.values())
-        n_train = int(min(sizes[k] * wsum / w for k, w in active.items()))
+        # exact rational arithmetic: a float product like 43 * 1.0 / 0.1 may land just below 430
+        ws = {k: Fraction(str(w)) for k, w in active.items()}
+        n_train = int(min(sizes[k] * sum(ws.values()) / w for k, w in ws.items()))
     quotas = apportion(n_train, active)
     if len(active) == 1:
         (k,) = active

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ftexp.data.base import DataError, Example, Task
 from ftexp.data.checks import drop_overlap, normalise, overlap_fraction, text_keys
@@ -33,7 +33,7 @@ class SourcedTask(Task):
         super().__init__(name=cfg.name, completion_prefix=cfg.completion_prefix, eval_only=cfg.eval_only,
                          chat_template=cfg.chat_template)
         self.cfg, self.seed = cfg, seed
-        self.report = {"dropped": {}, "checks": {}}
+        self.report = {"files": [], "dropped": {}, "checks": {}}
         test = self.load(cfg, "test", data_dir)
         pool = [] if cfg.train_file is None else self.load(cfg, "train", data_dir)
         if not test:
@@ -43,16 +43,9 @@ class SourcedTask(Task):
         self.check_splits(pool, test)
 
         test_keys = text_keys(test)
-        overlap = overlap_fraction(test, text_keys(pool))
-        self.report["checks"]["test_in_train_fraction"] = overlap
-        if overlap > cfg.checks.max_test_overlap:
-            raise DataError(
-                f"data '{cfg.name}': {overlap:.1%} of the test examples also occur (up to case, punctuation and "
-                f"spacing) in the training file — more than data.checks.max_test_overlap="
-                f"{cfg.checks.max_test_overlap}. Are train_file and test_file the same data?"
-            )
+        self._check_overlap(test, pool, self.primary_name, "the training file")
         pool = self._dedupe(pool, test_keys, "train_test_duplicates", "test")
-        train, val = self.split_off(pool, cfg.val_fraction, cfg.split_seed) if pool else ([], [])
+        train, val = self._split_val(pool) if pool else ([], [])
         train = self._dedupe(train, text_keys(val), "train_val_duplicates", "validation")
 
         pools = {self.primary_name: train}
@@ -63,8 +56,12 @@ class SourcedTask(Task):
             if name in pools:
                 raise DataError(f"data.extra_sources: two sources are named '{name}'; give each a distinct name")
             examples = self.load(extra, "train", data_dir, name=name)
+            self._check_overlap(test, examples, name, f"extra source '{name}'")
             pools[name] = self._dedupe(examples, held_out, f"{name}_heldout_duplicates", "validation or test")
             weights[name] = extra.weight
+        # Everything real the run may train on, before n_train: what the tokenizer is fitted to and
+        # what label sets and rarity are counted on, so they do not change with n_train.
+        self.available: List[Example] = [ex for examples in pools.values() for ex in examples]
         if pool:
             quotas = source_quotas({k: len(v) for k, v in pools.items()}, weights, cfg.n_train)
             train = [ex for k, examples in pools.items() for ex in self.subsample(examples, quotas[k], self.seed)]
@@ -77,7 +74,13 @@ class SourcedTask(Task):
             # seed 0, not the run's seed: every job of a sweep is scored on the same examples.
             test = self.subsample(test, min(cfg.n_test, len(test)), seed=0)
         self.splits = {"train": train, "val": val, "test": test}
-        self.slices = resolve_slices(cfg.slices, test, train, cfg.name)
+        self.slices = resolve_slices(cfg.slices, test, self.available, cfg.name)
+
+    def tokenizer_corpus(self) -> Iterator[str]:
+        """All real training texts before ``n_train``: a tokenizer fitted per run is the same at
+        every training-set size and synthetic share."""
+        for ex in self.available:
+            yield ex.prompt + self.completion_prefix + ex.completion
 
     # ---------------------------------------------------------------------------------- hooks
 
@@ -96,20 +99,21 @@ class SourcedTask(Task):
     def check_splits(self, train: List[Example], test: List[Example]) -> None:
         """Task-specific sanity checks of the loaded splits (e.g. labels in test never seen in train)."""
 
+    def _split_val(self, pool: List[Example]) -> Tuple[List[Example], List[Example]]:
+        cfg = self.cfg
+        if not 0.0 <= cfg.val_fraction < 1.0:
+            raise DataError(f"data.val_fraction must be in [0, 1), got {cfg.val_fraction}")
+        if cfg.group_field is None:
+            return self.split_off(pool, cfg.val_fraction, cfg.split_seed)
+        missing = next((ex for ex in pool if cfg.group_field not in ex.meta), None)
+        if missing is not None:
+            raise DataError(f"{missing.where}: field '{cfg.group_field}' (data.group_field) is missing")
+        return grouped_split(pool, lambda ex: str(ex.meta[cfg.group_field]), cfg.val_fraction, cfg.split_seed)
+
     def split_off(self, examples: List[Example], fraction: float, seed: int) -> Tuple[List[Example], List[Example]]:
         """(rest, held out), about ``fraction`` held out, seeded. Examples with the same normalised
         text (one question asked twice) land on the same side, so none is lost to deduplication."""
-        groups: Dict[str, List[int]] = {}
-        for i, ex in enumerate(examples):
-            groups.setdefault(normalise(ex.text), []).append(i)
-        keys = sorted(groups)
-        derived_rng(seed, "split").shuffle(keys)
-        target, held = round(len(examples) * fraction), set()
-        for key in keys:
-            if len(held) >= target:
-                break
-            held.update(groups[key])
-        return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
+        return grouped_split(examples, lambda ex: normalise(ex.text), fraction, seed)
 
     def subsample(self, examples: List[Example], n: int, seed: int) -> List[Example]:
         """``n`` examples: a prefix of one seeded order (so smaller subsets nest in larger ones)."""
@@ -120,18 +124,33 @@ class SourcedTask(Task):
     # ---------------------------------------------------------------------------------- helpers
 
     def load(self, source: Any, split: str, data_dir: str, name: Optional[str] = None) -> List[Example]:
-        rows = source_rows(source, split, data_dir, self.cfg.name)
+        rows, origin = source_rows(source, split, data_dir, self.cfg.name)
+        if origin:
+            self.report["files"].append({"source": name or self.primary_name, "split": split, **origin,
+                                         "records": len(rows)})
         rows = map_fields(rows, self.field_map(source), self.text_fields, self.other_fields)
         out = []
         for row in rows:
             ex = self.to_example(row, name or self.primary_name, split)
             if ex is not None:
+                ex.where = row.where
                 out.append(ex)
         return out
 
     def drop(self, reason: str, split: str, n: int = 1) -> None:
         entry = self.report["dropped"].setdefault(reason, {})
         entry[split] = entry.get(split, 0) + n
+
+    def _check_overlap(self, test: List[Example], train: List[Example], source: str, what: str) -> None:
+        overlap = overlap_fraction(test, text_keys(train))
+        self.report["checks"].setdefault("test_in_train_fraction", {})[source] = overlap
+        limit = self.cfg.checks.max_test_overlap
+        if overlap > limit:
+            raise DataError(
+                f"data '{self.cfg.name}': {overlap:.1%} of the test examples also occur (up to case, punctuation "
+                f"and spacing) in {what} — more than data.checks.max_test_overlap={limit}. Is test data among "
+                f"the training files?"
+            )
 
     def _dedupe(self, examples: List[Example], against: set, reason: str, held_out: str) -> List[Example]:
         if not self.cfg.checks.dedupe or not examples:
@@ -142,6 +161,22 @@ class SourcedTask(Task):
             log.warning("data '%s': dropped %d training examples whose text also occurs in %s", self.cfg.name,
                         dropped, held_out)
         return kept
+
+
+def grouped_split(examples: List[Example], key, fraction: float, seed: int) -> Tuple[List[Example], List[Example]]:
+    """(rest, held out): whole groups (by ``key``) in a seeded order are held out until about
+    ``fraction`` of the examples are."""
+    groups: Dict[str, List[int]] = {}
+    for i, ex in enumerate(examples):
+        groups.setdefault(key(ex), []).append(i)
+    keys = sorted(groups)
+    derived_rng(seed, "split").shuffle(keys)
+    target, held = round(len(examples) * fraction), set()
+    for k in keys:
+        if len(held) >= target:
+            break
+        held.update(groups[k])
+    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
 
 
 def format_prompt(template: str, record: Dict[str, Any], where: str) -> str:
@@ -155,7 +190,8 @@ def format_prompt(template: str, record: Dict[str, Any], where: str) -> str:
 
 
 def resolve_slices(slices: Sequence[Any], test: List[Example], train: List[Example], data: str) -> Dict[str, List[int]]:
-    """Indices into ``test`` of every declared slice (every criterion that is set must hold)."""
+    """Indices into ``test`` of every declared slice (every criterion that is set must hold).
+    Label rarity is counted on ``train`` (the whole real pool, so slices do not move with n_train)."""
     train_counts = Counter(ex.label for ex in train)
     out: Dict[str, List[int]] = {}
     for s in slices:

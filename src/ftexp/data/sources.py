@@ -7,10 +7,11 @@ a missing field, a text that is not a string, an unknown label — names the exa
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ftexp.data.base import DataError
 
@@ -134,15 +135,17 @@ def map_fields(rows: Sequence[Row], mapping: Mapping[str, str], text_fields: Seq
     return out
 
 
-def source_rows(src: Any, split: str, data_dir: str, data_name: str) -> List[Row]:
-    """The records of one split of a source: its local file when present, else its hub copy."""
+def source_rows(src: Any, split: str, data_dir: str, data_name: str) -> Tuple[List[Row], Dict[str, Any]]:
+    """The records of one split of a source (its local file when present, else its hub copy) and
+    where they came from: the file and its SHA-256, or the hub id and revision."""
     file_name = src.train_file if split == "train" else src.test_file
     if file_name is None:
-        return []
+        return [], {}
     folder = Path(src.path).expanduser() if src.path else Path(data_dir).expanduser() / (src.subdir or "")
     path = folder / file_name
     if path.is_file():
-        return read_rows(path)
+        rows = read_rows(path)
+        return rows, {"path": str(path.resolve()), "sha256": file_sha256(path)}
     where = (
         f"{path} does not exist. Set FTEXP_DATA_DIR (or data_dir=...) to the folder that holds "
         f"'{src.subdir}/', or data.path to the dataset folder"
@@ -150,6 +153,15 @@ def source_rows(src: Any, split: str, data_dir: str, data_name: str) -> List[Row
     if not src.hub_id:
         raise DataError(f"data '{data_name}': {where}.")
     try:
-        return load_hub_rows(src.hub_id, split, src.hub_revision)
+        rows = load_hub_rows(src.hub_id, split, src.hub_revision)
     except DataError as exc:
         raise DataError(f"data '{data_name}': {where}; the hub copy is not available either: {exc}") from None
+    return rows, {"hub_id": src.hub_id, "revision": src.hub_revision}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -12,12 +12,14 @@ Imports data, models and training; nothing imports it but the orchestrator.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+import torch
 from tqdm.auto import tqdm
 
 from ftexp.data.augment import edit_words
@@ -32,28 +34,60 @@ log = logging.getLogger(__name__)
 METHODS = ("model", "augment")
 
 
+# Bump when the prompt format, the sampler or the text clean-up changes what sample k is.
+CACHE_VERSION = 1
+
+
 class Pool:
-    """Generated texts per label, in sample order; kept in a JSONL file when ``path`` is given."""
+    """Generated texts per label, in sample order; kept in a JSONL file when ``path`` is given.
+
+    Use it as a context manager: the file is locked while in use, so parallel jobs with the same
+    key wait for each other instead of writing the same samples twice.
+    """
 
     def __init__(self, path: Optional[Path], persist: bool = True) -> None:
         self.path, self.persist = path, persist
         self.texts: Dict[str, List[str]] = {}
-        if path is not None and path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
+        self._lock = None
+
+    def __enter__(self) -> "Pool":
+        if self.path is not None and self.persist:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.path.with_suffix(".lock"), "w")
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+        if self.path is not None and self.path.is_file():
+            self._read()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def _read(self) -> None:
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        for n, line in enumerate(lines):
+            try:
                 rec = json.loads(line)
-                self.texts.setdefault(rec["label"], []).append(rec["text"])
+            except json.JSONDecodeError:
+                # A job killed mid-write leaves a partial last line: keep the good prefix. Every
+                # sample is fixed by its seed, so what is cut is regenerated identically.
+                log.warning("synthetic cache %s, line %d is incomplete; regenerating from there", self.path, n + 1)
+                if self._lock is not None:
+                    self.path.write_text("".join(x + "\n" for x in lines[:n]), encoding="utf-8")
+                return
+            self.texts.setdefault(rec["label"], []).append(rec["text"])
 
     def extend(self, new: Dict[str, List[str]]) -> None:
         for label, texts in new.items():
             self.texts.setdefault(label, []).extend(texts)
         if self.path is None or not self.persist:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
             for label, texts in new.items():
                 for t in texts:
                     f.write(json.dumps({"label": label, "text": t}) + "\n")
-
 
 # (label, first sample index, how many) -> texts per label
 Requests = List[Tuple[str, int, int]]
@@ -90,8 +124,10 @@ def add_synthetic(task: Task, syn_cfg: Any, run_cfg: Any, model_source: Any, tok
         from ftexp.synthesis.sampler import sample
 
         gen = Generator(syn_cfg, run_cfg, model_source, tokenizer, task, cache_dir)
-        settings = {"generator": gen.identity, "shots": gen.shots, "max_new_tokens": syn_cfg.max_new_tokens,
-                    "temperature": syn_cfg.temperature, "top_p": syn_cfg.top_p, "seed": run_cfg.seed,
+        # Everything sample k depends on. (Not oversample or batch size: they change how many are made.)
+        settings = {"version": CACHE_VERSION, "generator": gen.identity, "task": task.name, "shots": gen.shots,
+                    "max_new_tokens": syn_cfg.max_new_tokens, "temperature": syn_cfg.temperature,
+                    "top_p": syn_cfg.top_p, "seed": run_cfg.seed, "device": torch.device(device).type,
                     "real": content_hash(sorted(by_label.items()))}
         pool = Pool(Path(cache_dir) / "synthetic" / f"{content_hash(settings)}.jsonl", persist)
         source_name = f"generator:{gen.identity['model'].get('name', 'model')}"
@@ -113,7 +149,8 @@ def add_synthetic(task: Task, syn_cfg: Any, run_cfg: Any, model_source: Any, tok
 
     stats = {"requested": count, "generated": 0, "dropped_empty": 0, "dropped_duplicate": 0,
              "cache": str(pool.path) if pool.path else None}
-    chosen = fill(quotas, pool, produce, seen, stats, syn_cfg)
+    with pool:
+        chosen = fill(quotas, pool, produce, seen, stats, syn_cfg)
     made = []
     for label in sorted(chosen):
         for t in chosen[label]:

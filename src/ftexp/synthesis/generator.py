@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Dict, List, Tuple
@@ -45,7 +46,7 @@ class Generator:
         self.finetune = (syn_cfg.finetune_generator if syn_cfg.finetune_generator is not None
                          else not self.source.pretrained)
         self.shots = syn_cfg.shots if syn_cfg.shots is not None else (0 if self.finetune else 3)
-        self.tokenizer = (self.source.load_tokenizer(lambda: task.texts("train"), cache_dir) if own
+        self.tokenizer = (self.source.load_tokenizer(task.tokenizer_corpus, cache_dir) if own
                           else run_tokenizer)
         real = [(ex.label, ex.text) for ex in task.splits["train"]]
         model_cfg = generator_config(syn_cfg.generator) if own else run_cfg.model
@@ -55,8 +56,11 @@ class Generator:
             "finetune": self.finetune,
         }
         if self.finetune:
+            t = run_cfg.trainer
             self.identity.update(real=content_hash(real), epochs=syn_cfg.generator_epochs, seed=run_cfg.seed,
-                                 optim=_plain(run_cfg.optim), batch_size=run_cfg.optim.batch_size)
+                                 optim=_plain(run_cfg.optim), task=task.name,
+                                 trainer={k: _plain(t[k]) for k in ("accelerator", "precision", "gradient_clip_val",
+                                                                     "accumulate_grad_batches", "devices")})
         self.dir = Path(cache_dir) / "generators" / content_hash(self.identity)
         self._model = None
 
@@ -81,7 +85,7 @@ class Generator:
             pl.seed_everything(self.run_cfg.seed, verbose=False)
             self._fit(model)
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = weights.with_suffix(".tmp")
+        tmp = weights.with_suffix(f".{os.getpid()}.tmp")  # parallel jobs never share a temporary file
         torch.save(model.state_dict(), tmp)
         tmp.replace(weights)
         return model
