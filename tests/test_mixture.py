@@ -261,3 +261,23 @@ def test_results_record_which_files_were_read(toy):
     files = task_for(toy).report["files"]
     assert [(f["split"], Path(f["path"]).name) for f in files] == [("test", "test.jsonl"), ("train", "train.jsonl")]
     assert files[1]["sha256"] == file_sha256(toy / "train.jsonl") and files[1]["records"] == 120
+
+
+def test_few_shot_prompts_use_real_examples_of_the_label_and_are_fixed_per_sample(toy):
+    from ftexp.synthesis.generator import Generator, generator_config
+
+    class Vocab:
+        def get_vocab(self):
+            return {"a": 0}
+
+    task = task_for(toy, "data.n_train=30")
+    cfg = compose_config(["data.synthetic.finetune_generator=false", "data.synthetic.shots=2"])
+    gen = Generator(cfg.data.synthetic, cfg, build(cfg.model), Vocab(), task, Path("unused"))
+    refunds = [e.text for e in task.splits["train"] if e.label == "refund"]
+    prompts, seeds = gen.prompts("refund", [0, 1, 2], refunds, seed=0)
+    assert all(p.count("\nText: refund return back request") == 2 and p.endswith("\nText:") for p in prompts)
+    assert gen.prompts("refund", [1], refunds, seed=0) == ([prompts[1]], [seeds[1]])  # sample 1 is sample 1
+    assert len(set(seeds)) == 3
+    hub = generator_config(compose_config(["data.synthetic.generator={name: qwen, hub_id: Qwen/Qwen2.5-0.5B}"])
+                           .data.synthetic.generator)
+    assert hub._target_ == "ftexp.models.hub.HubModel" and hub.trust_remote_code is False

@@ -106,3 +106,39 @@ def test_train_loss_is_logged_every_n_steps_as_the_window_mean():
         window = losses.losses[end - 4:end]
         assert math.isclose(changes[end], sum(window) / 4, rel_tol=1e-5), (end, changes[end], window)
     assert "lr" in trainer.callback_metrics
+
+
+def test_best_weights_are_restored_at_the_end_of_the_stage():
+    from types import SimpleNamespace
+
+    from ftexp.training.best_weights import BestWeights
+
+    module = torch.nn.Linear(2, 1)
+    module.bias.requires_grad_(False)
+    trainer = SimpleNamespace(sanity_checking=False, callback_metrics={}, global_step=0)
+    keeper = BestWeights()
+    for step, (loss, weight) in enumerate([(2.0, 1.0), (1.0, 2.0), (1.5, 3.0)], start=1):
+        with torch.no_grad():
+            module.weight.fill_(weight)
+            module.bias.fill_(weight)
+        trainer.global_step, trainer.callback_metrics["val/loss"] = step, torch.tensor(loss)
+        keeper.on_validation_end(trainer, module)
+    keeper.on_fit_end(trainer, module)
+    assert module.weight.eq(2.0).all() and keeper.best_step == 2  # the best check's weights
+    assert module.bias.eq(3.0).all()  # frozen parameters are not copied or touched
+    assert float(trainer.callback_metrics["val/loss"]) == 1.0
+
+
+def test_early_stopping_ends_a_stage_once_validation_stops_improving(tiny_overrides, toy_data):
+    import json
+    from pathlib import Path
+
+    from ftexp.job import run_job
+
+    cfg = compose_config([*tiny_overrides, f"data.path={toy_data}", "data.n_train=null", "data.n_test=null",
+                          "data.slices=[]", "trainer.max_epochs=200", "trainer.early_stopping_patience=2",
+                          "model.batch_size=4", "model.lr=1e-2", "save_model=false"])
+    run_job(cfg)
+    stage = json.loads((Path(cfg.output_dir) / "results.json").read_text())["stages"][0]
+    assert stage["epochs"] < 200 and stage["best_step"] <= stage["steps"]
+    assert stage["best_step"] % 6 == 0  # validation runs once per epoch of 6 steps (24 examples / 4)

@@ -23,6 +23,7 @@ from ftexp.eval.base import EvalContext, Evaluator
 from ftexp.mitigation.base import Mitigation, StageContext
 from ftexp.models.base import count_parameters
 from ftexp.synthesis import add_synthetic
+from ftexp.training.best_weights import BestWeights
 from ftexp.training.module import FineTuneModule
 from ftexp.training.throughput import Throughput
 from ftexp.training.trainer import build_trainer
@@ -177,6 +178,9 @@ def train_stage(cfg, stage, index, model, tokenizer, task, mitigation, run_dir, 
     for key in ("train/loss", "val/loss"):
         if key in trainer.callback_metrics:
             summary[key] = float(trainer.callback_metrics[key])
+    best = next((c for c in trainer.callbacks if isinstance(c, BestWeights)), None)
+    if best is not None and best.best_step is not None:  # early stopping: the weights kept are the best check's
+        summary["best_step"], summary["val/loss"] = best.best_step, best.best
     return summary
 
 

@@ -162,6 +162,10 @@ class TrainerConfig:
     group_by_length: bool = True
     deterministic: bool = False
     enable_progress_bar: bool = True
+    # Stop a stage when val/loss has not improved for this many validation checks (None = never),
+    # and go back to the weights of the best check: train to convergence whatever the data size.
+    early_stopping_patience: Optional[int] = None
+    early_stopping_min_delta: float = 0.0
 
 
 # -------------------------------------------------------------------------------------- logger

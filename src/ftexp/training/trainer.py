@@ -6,12 +6,20 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import EarlyStopping
+
+from ftexp.training.best_weights import BestWeights
 
 
 def build_trainer(cfg: Any, stage: Any, out_dir: Path, logger: Optional[Any], callbacks: List[Any] = (),
                   validate: bool = True) -> pl.Trainer:
     max_epochs = stage.max_epochs if stage.max_epochs is not None else cfg.max_epochs
     max_steps = stage.max_steps if stage.max_steps is not None else cfg.max_steps
+    callbacks = list(callbacks)
+    if validate and cfg.get("early_stopping_patience") is not None:
+        callbacks += [EarlyStopping(monitor="val/loss", mode="min", patience=cfg.early_stopping_patience,
+                                    min_delta=cfg.early_stopping_min_delta),
+                      BestWeights(monitor="val/loss", min_delta=cfg.early_stopping_min_delta)]
     return pl.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
@@ -29,7 +37,7 @@ def build_trainer(cfg: Any, stage: Any, out_dir: Path, logger: Optional[Any], ca
         enable_model_summary=False,
         enable_checkpointing=False,
         logger=logger if logger is not None else False,
-        callbacks=list(callbacks),
+        callbacks=callbacks,
         default_root_dir=str(out_dir),
         num_sanity_val_steps=0,
         limit_val_batches=None if validate else 0,
