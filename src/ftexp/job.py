@@ -143,6 +143,8 @@ def _record(run_dir, base, record: RunRecord, cfg, tracker, t0, error: Optional[
         wall_time_s={**record.wall_time_s, "total": time.perf_counter() - t0},
         **record.info,
     )
+    if record.continual:
+        results["continual"] = record.continual
     if tracker.location:
         results["logger"] = {"type": type(tracker).__name__, "dir": tracker.location}
     if error is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from itertools import chain
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from omegaconf import DictConfig
 from ftexp.data.base import DataError, Task, encode_split
 from ftexp.data.datamodule import FineTuneDataModule
 from ftexp.eval.base import EvalContext, Evaluator
+from ftexp.eval.continual import continual_metrics, score_matrix
 from ftexp.mitigation.base import Mitigation, StageContext
 from ftexp.models.base import count_parameters
 from ftexp.synthesis import add_synthetic
@@ -41,6 +43,7 @@ class RunRecord:
     wall_time_s: Dict[str, float] = field(default_factory=dict)
     info: Dict[str, Any] = field(default_factory=dict)  # model, data, device ...
     step: int = 0  # optimiser steps so far, over all stages (the x-axis of logged curves)
+    continual: Dict[str, Any] = field(default_factory=dict)  # the score matrix and ACC, BWT, ... (2+ stages)
 
     def final_metrics(self, main_task: str) -> Dict[str, float]:
         """Flat metrics of the last row: the main task's keys as they are (``test/accuracy``),
@@ -50,6 +53,8 @@ class RunRecord:
             for task, metrics in self.rows[-1]["metrics"].items():
                 prefix = "" if task == main_task else f"{task}/"
                 out.update({f"{prefix}{k}": v for k, v in metrics.items()})
+        if self.continual:
+            out.update({k: v for k, v in flat_continual(self.continual).items() if v is not None})
         if self.stages:
             last = self.stages[-1]
             for key in ("train/loss", "val/loss", "tokens_per_s", "effective_tokens_per_s"):
@@ -88,15 +93,19 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord, rank: i
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     model_source = build(cfg.model)
-    task: Task = build(cfg.data, data_dir=cfg.data_dir, seed=cfg.seed)
-    tasks = {task.name: task}
+    tasks = build_tasks(cfg)
+    task = tasks[cfg.data.name]  # the primary task: its metrics are the run's headline metrics
     stage_tasks = [stage_task(stage, tasks, task) for stage in cfg.stages]  # refuse bad stages early
-    # A tokenizer fitted per run sees all real training texts: the same at every n_train and synthetic share.
-    tokenizer = model_source.load_tokenizer(task.tokenizer_corpus, Path(cfg.cache_dir))
+    # A tokenizer fitted per run sees all real training texts of every task: the same at every
+    # n_train and synthetic share.
+    tokenizer = model_source.load_tokenizer(
+        lambda: chain.from_iterable(t.tokenizer_corpus() for t in tasks.values() if not t.eval_only),
+        Path(cfg.cache_dir))
     device = eval_device(cfg.trainer)
     started = time.perf_counter()
-    add_synthetic(task, cfg.data.synthetic, cfg, model_source, tokenizer, Path(cfg.cache_dir), device,
-                  persist=rank == 0)
+    for t in tasks.values():
+        add_synthetic(t, t.cfg.synthetic, cfg, model_source, tokenizer, Path(cfg.cache_dir), device,
+                      persist=rank == 0)
     record.wall_time_s["synthetic"] = time.perf_counter() - started
     model = model_source.load_model(tokenizer)
     adapter = build(cfg.peft)
@@ -107,10 +116,11 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord, rank: i
     record.info.update(
         model={"name": cfg.model.name, "parameters": count_parameters(model),
                "trust_remote_code": model_source.trust_remote_code},
-        data={"name": task.name, "counts": task.counts(), "labels": len(getattr(task, "labels", [])),
-              "slices": {name: len(idx) for name, idx in task.slices.items()}, **task.report},
+        data=task_info(task),
         device=str(device) if device.type == "cpu" else f"cuda:{torch.cuda.get_device_name()}",
     )
+    if len(tasks) > 1:
+        record.info["tasks"] = {name: task_info(t) for name, t in tasks.items() if t is not task}
     record.wall_time_s["setup"] = time.perf_counter() - t0
 
     def add_row(stage_name: str, index: int) -> None:
@@ -127,15 +137,36 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord, rank: i
     add_row("base", 0)
     for index, (stage, stage_data) in enumerate(zip(cfg.stages, stage_tasks), start=1):
         started = time.perf_counter()
-        summary = train_stage(cfg, stage, index, model, tokenizer, stage_data, mitigation, run_dir, tracker, record)
+        summary = train_stage(cfg, stage, index, model, tokenizer, stage_data, stage_tasks[:index - 1], mitigation,
+                              run_dir, tracker, record)
         record.wall_time_s[f"stage/{index}"] = time.perf_counter() - started
         record.stages.append(summary)
         add_row(stage.name, index)
 
+    if rank == 0 and len(cfg.stages) > 1:
+        record.continual = continual_summary(record.rows, tasks, stage_tasks, run_dir, [s.name for s in cfg.stages])
+        tracker.log_metrics(flat_continual(record.continual), step=record.step)
     if cfg.save_model and rank == 0:
         record.info["saved_to"] = str(adapter.save(model, tokenizer, run_dir))
     record.wall_time_s["run"] = time.perf_counter() - t0
     return record
+
+
+def build_tasks(cfg: DictConfig) -> Dict[str, Task]:
+    """The run's tasks by name: ``data`` first, then ``tasks``."""
+    primary = build(cfg.data, data_dir=cfg.data_dir, seed=cfg.seed)
+    tasks = {primary.name: primary}
+    for key, task_cfg in cfg.tasks.items():
+        task = build(task_cfg, data_dir=cfg.data_dir, seed=cfg.seed)
+        if task.name in tasks:
+            raise DataError(f"tasks.{key}: a second task named '{task.name}'; give data configs distinct names")
+        tasks[task.name] = task
+    return tasks
+
+
+def task_info(task: Task) -> Dict[str, Any]:
+    return {"name": task.name, "counts": task.counts(), "labels": len(getattr(task, "labels", [])),
+            "slices": {name: len(idx) for name, idx in task.slices.items()}, **task.report}
 
 
 def stage_task(stage: Any, tasks: Dict[str, Task], default: Task) -> Task:
@@ -148,8 +179,25 @@ def stage_task(stage: Any, tasks: Dict[str, Task], default: Task) -> Task:
     return task
 
 
-def train_stage(cfg, stage, index, model, tokenizer, task, mitigation, run_dir, tracker, record) -> Dict[str, Any]:
+def train_stage(cfg, stage, index, model, tokenizer, task, earlier, mitigation, run_dir, tracker,
+                record) -> Dict[str, Any]:
     max_length = cfg.model.max_length
+
+    def encode(examples) -> List[Dict[str, List[int]]]:
+        """Training rows, each example rendered as its own task renders it (replayed ones too)."""
+        owners = {t.name: t for t in (*earlier, task)}
+        groups: Dict[str, List[int]] = {}
+        for i, ex in enumerate(examples):
+            groups.setdefault(ex.source if ex.source in owners else task.name, []).append(i)
+        rows: List[Any] = [None] * len(examples)
+        for name, idx in groups.items():
+            owner = owners[name]
+            encoded = encode_split(tokenizer, [examples[i] for i in idx], max_length, owner.completion_prefix,
+                                   cfg.model.train_on_prompt, owner.chat_template)
+            for i, row in zip(idx, encoded):
+                rows[i] = row
+        return rows
+
     datamodule = FineTuneDataModule(
         train=encode_split(tokenizer, task.splits["train"], max_length, task.completion_prefix,
                            cfg.model.train_on_prompt, task.chat_template),
@@ -161,7 +209,8 @@ def train_stage(cfg, stage, index, model, tokenizer, task, mitigation, run_dir, 
         num_workers=cfg.trainer.num_workers,
         group_by_length=cfg.trainer.group_by_length,
     )
-    ctx = StageContext(index=index, name=stage.name, model=model, datamodule=datamodule, task=task)
+    ctx = StageContext(index=index, name=stage.name, model=model, datamodule=datamodule, task=task,
+                       tokenizer=tokenizer, encode=encode, earlier=list(earlier), seed=cfg.seed)
     tracker.set_step_offset(record.step)
     mitigation.before_stage(ctx)
     lr = stage.lr if stage.lr is not None else cfg.optim.lr
@@ -188,3 +237,40 @@ def _short(metrics: Dict[str, Dict[str, float]]) -> str:
     return "; ".join(
         f"{t}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if not k.endswith("/n")) for t, m in metrics.items()
     )
+
+
+# ------------------------------------------------------------------------------- continual metrics
+
+
+def score_key(metrics: Dict[str, float]) -> Optional[str]:
+    """The one score per task that fills the matrix: accuracy where there is one, else the loss."""
+    return next((k for k in ("test/accuracy", "test/loss") if k in metrics), None)
+
+
+def continual_summary(rows, tasks: Dict[str, Task], stage_tasks: List[Task], run_dir: Path,
+                      stage_names: List[str]) -> Dict[str, Any]:
+    """The score matrix over rows and tasks, its continual-learning metrics, and a plot of it."""
+    from ftexp.tracking.plots import plot_matrix
+
+    keys = {name: score_key(rows[0]["metrics"].get(name, {})) for name in tasks}
+    names = [name for name, key in keys.items() if key is not None]
+    first: Dict[str, int] = {}
+    for k, t in enumerate(stage_tasks, start=1):
+        first.setdefault(t.name, k)
+    R = score_matrix(rows, names, keys)
+    metrics = continual_metrics(R, names, first, {n: not keys[n].endswith("loss") for n in names})
+    summary = {"tasks": names, "score": {n: keys[n] for n in names}, "rows": ["base", *stage_names], "R": R,
+               "first_trained": first, **metrics}
+    try:
+        summary["plot"] = str(plot_matrix(R, names, summary["rows"], keys, run_dir / "continual.png"))
+    except Exception as exc:  # noqa: BLE001 - a plot must never fail a finished run
+        log.warning("could not draw the forgetting matrix: %s", exc)
+    return summary
+
+
+def flat_continual(summary: Dict[str, Any]) -> Dict[str, float]:
+    """``cl/acc``, ``cl/bwt``, ``cl/fwt``, ``cl/forgetting/<task>``, ``cl/retention/<task>`` for trackers."""
+    out = {f"cl/{k}": summary[k] for k in ("acc", "bwt", "fwt", "mean_forgetting") if summary.get(k) is not None}
+    for group in ("forgetting", "retention"):
+        out.update({f"cl/{group}/{t}": v for t, v in summary.get(group, {}).items()})
+    return out

@@ -216,9 +216,12 @@ def _omegaconf_cause(exc: BaseException) -> Optional[BaseException]:
 
 def _where(text: str, overrides: Sequence[str], full_key: str) -> str:
     """Name the override or the file (and line) the error came from."""
-    for line in overrides:
-        key = line.split("=", 1)[0].lstrip("+~")
-        if full_key and (key == full_key or full_key.startswith(key + ".")):
+    keys = [(line, line.split("=", 1)[0].lstrip("+~")) for line in overrides]
+    for line, key in keys:  # the override of the key itself first, then one of a parent
+        if full_key and key == full_key:
+            return f"override '{line}'"
+    for line, key in keys:
+        if full_key and full_key.startswith(key + "."):
             return f"override '{line}'"
     in_file = _in_file(text)
     if in_file:
@@ -249,7 +252,8 @@ def _good_config(overrides: Sequence[str], config_name: str, drop_key: str) -> O
     """The config composed without the overrides that touch ``drop_key`` (None if that fails too)."""
     def touches(line: str) -> bool:
         key = line.split("=", 1)[0].lstrip("+~")
-        return key == drop_key or drop_key.startswith(key + ".") or key.startswith(drop_key + ".")
+        # not a parent's group choice (mitigation=ewc): the bad key is a key of that choice
+        return key == drop_key or key.startswith(drop_key + ".")
 
     kept = [o for o in overrides if not touches(o)]
     try:

@@ -12,6 +12,7 @@ YAML file, never a new branch.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -116,6 +117,65 @@ class NoMitigationConfig(MitigationConfig):
     _target_: str = "ftexp.mitigation.base.NoMitigation"
 
 
+def keyword_field(cls: type, attr: str, key: str) -> type:
+    """Expose the dataclass field ``attr`` under the config key ``key``, for keys that are Python
+    keywords (``mitigation.lambda``). Read it with ``getattr(cfg, key)``."""
+    fields_ = cls.__dataclass_fields__
+    f = fields_.pop(attr)
+    f.name = key
+    fields_[key] = f
+    cls.__annotations__[key] = cls.__annotations__.pop(attr)
+
+    def __init__(self, **values: Any) -> None:
+        for fl in dataclasses.fields(cls):
+            default = fl.default if fl.default is not dataclasses.MISSING else fl.default_factory()
+            setattr(self, fl.name, values.pop(fl.name, default))
+        if values:
+            raise TypeError(f"{cls.__name__}: unexpected keys {sorted(values)}")
+
+    cls.__init__ = __init__
+    return cls
+
+
+@dataclass
+class EwcConfig(MitigationConfig):
+    """Elastic weight consolidation: lambda/2 * sum_i F_i (theta_i - theta*_i)^2 over the parameters
+    that train and persist across stages, with a diagonal Fisher from per-sample gradients."""
+
+    _target_: str = "ftexp.mitigation.ewc.EWC"
+    lambda_: float = 1000.0  # penalty weight; the config key is `lambda` (see keyword_field below)
+    mode: str = "online"  # online: F <- gamma*F + F_new, one anchor | separate: one (F, anchor) per stage
+    gamma: float = 1.0  # decay of the old Fisher in online mode
+    fisher_split: str = "train"  # the stage task's split the Fisher is estimated on
+    fisher_samples: int = 512  # examples used (seeded subset; all if fewer)
+    fisher_batch_size: int = 16  # examples per vectorised per-sample-gradient call
+
+
+keyword_field(EwcConfig, "lambda_", "lambda")
+
+
+@dataclass
+class LwfConfig(MitigationConfig):
+    """Learning without Forgetting: alpha * T^2 * KL(teacher || student) per completion token, the
+    teacher being the model as it was when the stage began."""
+
+    _target_: str = "ftexp.mitigation.lwf.LwF"
+    alpha: float = 1.0
+    temperature: float = 2.0
+    vocab_chunk: int = 32768  # softmax over the vocabulary in chunks of this many rows (memory bound)
+
+
+@dataclass
+class ReplayConfig(MitigationConfig):
+    """Examples of earlier stages mixed into each training step of later stages."""
+
+    _target_: str = "ftexp.mitigation.replay.Replay"
+    ratio: float = 0.1  # fraction of each step's examples that are replayed
+    mode: str = "replace"  # replace: the batch keeps its size | add: replayed examples come on top
+    buffer_size: int = 1000  # examples kept from all earlier stages together
+    sampling: str = "reservoir"  # reservoir (uniform over everything seen) | balanced (per label)
+
+
 # ----------------------------------------------------------------------------------- evaluator
 
 
@@ -136,6 +196,17 @@ class ClassificationEvalConfig(EvaluatorConfig):
     split: str = "test"  # test | val
     label_chunk: int = 0  # at most this many labels per forward pass (0 = as many as max_logits allows)
     max_logits: int = 134217728  # logits elements per forward pass (2**27: 512 MB in fp32)
+
+
+@dataclass
+class PerplexityEvalConfig(EvaluatorConfig):
+    """Per-token cross-entropy and perplexity of the completions of the test split (all of a text
+    corpus's tokens): the general-knowledge row of the forgetting matrix. Applies to tasks without
+    labels (text corpora, question answering)."""
+
+    _target_: str = "ftexp.eval.perplexity.PerplexityEvaluator"
+    split: str = "test"
+    batch_size: int = 16
 
 
 # ------------------------------------------------------------------------------------- trainer
@@ -238,6 +309,9 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: Any = MISSING
     optim: OptimConfig = field(default_factory=OptimConfig)
+    # More tasks besides `data`, each a data config (`- /data@tasks.cuad: cuad` in a defaults list):
+    # stages train on them by name, and every task is evaluated after every stage.
+    tasks: Dict[str, Any] = field(default_factory=dict)
     stages: List[StageConfig] = field(default_factory=lambda: [StageConfig()])
     seed: int = 0
     tags: List[str] = field(default_factory=list)  # labels of the run (W&B tags, results.json); experiments set them
@@ -253,8 +327,8 @@ SCHEMAS: Dict[str, Dict[str, type]] = {
     "peft": {"full": FullFinetuneConfig, "lora": LoraConfig},
     "data": {"classification": ClassificationDataConfig, "generation": GenerationDataConfig,
              "corpus": CorpusDataConfig},
-    "mitigation": {"none": NoMitigationConfig},
-    "evaluator": {"classification": ClassificationEvalConfig},
+    "mitigation": {"none": NoMitigationConfig, "ewc": EwcConfig, "lwf": LwfConfig, "replay": ReplayConfig},
+    "evaluator": {"classification": ClassificationEvalConfig, "perplexity": PerplexityEvalConfig},
     "trainer": {"trainer": TrainerConfig},
     "logger": {"none": NoLoggerConfig, "csv": CSVLoggerConfig, "wandb": WandbLoggerConfig},
 }

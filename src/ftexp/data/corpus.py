@@ -32,6 +32,7 @@ class CorpusTask(Task):
     def __init__(self, cfg: Any, data_dir: str, seed: int) -> None:
         super().__init__(name=cfg.name, completion_prefix=cfg.completion_prefix, eval_only=cfg.eval_only,
                          chat_template=False)
+        self.cfg = cfg
         folder = Path(cfg.path).expanduser() if cfg.path else Path(data_dir).expanduser() / (cfg.subdir or "")
         path = folder / (cfg.train_file or "")
         if not path.is_file():

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
+
+from ftexp.data.replay_batches import ReplayBatches
 
 Encoded = Dict[str, List[int]]
 
@@ -86,21 +88,32 @@ class FineTuneDataModule(pl.LightningDataModule):
         self.pad_id, self.batch_size, self.seed = pad_id, batch_size, seed
         self.num_workers = num_workers
         self.val_batch_size = val_batch_size or batch_size * 2
+        self.replay: List[Encoded] = []
+        self.replay_ratio, self.replay_mode = 0.0, "replace"
+
+    def mix_in(self, rows: List[Encoded], ratio: float, mode: str) -> None:
+        """Replay ``rows`` in every training step at ``ratio`` (see :class:`ReplayBatches`)."""
+        self.replay, self.replay_ratio, self.replay_mode = list(rows), ratio, mode
 
     def _collate(self, rows: List[Encoded]) -> Dict[str, torch.Tensor]:
         return pad_batch(rows, self.pad_id)
+
+    def _collate_marked(self, rows: List[Tuple[bool, Encoded]]) -> Dict[str, torch.Tensor]:
+        batch = pad_batch([r for _, r in rows], self.pad_id)
+        batch["is_replay"] = torch.tensor([flag for flag, _ in rows], dtype=torch.bool)
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         lengths = [len(r["input_ids"]) for r in self.train]
         window = 64 if self.group_by_length else 0
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         sampler = LengthGroupedBatches(lengths, self.batch_size, self.seed, window=window, rank=rank, world_size=world)
-        return DataLoader(
-            self.train,
-            batch_sampler=sampler,
-            collate_fn=self._collate,
-            num_workers=self.num_workers,
-        )
+        if not self.replay:
+            return DataLoader(self.train, batch_sampler=sampler, collate_fn=self._collate, num_workers=self.num_workers)
+        rows = [(False, r) for r in self.train] + [(True, r) for r in self.replay]
+        mixed = ReplayBatches(sampler, len(self.train), len(self.replay), self.replay_ratio, self.replay_mode,
+                              self.batch_size, self.seed + 7919 * (rank + 1))
+        return DataLoader(rows, batch_sampler=mixed, collate_fn=self._collate_marked, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         rows = self.val

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -15,16 +15,21 @@ class StageContext:
     index: int  # 1-based stage number (row k of the accuracy matrix)
     name: str
     model: torch.nn.Module
-    datamodule: Any  # the stage's LightningDataModule
+    datamodule: Any  # the stage's FineTuneDataModule (replay adds rows to it in before_stage)
     task: Any  # the stage's Task
+    tokenizer: Any = None
+    encode: Optional[Callable[[List[Any]], List[Dict[str, List[int]]]]] = None  # Examples -> training rows
+    earlier: List[Any] = field(default_factory=list)  # the Tasks of earlier stages, in order
+    seed: int = 0
     extras: Dict[str, Any] = field(default_factory=dict)
 
 
 class Mitigation:
     """Hooks around each stage and on the training loss. The default does nothing.
 
-    ``training_loss`` receives the task loss of one batch and returns the loss to optimise,
-    plus a dict of scalars to log (e.g. the penalty and its ratio to the task loss).
+    ``training_loss`` receives the task loss of one batch (and the model's outputs for it, with
+    ``logits``) and returns the loss to optimise plus a dict of scalars to log (e.g. the penalty
+    and its ratio to the task loss). It runs inside the training step, on every rank.
     """
 
     def __init__(self, cfg: Optional[Any] = None) -> None:
@@ -33,7 +38,8 @@ class Mitigation:
     def before_stage(self, ctx: StageContext) -> None:
         """Called before a stage trains (e.g. snapshot a teacher, fill a replay buffer)."""
 
-    def training_loss(self, loss: torch.Tensor, batch: Dict[str, torch.Tensor], model: torch.nn.Module):
+    def training_loss(self, loss: torch.Tensor, batch: Dict[str, torch.Tensor], model: torch.nn.Module,
+                      outputs: Any = None) -> Tuple[torch.Tensor, Dict[str, Any]]:
         return loss, {}
 
     def after_stage(self, ctx: StageContext) -> None:

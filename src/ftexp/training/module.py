@@ -13,8 +13,12 @@ from ftexp.mitigation.base import Mitigation, NoMitigation
 
 def completion_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean token cross-entropy over completion tokens (labels != -100) of the batch."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-    return out.loss
+    return forward(model, batch).loss
+
+
+def forward(model: torch.nn.Module, batch: Dict[str, torch.Tensor]):
+    """The model's outputs for a batch, with ``loss`` = mean cross-entropy over the target tokens."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
 
 
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -53,8 +57,9 @@ class FineTuneModule(pl.LightningModule):
     # ----------------------------------------------------------------------------- steps
 
     def training_step(self, batch: Dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        task_loss = completion_loss(self.model, batch)
-        loss, extra = self.mitigation.training_loss(task_loss, batch, self.model)
+        outputs = forward(self.model, batch)
+        task_loss = outputs.loss
+        loss, extra = self.mitigation.training_loss(task_loss, batch, self.model, outputs)
         self._window_loss = self._window_loss + task_loss.detach()
         self._window_batches += 1
         # Each self.log costs about a millisecond on CPU (Lightning walks its result objects), so

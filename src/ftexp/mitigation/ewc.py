@@ -1,0 +1,108 @@
+"""``mitigation=ewc``: elastic weight consolidation with a per-sample diagonal Fisher.
+
+After each stage the Fisher of the trainable parameters is estimated on a seeded subset of the
+stage's data and the weights are anchored; later stages pay ``lambda/2 * sum F (theta - anchor)^2``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any, Dict, List, Tuple
+
+import torch
+import torch.distributed as dist
+
+from ftexp.data.datamodule import pad_batch
+from ftexp.mitigation.base import Mitigation, StageContext
+from ftexp.mitigation.fisher import per_sample_fisher
+
+log = logging.getLogger(__name__)
+
+Tensors = Dict[str, torch.Tensor]
+MODES = ("online", "separate")
+
+
+def trainable_parameters(model: torch.nn.Module) -> Tensors:
+    """The parameters that train, hence persist across stages (a LoRA adapter, or all weights).
+    Frozen weights cannot move, so they need neither a Fisher nor an anchor."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+class EWC(Mitigation):
+    """``online``: one Fisher, ``F <- gamma * F + F_new``, anchored at the latest weights (Schwarz et
+    al. 2018). ``separate``: one (Fisher, anchor) term per finished stage (Kirkpatrick et al. 2017)."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        if cfg.mode not in MODES:
+            raise ValueError(f"mitigation.mode must be one of {MODES}, not {cfg.mode!r}")
+        self.weight = float(getattr(cfg, "lambda"))
+        self.terms: List[Tuple[Tensors, Tensors]] = []  # (fisher, anchor), by parameter name
+        self._placed = True  # terms sit on their parameters' devices (not so after load_state_dict)
+
+    def after_stage(self, ctx: StageContext) -> None:
+        """Estimate the stage's Fisher and anchor the weights. Runs on every rank under DDP."""
+        params = trainable_parameters(ctx.model)
+        rows = self._fisher_rows(ctx)
+        start = time.perf_counter()
+        fisher = per_sample_fisher(ctx.model, self._own_batches(rows, ctx.tokenizer.pad_token_id), params)
+        seconds = time.perf_counter() - start
+        anchor = {name: p.detach().clone() for name, p in params.items()}
+        if self.cfg.mode == "separate" or not self.terms:
+            self.terms.append((fisher, anchor))
+        else:
+            old, _ = self.terms[0]
+            if old.keys() != fisher.keys():
+                raise ValueError("EWC online mode needs the same trainable parameters in every stage")
+            self.terms = [({name: self.cfg.gamma * old[name] + f for name, f in fisher.items()}, anchor)]
+        total = sum(float(f.sum()) for f in fisher.values())
+        size = sum(f.numel() for f in fisher.values())
+        peak = max(float(f.max()) for f in fisher.values())
+        log.info("EWC after stage %d (%s): Fisher of %d weights from %d examples in %.1f s: mean %.3g, max %.3g",
+                 ctx.index, ctx.name, size, len(rows), seconds, total / size, peak)
+
+    def training_loss(self, loss: torch.Tensor, batch: Dict[str, torch.Tensor], model: torch.nn.Module,
+                      outputs: Any = None) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        if not self.terms:
+            return loss, {}
+        current = dict(model.named_parameters())
+        if not self._placed:
+            self._place(current)
+        penalty = sum((f * (current[name].to(f.dtype) - anchor[name].to(f.dtype)).square()).sum()
+                      for fisher, anchor in self.terms for name, f in fisher.items())
+        penalty = self.weight / 2 * penalty
+        return loss + penalty, {"ewc_penalty": penalty.detach(), "ewc_ratio": (penalty / loss).detach()}
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"terms": [{"fisher": fisher, "anchor": anchor} for fisher, anchor in self.terms]}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.terms = [(term["fisher"], term["anchor"]) for term in state["terms"]]
+        self._placed = False
+
+    def _place(self, current: Tensors) -> None:
+        """Move restored terms onto their parameters' devices, once rather than every step."""
+        self.terms = [({n: f.to(current[n].device) for n, f in fisher.items()},
+                       {n: a.to(current[n].device) for n, a in anchor.items()}) for fisher, anchor in self.terms]
+        self._placed = True
+
+    def _fisher_rows(self, ctx: StageContext) -> List[Dict[str, List[int]]]:
+        """A seeded subset of the Fisher split, encoded, shortest first (less padding per batch)."""
+        if ctx.encode is None or ctx.tokenizer is None:
+            raise ValueError("EWC needs the stage context's encode and tokenizer")
+        split = self.cfg.fisher_split
+        if split not in ctx.task.splits:
+            raise ValueError(f"EWC: task '{ctx.task.name}' has no '{split}' split for the Fisher")
+        examples = ctx.task.splits[split]
+        chosen = random.Random(ctx.seed + ctx.index).sample(examples, min(self.cfg.fisher_samples, len(examples)))
+        return sorted(ctx.encode(chosen), key=lambda row: len(row["input_ids"]))
+
+    def _own_batches(self, rows: List[Dict[str, List[int]]], pad_id: int) -> List[Dict[str, torch.Tensor]]:
+        """This rank's share of the rows (all of them outside DDP), padded in Fisher batches."""
+        distributed = dist.is_available() and dist.is_initialized()
+        rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        mine = rows[rank::world]
+        size = self.cfg.fisher_batch_size
+        return [pad_batch(mine[i:i + size], pad_id) for i in range(0, len(mine), size)]

@@ -1,0 +1,73 @@
+"""The diagonal empirical Fisher from per-sample gradients: EWC's importance weights.
+
+Squaring the gradient of a batch-mean loss gives about F/B (biased by the batch size and by the DDP
+world size), so each sample's gradient is taken on its own, vectorised with ``torch.func``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, Mapping
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
+
+Batch = Mapping[str, torch.Tensor]
+
+
+def per_sample_fisher(model: torch.nn.Module, batches: Iterable[Batch],
+                      params: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Mean over samples of the squared gradient of each sample's completion loss, per parameter.
+
+    ``batches`` are right-padded dicts of ``input_ids`` and ``labels`` (``attention_mask`` optional,
+    as :func:`ftexp.data.datamodule.pad_batch` makes them); ``params`` are the parameters to weigh,
+    by their names in ``model`` — the others are held fixed. Samples without target tokens add
+    nothing and are not counted. The model runs in eval mode (no dropout) and its modes are restored
+    afterwards; sums are kept in at least fp32. Under torch.distributed each rank passes its own
+    share of the samples and the result is the mean over all of them.
+    """
+    if not params:
+        raise ValueError("per_sample_fisher: no parameters to estimate the Fisher of")
+    device = next(iter(params.values())).device
+    theta = {name: p.detach() for name, p in params.items()}
+    fixed = {name: t.detach() for name, t in [*model.named_parameters(), *model.named_buffers()]
+             if name not in theta}
+    squared_sum = {name: torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32))
+                   for name, p in theta.items()}
+    count = torch.zeros((), dtype=torch.long, device=device)
+
+    def sample_loss(theta_, input_ids, labels):
+        logits = functional_call(model, (theta_, fixed), args=(),
+                                 kwargs={"input_ids": input_ids[None], "use_cache": False}).logits[0, :-1]
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        targets = labels[1:]  # causal shift, as transformers does
+        total = F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
+        return total / (targets != -100).sum().clamp(min=1)  # no targets: 0, not NaN
+
+    per_sample_grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        for batch in batches:
+            require_right_padding(batch)
+            input_ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
+            for name, g in per_sample_grads(theta, input_ids, labels).items():
+                squared_sum[name] += g.to(squared_sum[name].dtype).square().sum(0)
+            count += (labels[:, 1:] != -100).any(1).sum()
+    finally:
+        for module, training in modes:
+            module.training = training
+    if dist.is_available() and dist.is_initialized():
+        for name in squared_sum:
+            dist.all_reduce(squared_sum[name])
+        dist.all_reduce(count)
+    return {name: s / count.clamp(min=1) for name, s in squared_sum.items()}
+
+
+def require_right_padding(batch: Batch) -> None:
+    """The model runs without the attention mask (its mask building does not vmap under sdpa);
+    with right padding causal attention never lets a real token see a pad, so that is exact."""
+    mask = batch.get("attention_mask")
+    if mask is not None and bool((mask[:, 1:] > mask[:, :-1]).any()):
+        raise ValueError("per_sample_fisher needs right-padded batches (pads only after the tokens)")

@@ -1,0 +1,101 @@
+"""Iterative fine-tuning: the score matrix and its metrics, replay, and a multi-task staged run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ftexp.config.preflight import compose_config
+from ftexp.data.base import Example, Task
+from ftexp.data.datamodule import LengthGroupedBatches
+from ftexp.data.replay_batches import ReplayBatches
+from ftexp.eval.continual import continual_metrics, score_matrix
+
+# Three rows (base, after stage 1 on A, after stage 2 on B) over tasks A, B and a general loss G.
+R = [[0.10, 0.05, 6.0],
+     [0.80, 0.20, 5.0],
+     [0.50, 0.70, 5.5]]
+TASKS = ["A", "B", "G"]
+
+
+def test_metrics_match_a_hand_computed_matrix_and_leave_it_alone():
+    before = copy.deepcopy(R)
+    m = continual_metrics(R, TASKS, {"A": 1, "B": 2}, {"A": True, "B": True, "G": False})
+    assert m["acc"] == pytest.approx((0.50 + 0.70) / 2)
+    assert m["bwt"] == pytest.approx(0.50 - 0.80)  # only A was trained before the last stage
+    assert m["fwt"] == pytest.approx(0.20 - 0.05)  # B before its own stage vs the base model
+    assert m["forgetting"] == {"A": pytest.approx(0.80 - 0.50)}
+    assert m["retention"]["A"] == pytest.approx(0.50 / 0.80) and m["retention"]["B"] == pytest.approx(1.0)
+    assert m["retention"]["G"] == pytest.approx(6.0 / 5.5)  # a loss: base / last, > 1 is better
+    assert R == before
+
+
+def test_score_matrix_reads_rows_and_marks_missing_scores():
+    rows = [{"metrics": {"A": {"test/accuracy": 0.1}}}, {"metrics": {"A": {"test/accuracy": 0.9}, "B": {}}}]
+    assert score_matrix(rows, ["A", "B"], {"A": "test/accuracy", "B": "test/accuracy"}) == [[0.1, None], [0.9, None]]
+
+
+@pytest.mark.parametrize("mode", ["replace", "add"])
+@pytest.mark.parametrize("ratio", [0.1, 0.25])
+def test_replay_batches_realise_the_ratio_and_cover_every_new_row(mode, ratio):
+    base = LengthGroupedBatches([10 + i % 7 for i in range(1000)], batch_size=32, seed=0)
+    sampler = ReplayBatches(base, n_new=1000, n_replay=300, ratio=ratio, mode=mode, batch_size=32, seed=1)
+    batches = list(sampler)
+    replayed = sum(i >= 1000 for b in batches for i in b)
+    total = sum(len(b) for b in batches)
+    assert abs(replayed / total - ratio) <= 0.01
+    assert sorted(i for b in batches for i in b if i < 1000) == list(range(1000))  # each new row once
+    assert len(batches) == len(sampler)
+    if mode == "replace":
+        assert max(len(b) for b in batches) == 32
+    else:
+        assert sorted(len(b) for b in batches)[1] >= 32  # one partial batch of new rows at most
+
+
+def test_replay_buffer_reservoir_is_seeded_and_bounded():
+    from types import SimpleNamespace
+
+    from ftexp.mitigation.replay import Replay
+
+    cfg = compose_config(["mitigation=replay", "mitigation.buffer_size=50"]).mitigation
+    task = Task(name="A", splits={"train": [Example(prompt=f"p{i}", completion="x", label="x", source="A")
+                                            for i in range(400)]})
+
+    def buffered(seed):
+        replay = Replay(cfg)
+        ctx = SimpleNamespace(index=1, seed=seed, task=task, datamodule=None, encode=None, extras={})
+        replay.before_stage(ctx)
+        replay.after_stage(ctx)
+        return [ex.prompt for ex in replay.buffer()]
+
+    a = buffered(0)
+    assert len(a) == 50 and a == buffered(0) and a != buffered(1)
+    assert len(set(a)) == 50
+
+
+def test_two_stage_run_fills_the_matrix_and_replays(tiny_overrides):
+    from ftexp.job import run_job
+
+    small = ["data.n_train=154", "data.n_test=77", "tasks.cuad.n_train=152", "tasks.cuad.n_test=76",
+             "tasks.general.n_train=20", "tasks.general.n_test=5", "trainer.log_every_n_steps=1",
+             "mitigation=replay", "mitigation.ratio=0.25", "logger=csv", "save_model=false"]
+    cfg = compose_config([*tiny_overrides, "experiment=forgetting", *small])
+    run_job(cfg)
+    out = Path(cfg.output_dir)
+    res = json.loads((out / "results.json").read_text())
+    cl = res["continual"]
+    assert cl["tasks"] == ["banking77", "cuad", "general"] and cl["rows"] == ["base", "banking77", "cuad"]
+    assert len(cl["R"]) == 3 and all(len(row) == 3 for row in cl["R"])
+    assert cl["first_trained"] == {"banking77": 1, "cuad": 2} and cl["score"]["general"] == "test/loss"
+    assert {"cl/acc", "cl/bwt", "cl/forgetting/banking77", "cl/retention/general"} <= set(res["metrics"])
+    assert (out / "continual.png").stat().st_size > 10_000
+    assert set(res["tasks"]) == {"cuad", "general"}  # data counts of the other tasks
+    with (out / "csv" / "metrics.csv").open() as f:
+        header, *lines = [line.rstrip("\n").split(",") for line in f]
+    col = header.index("mitigation/replay_ratio")
+    ratios = [float(line[col]) for line in lines if len(line) > col and line[col]]
+    assert ratios and math.isclose(ratios[-1], 0.25, abs_tol=0.03)  # realised over stage 2
