@@ -162,7 +162,7 @@ class LwfConfig(MitigationConfig):
     _target_: str = "ftexp.mitigation.lwf.LwF"
     alpha: float = 1.0
     temperature: float = 2.0
-    vocab_chunk: int = 32768  # softmax over the vocabulary in chunks of this many rows (memory bound)
+    vocab_chunk: int = 4096  # token positions per fp32 softmax chunk (bounds memory to chunk x vocab floats)
 
 
 @dataclass
