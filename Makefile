@@ -35,8 +35,9 @@ test: $(BIN)/.installed          ## every CPU test, the slow tier included
 test-fast: $(BIN)/.installed     ## the day-to-day tier
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(BIN)/.installed         ## ftexp's training step against a plain PyTorch loop
+bench: $(BIN)/.installed         ## ftexp's training step against a plain loop; each mitigation against none
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/mitigation_overhead.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -99,3 +99,23 @@ def test_two_stage_run_fills_the_matrix_and_replays(tiny_overrides):
     col = header.index("mitigation/replay_ratio")
     ratios = [float(line[col]) for line in lines if len(line) > col and line[col]]
     assert ratios and math.isclose(ratios[-1], 0.25, abs_tol=0.03)  # realised over stage 2
+
+
+@pytest.mark.parametrize("mitigation, logged", [("ewc", "mitigation/ewc_penalty"), ("lwf", "mitigation/lwf_kd")])
+def test_ewc_and_lwf_run_through_two_stages(tiny_overrides, mitigation, logged):
+    from ftexp.job import run_job
+
+    small = ["data.n_train=154", "data.n_test=20", "tasks.cuad.n_train=152", "tasks.cuad.n_test=20",
+             "tasks.general.n_train=20", "tasks.general.n_test=5", "trainer.log_every_n_steps=1",
+             f"mitigation={mitigation}", "logger=csv", "save_model=false"]
+    if mitigation == "ewc":
+        small += ["mitigation.fisher_samples=32", "mitigation.fisher_batch_size=8"]
+    cfg = compose_config([*tiny_overrides, "experiment=forgetting", *small])
+    run_job(cfg)
+    out = Path(cfg.output_dir)
+    assert json.loads((out / "results.json").read_text())["status"] == "completed"
+    with (out / "csv" / "metrics.csv").open() as f:
+        header, *lines = [line.rstrip("\n").split(",") for line in f]
+    col = header.index(logged)
+    values = [float(line[col]) for line in lines if len(line) > col and line[col]]
+    assert values and max(values) > 0  # the penalty / distillation term acted in stage 2

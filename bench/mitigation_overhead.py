@@ -1,0 +1,120 @@
+"""Step time of each forgetting mitigation against ``mitigation=none``: same model, same batches.
+
+    python bench/mitigation_overhead.py [--steps 80] [--warmup 15] [--repeats 3]
+
+Each mitigation is put in its stage-2 state first (EWC: a Fisher consolidated on 256 examples;
+LwF: a teacher snapshot; replay: a buffer mixed into the step at 10 %, replacing new rows), then
+the real FineTuneModule trains under a Lightning Trainer. Runs rotate the order every repeat; the
+median time per step is compared with ``none`` measured in the same process.
+Goals (issue 4): EWC <= 1.05x, LwF <= 1.5x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_step import StepClock, make_batches  # noqa: E402  (the batches and clock of the step bench)
+
+from ftexp.config.preflight import compose_config  # noqa: E402
+from ftexp.data.datamodule import pad_batch  # noqa: E402
+from ftexp.mitigation.base import StageContext  # noqa: E402
+from ftexp.training.module import FineTuneModule  # noqa: E402
+from ftexp.training.throughput import Throughput  # noqa: E402
+from ftexp.utils.build import build  # noqa: E402
+
+MITIGATIONS = ("none", "ewc", "lwf", "replay")
+
+
+def rows_of(batches, n):
+    """Unpadded rows back out of padded batches (for Fisher and replay buffers)."""
+    rows = []
+    for b in batches:
+        for ids, labels, mask in zip(b["input_ids"], b["labels"], b["attention_mask"]):
+            n_tok = int(mask.sum())
+            rows.append({"input_ids": ids[:n_tok].tolist(), "labels": labels[:n_tok].tolist()})
+            if len(rows) == n:
+                return rows
+    return rows
+
+
+def prepared(name, model, batches, tokenizer):
+    """The mitigation in the state it has during a later stage, and the step's batches."""
+    cfg = compose_config([f"mitigation={name}"])
+    mitigation = build(cfg.mitigation)
+    rows = rows_of(batches, 256)
+    task = SimpleNamespace(name="bench", splits={"train": list(range(len(rows)))})
+    ctx = StageContext(index=1, name="bench", model=model, datamodule=None, task=task, tokenizer=tokenizer,
+                       encode=lambda idx: [rows[i] for i in idx], seed=0)
+    if name == "ewc":
+        mitigation.after_stage(ctx)
+    elif name == "lwf":
+        mitigation.before_stage(ctx)
+    elif name == "replay":
+        # 10 % of each step replaced by buffered rows: the batches keep their size and length mix
+        replay = rows[:128]
+        mixed = []
+        for i, b in enumerate(batches):
+            n = b["input_ids"].shape[0]
+            k = round(0.1 * n)
+            own = rows_of([b], n - k)
+            batch = pad_batch(own + [replay[(i * k + j) % len(replay)] for j in range(k)], tokenizer.pad_token_id)
+            batch["is_replay"] = torch.tensor([False] * len(own) + [True] * k)
+            mixed.append(batch)
+        batches = mixed
+    return mitigation, batches
+
+
+def time_steps(model, mitigation, batches, optim_cfg, lr, warmup):
+    clock = StepClock(warmup)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
+                         callbacks=[Throughput(), clock], log_every_n_steps=20, limit_val_batches=0)
+    module = FineTuneModule(model, optim_cfg, lr=lr, mitigation=mitigation)
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None, shuffle=False))
+    return (clock.end - clock.start) / (len(batches) - warmup)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=80)
+    ap.add_argument("--warmup", type=int, default=15)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    args = ap.parse_args()
+
+    pl.seed_everything(0, verbose=False)
+    cfg = compose_config([])
+    cache = Path(os.environ.get("FTEXP_CACHE_DIR", ".cache/ftexp"))
+    source, tokenizer, batches, origin = make_batches(cfg, args.steps, args.batch_size, cache)
+    base = source.load_model(tokenizer)
+    print(f"tiny model, {origin}, batch {args.batch_size}, {args.steps} steps ({args.warmup} warm-up), "
+          f"torch threads {torch.get_num_threads()}")
+    times = {name: [] for name in MITIGATIONS}
+    for r in range(args.repeats):
+        order = MITIGATIONS[r % len(MITIGATIONS):] + MITIGATIONS[:r % len(MITIGATIONS)]
+        for name in order:
+            model = copy.deepcopy(base)
+            mitigation, step_batches = prepared(name, model, batches, tokenizer)
+            times[name].append(time_steps(model, mitigation, step_batches, cfg.optim, cfg.optim.lr, args.warmup))
+    none = statistics.median(times["none"])
+    goals = {"ewc": 1.05, "lwf": 1.5}
+    for name in MITIGATIONS:
+        t = statistics.median(times[name])
+        goal = f"   (goal <= {goals[name]})" if name in goals else ""
+        print(f"{name:7s} {t * 1e3:7.1f} ms/step   x{t / none:5.3f} of none   runs: "
+              + ", ".join(f"{x * 1e3:.1f}" for x in times[name]) + goal)
+
+
+if __name__ == "__main__":
+    main()
