@@ -95,6 +95,7 @@ def test_fisher_runs_in_eval_mode_and_restores_the_modes():
     model.model.layers[0].eval()
     per_sample_fisher(model, batches(make_rows(2), 2), trainable_parameters(model))
     assert model.training and model.model.layers[1].training and not model.model.layers[0].training
+    assert model.config._attn_implementation == "sdpa"  # eager only while the Fisher is taken
 
 
 def test_penalty_is_zero_after_consolidation_and_positive_after_a_step():

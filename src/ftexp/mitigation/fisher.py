@@ -13,6 +13,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
+from ftexp.models.attention import use_attention
+
 Batch = Mapping[str, torch.Tensor]
 
 
@@ -49,12 +51,15 @@ def per_sample_fisher(model: torch.nn.Module, batches: Iterable[Batch],
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        for batch in batches:
-            require_right_padding(batch)
-            input_ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
-            for name, g in per_sample_grads(theta, input_ids, labels).items():
-                squared_sum[name] += g.to(squared_sum[name].dtype).square().sum(0)
-            count += (labels[:, 1:] != -100).any(1).sum()
+        # SDPA kernels have no vmap batching rule (torch falls back to a slow per-sample loop);
+        # eager attention is the same maths and vectorises.
+        with use_attention(model, "eager"):
+            for batch in batches:
+                require_right_padding(batch)
+                input_ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
+                for name, g in per_sample_grads(theta, input_ids, labels).items():
+                    squared_sum[name] += g.to(squared_sum[name].dtype).square().sum(0)
+                count += (labels[:, 1:] != -100).any(1).sum()
     finally:
         for module, training in modes:
             module.training = training
