@@ -119,3 +119,13 @@ def test_ewc_and_lwf_run_through_two_stages(tiny_overrides, mitigation, logged):
     col = header.index(logged)
     values = [float(line[col]) for line in lines if len(line) > col and line[col]]
     assert values and max(values) > 0  # the penalty / distillation term acted in stage 2
+
+
+def test_replay_batches_give_every_rank_the_same_number_of_steps():
+    lengths = [10 + i % 7 for i in range(1001)]
+    counts = []
+    for rank in range(3):
+        base = LengthGroupedBatches(lengths, batch_size=32, seed=0, rank=rank, world_size=3)
+        sampler = ReplayBatches(base, n_new=1001, n_replay=50, ratio=0.1, mode="replace", batch_size=32, seed=rank)
+        counts.append((len(list(sampler)), len(sampler)))
+    assert len(set(counts)) == 1 and counts[0][0] == counts[0][1]

@@ -68,12 +68,14 @@ class ReplayBatches(Sampler[List[int]]):
                 yield list(batch) + take(k)
             return
         # replace: re-cut the base order (which keeps similar lengths together) into steps of
-        # batch_size - k_i new rows
+        # batch_size - k_i new rows. Exactly len(self) steps, so that under DDP every rank takes
+        # the same number (a rank whose share is a few rows short wraps around to its first rows).
         order = [i for batch in self.base for i in batch]
         pos = 0
-        while pos < len(order):
+        for step in range(len(self)):
             k = math.floor((step + 1) * q) - math.floor(step * q)
-            step += 1
-            new = order[pos:pos + max(1, self.batch_size - k)]
-            pos += len(new)
+            want, remaining = max(1, self.batch_size - k), len(order) - pos
+            n = min(want, remaining) if remaining > 0 else want  # past the end only under DDP: wrap around
+            new = [order[(pos + j) % len(order)] for j in range(n)]
+            pos += n
             yield new + take(k)
