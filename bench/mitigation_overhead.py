@@ -21,16 +21,13 @@ from types import SimpleNamespace
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import StepClock, make_batches  # noqa: E402  (the batches and clock of the step bench)
+from train_step import make_batches, run_ftexp  # noqa: E402  (the batches and timed loop of the step bench)
 
 from ftexp.config.preflight import compose_config  # noqa: E402
 from ftexp.data.datamodule import pad_batch  # noqa: E402
 from ftexp.mitigation.base import StageContext  # noqa: E402
-from ftexp.training.module import FineTuneModule  # noqa: E402
-from ftexp.training.throughput import Throughput  # noqa: E402
 from ftexp.utils.build import build  # noqa: E402
 
 MITIGATIONS = ("none", "ewc", "lwf", "replay")
@@ -75,16 +72,6 @@ def prepared(name, model, batches, tokenizer):
     return mitigation, batches
 
 
-def time_steps(model, mitigation, batches, optim_cfg, lr, warmup):
-    clock = StepClock(warmup)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
-                         callbacks=[Throughput(), clock], log_every_n_steps=20, limit_val_batches=0)
-    module = FineTuneModule(model, optim_cfg, lr=lr, mitigation=mitigation)
-    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None, shuffle=False))
-    return (clock.end - clock.start) / (len(batches) - warmup)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=80)
@@ -106,7 +93,7 @@ def main() -> None:
         for name in order:
             model = copy.deepcopy(base)
             mitigation, step_batches = prepared(name, model, batches, tokenizer)
-            times[name].append(time_steps(model, mitigation, step_batches, cfg.optim, cfg.optim.lr, args.warmup))
+            times[name].append(run_ftexp(model, step_batches, cfg.optim, cfg.optim.lr, args.warmup, mitigation))
     none = statistics.median(times["none"])
     goals = {"ewc": 1.05, "lwf": 1.5}
     for name in MITIGATIONS:

@@ -88,12 +88,12 @@ def run_plain(model, batches, optim_cfg, lr: float, warmup: int) -> float:
     return (time.perf_counter() - start) / (len(batches) - warmup)
 
 
-def run_ftexp(model, batches, optim_cfg, lr: float, warmup: int) -> float:
+def run_ftexp(model, batches, optim_cfg, lr: float, warmup: int, mitigation=None) -> float:
     clock = StepClock(warmup)
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
                          callbacks=[Throughput(), clock], log_every_n_steps=20, limit_val_batches=0)
-    module = FineTuneModule(model, optim_cfg, lr=lr)
+    module = FineTuneModule(model, optim_cfg, lr=lr, mitigation=mitigation)
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None, shuffle=False))
     return (clock.end - clock.start) / (len(batches) - warmup)
 

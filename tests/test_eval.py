@@ -118,3 +118,23 @@ def test_a_model_that_prefers_the_right_label_scores_one():
     evaluator = ClassificationEvaluator(compose_config([]).evaluator.classification)
     metrics = evaluator.evaluate(Echo(), task, EvalContext(tokenizer=Tok(), max_length=16))
     assert metrics["test/accuracy"] == 1.0 and metrics["test/macro_f1"] == 1.0
+
+
+def test_flash_attention_models_score_on_sdpa_and_switch_back():
+    from ftexp.eval.classification import scoring_attention
+
+    class Switchable(torch.nn.Module):
+        def __init__(self, impl):
+            super().__init__()
+            self.config = type("C", (), {"_attn_implementation": impl})()
+
+        def set_attn_implementation(self, impl):
+            self.config._attn_implementation = impl
+
+    model = Switchable("flash_attention_2")
+    with scoring_attention(model):
+        assert model.config._attn_implementation == "sdpa"
+    assert model.config._attn_implementation == "flash_attention_2"
+    eager = Switchable("eager")
+    with scoring_attention(eager):
+        assert eager.config._attn_implementation == "eager"  # takes 4D masks as it is

@@ -10,14 +10,15 @@ is therefore always one of the labels.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Sequence
+from contextlib import nullcontext
+from typing import Any, Dict, List, Sequence
 
 import torch
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
 from ftexp.data.base import encode_completion, encode_prompt
 from ftexp.eval.base import EvalContext, Evaluator, model_device
+from ftexp.models.attention import attention_implementation, use_attention
 
 
 def _tree_inputs(prompts: Sequence[List[int]], labels: Sequence[List[int]], pad_id: int, device):
@@ -100,20 +101,12 @@ def label_logprobs(
     return scores
 
 
-@contextmanager
-def scoring_attention(model: torch.nn.Module) -> Iterator[None]:
-    """Tree scoring needs a custom 4D mask, which flash-attention kernels do not take: switch such a
-    model to SDPA while scoring and back afterwards."""
-    impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
+def scoring_attention(model: torch.nn.Module):
+    """Tree scoring needs a custom 4D mask, which flash-attention kernels do not take: such a model
+    runs on SDPA while scoring and switches back afterwards."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if impl in ("sdpa", "eager") or not hasattr(base, "set_attn_implementation"):
-        yield
-        return
-    base.set_attn_implementation("sdpa")
-    try:
-        yield
-    finally:
-        base.set_attn_implementation(impl)
+    keep = attention_implementation(base) in ("sdpa", "eager")
+    return nullcontext() if keep else use_attention(model, "sdpa")
 
 
 class ClassificationEvaluator(Evaluator):
