@@ -191,3 +191,16 @@ def test_without_before_stage_the_first_step_fixes_the_teacher():
     outputs = model(**BATCH)
     _, logged = lwf.training_loss(outputs.loss, BATCH, model, outputs)
     assert abs(float(logged["lwf_kd"])) < 1e-6 and lwf.teacher_bytes > 0
+
+
+def test_no_teacher_in_the_first_stage_of_a_model_trained_from_scratch():
+    model = tiny_lm().train()
+    lwf = LwF(LwfConfig())
+    lwf.before_stage(StageContext(index=1, name="s1", model=model, datamodule=None, task=None, pretrained=False))
+    loss = torch.tensor(2.0, requires_grad=True)
+    batch = {"input_ids": torch.tensor([[1, 5, 6, 7]]), "attention_mask": torch.ones(1, 4, dtype=torch.long),
+             "labels": torch.tensor([[-100, -100, 6, 7]])}
+    out, extras = lwf.training_loss(loss, batch, model, model(input_ids=batch["input_ids"]))
+    assert out is loss and extras == {} and lwf.teacher_bytes == 0
+    lwf.before_stage(StageContext(index=2, name="s2", model=model, datamodule=None, task=None, pretrained=False))
+    assert lwf.teacher_bytes > 0  # from stage 2 on, the previous stage's model is the teacher

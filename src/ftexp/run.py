@@ -138,7 +138,7 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord, rank: i
     for index, (stage, stage_data) in enumerate(zip(cfg.stages, stage_tasks), start=1):
         started = time.perf_counter()
         summary = train_stage(cfg, stage, index, model, tokenizer, stage_data, stage_tasks[:index - 1], mitigation,
-                              run_dir, tracker, record)
+                              run_dir, tracker, record, pretrained=model_source.pretrained)
         record.wall_time_s[f"stage/{index}"] = time.perf_counter() - started
         record.stages.append(summary)
         add_row(stage.name, index)
@@ -180,7 +180,7 @@ def stage_task(stage: Any, tasks: Dict[str, Task], default: Task) -> Task:
 
 
 def train_stage(cfg, stage, index, model, tokenizer, task, earlier, mitigation, run_dir, tracker,
-                record) -> Dict[str, Any]:
+                record, pretrained: bool = True) -> Dict[str, Any]:
     max_length = cfg.model.max_length
 
     def encode(examples) -> List[Dict[str, List[int]]]:
@@ -210,7 +210,8 @@ def train_stage(cfg, stage, index, model, tokenizer, task, earlier, mitigation, 
         group_by_length=cfg.trainer.group_by_length,
     )
     ctx = StageContext(index=index, name=stage.name, model=model, datamodule=datamodule, task=task,
-                       tokenizer=tokenizer, encode=encode, earlier=list(earlier), seed=cfg.seed)
+                       tokenizer=tokenizer, encode=encode, earlier=list(earlier), seed=cfg.seed,
+                       pretrained=pretrained)
     tracker.set_step_offset(record.step)
     mitigation.before_stage(ctx)
     lr = stage.lr if stage.lr is not None else cfg.optim.lr

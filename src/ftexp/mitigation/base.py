@@ -21,6 +21,7 @@ class StageContext:
     encode: Optional[Callable[[List[Any]], List[Dict[str, List[int]]]]] = None  # Examples -> training rows
     earlier: List[Any] = field(default_factory=list)  # the Tasks of earlier stages, in order
     seed: int = 0
+    pretrained: bool = True  # whether the run's model started from pretrained weights (tiny: no)
     extras: Dict[str, Any] = field(default_factory=dict)
 
 

@@ -93,6 +93,7 @@ class LwF(Mitigation):
             raise ValueError(f"mitigation.temperature={cfg.temperature} must be > 0 and "
                              f"mitigation.vocab_chunk={cfg.vocab_chunk} >= 1")
         self.teacher: Dict[str, torch.Tensor] = {}
+        self.idle = False  # stage 1 of a model trained from scratch: nothing to keep yet
 
     @property
     def teacher_bytes(self) -> int:
@@ -104,6 +105,13 @@ class LwF(Mitigation):
         log.info("lwf: teacher = %d trainable tensors, %.1f MB", len(self.teacher), self.teacher_bytes / 2**20)
 
     def before_stage(self, ctx: StageContext) -> None:
+        # A model that starts from random weights (model=tiny) knows nothing yet: distilling its
+        # first stage towards them only holds learning back. Pretrained models keep their base.
+        self.idle = ctx.index == 1 and not ctx.pretrained
+        if self.idle:
+            self.teacher = {}
+            log.info("lwf: no teacher in stage 1, the model starts from random weights")
+            return
         self.snapshot(ctx.model)
 
     def teacher_logits(self, model: torch.nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -121,6 +129,8 @@ class LwF(Mitigation):
 
     def training_loss(self, loss: torch.Tensor, batch: Dict[str, torch.Tensor], model: torch.nn.Module,
                       outputs: Any = None):
+        if self.idle:
+            return loss, {}
         if not self.teacher:  # no before_stage: no step has been taken yet, so these are the start weights
             self.snapshot(model)
         teacher = self.teacher_logits(model, batch)
