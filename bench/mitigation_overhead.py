@@ -11,19 +11,16 @@ Goals (issue 4): EWC <= 1.05x, LwF <= 1.5x.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import os
 import statistics
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytorch_lightning as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import make_batches, run_ftexp  # noqa: E402  (the batches and timed loop of the step bench)
+from train_step import run_ftexp, setup  # noqa: E402  (the set-up and timed loop of the step bench)
 
 from ftexp.config.preflight import compose_config  # noqa: E402
 from ftexp.data.datamodule import pad_batch  # noqa: E402
@@ -73,18 +70,7 @@ def prepared(name, model, batches, tokenizer):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=80)
-    ap.add_argument("--warmup", type=int, default=15)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=32)
-    args = ap.parse_args()
-
-    pl.seed_everything(0, verbose=False)
-    cfg = compose_config([])
-    cache = Path(os.environ.get("FTEXP_CACHE_DIR", ".cache/ftexp"))
-    source, tokenizer, batches, origin = make_batches(cfg, args.steps, args.batch_size, cache)
-    base = source.load_model(tokenizer)
+    args, cfg, tokenizer, batches, origin, base = setup(__doc__.splitlines()[0], steps=80, warmup=15, repeats=3)
     print(f"tiny model, {origin}, batch {args.batch_size}, {args.steps} steps ({args.warmup} warm-up), "
           f"torch threads {torch.get_num_threads()}")
     times = {name: [] for name in MITIGATIONS}

@@ -98,19 +98,23 @@ def run_ftexp(model, batches, optim_cfg, lr: float, warmup: int, mitigation=None
     return (clock.end - clock.start) / (len(batches) - warmup)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=120)
-    ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=6)
+def setup(description: str, steps: int, warmup: int, repeats: int):
+    """Command-line arguments, the default config, the batches and the tiny model's initial weights."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--warmup", type=int, default=warmup)
+    ap.add_argument("--repeats", type=int, default=repeats)
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args()
-
     pl.seed_everything(0, verbose=False)
     cfg = compose_config([])
     cache = Path(os.environ.get("FTEXP_CACHE_DIR", ".cache/ftexp"))
     source, tokenizer, batches, origin = make_batches(cfg, args.steps, args.batch_size, cache)
-    base = source.load_model(tokenizer)
+    return args, cfg, tokenizer, batches, origin, source.load_model(tokenizer)
+
+
+def main() -> None:
+    args, cfg, tokenizer, batches, origin, base = setup(__doc__.splitlines()[0], steps=120, warmup=20, repeats=6)
     tokens = sum(int(b["attention_mask"].sum()) for b in batches[args.warmup:]) / (args.steps - args.warmup)
     print(f"tiny model ({sum(p.numel() for p in base.parameters()) / 1e6:.2f} M parameters), {origin}, "
           f"batch {args.batch_size}, {args.steps} steps ({args.warmup} warm-up), torch threads {torch.get_num_threads()}")
