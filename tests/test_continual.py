@@ -129,3 +129,20 @@ def test_replay_batches_give_every_rank_the_same_number_of_steps():
         sampler = ReplayBatches(base, n_new=1001, n_replay=50, ratio=0.1, mode="replace", batch_size=32, seed=rank)
         counts.append((len(list(sampler)), len(sampler)))
     assert len(set(counts)) == 1 and counts[0][0] == counts[0][1]
+
+
+def test_balanced_replay_keeps_an_equal_share_of_every_label():
+    from types import SimpleNamespace
+
+    from ftexp.mitigation.replay import Replay
+
+    cfg = compose_config(["mitigation=replay", "mitigation.buffer_size=30", "mitigation.sampling=balanced"]).mitigation
+    sizes = {"big": 300, "mid": 60, "small": 12}
+    train = [Example(prompt=f"{lb}{i}", completion=lb, label=lb, source="A") for lb, n in sizes.items() for i in range(n)]
+    replay = Replay(cfg)
+    ctx = SimpleNamespace(index=1, seed=0, task=Task(name="A", splits={"train": train}), extras={})
+    replay.before_stage(ctx)
+    replay.after_stage(ctx)
+    counts = {lb: sum(ex.label == lb for ex in replay.buffer()) for lb in sizes}
+    assert counts == {"big": 10, "mid": 10, "small": 10}  # a reservoir would give about 24 / 5 / 1
+    assert all(ex.origin == "replay" for ex in replay.buffer())

@@ -281,3 +281,12 @@ def test_few_shot_prompts_use_real_examples_of_the_label_and_are_fixed_per_sampl
     hub = generator_config(compose_config(["data.synthetic.generator={name: qwen, hub_id: Qwen/Qwen2.5-0.5B}"])
                            .data.synthetic.generator)
     assert hub._target_ == "ftexp.models.hub.HubModel" and hub.trust_remote_code is False
+
+
+def test_deduplication_can_be_turned_off_but_the_overlap_is_still_measured(toy):
+    rows = [json.loads(line) for line in (toy / "train.jsonl").read_text().splitlines()]
+    write(toy / "train.jsonl", rows + [{"text": "top up money question 4", "label": "top_up"}])
+    task = task_for(toy, "data.checks.dedupe=false")
+    assert "top up money question 4" in [e.text for e in task.splits["train"] + task.splits["val"]]
+    assert "train_test_duplicates" not in task.report["dropped"]
+    assert task.report["checks"]["test_in_train_fraction"] == {"banking77": pytest.approx(1 / 30)}

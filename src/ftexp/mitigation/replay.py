@@ -72,6 +72,7 @@ class Replay(Mitigation):
         mark = batch.get("is_replay")
         if mark is None:
             return loss, {}
-        self.replayed += int(mark.sum())
-        self.total += int(mark.numel())
+        # a tensor sum, not int(): reading it back every step would stall the GPU
+        self.replayed = self.replayed + mark.sum()
+        self.total += mark.numel()
         return loss, {"replay_ratio": self.replayed / max(1, self.total)}

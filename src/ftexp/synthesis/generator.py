@@ -17,6 +17,7 @@ import torch
 
 from ftexp.data.base import Example, encode_split
 from ftexp.data.datamodule import FineTuneDataModule
+from ftexp.data.mixture import derived_rng
 from ftexp.synthesis.prompts import clean, label_prompt
 from ftexp.training.module import FineTuneModule
 from ftexp.training.trainer import build_trainer
@@ -104,8 +105,6 @@ class Generator:
     def prompts(self, label: str, indices: List[int], shots_from: List[str], seed: int) -> Tuple[List[str], List[int]]:
         """Prompt and sampling seed of samples ``indices`` of ``label``; each depends only on
         (seed, label, index), so a cached pool can be extended deterministically."""
-        from ftexp.data.mixture import derived_rng
-
         prompts, seeds = [], []
         for k in indices:
             rng = derived_rng(seed, "synthetic", label, k)
