@@ -77,6 +77,14 @@ class SliceConfig:
 
 
 @dataclass
+class RedTeamConfig:
+    """Adversarial prompts of a task: their outputs always go to human review, counted apart."""
+
+    prompts: List[str] = field(default_factory=list)  # inputs (the task's text / question), rendered by its prompt_template
+    slices: List[str] = field(default_factory=list)  # test slices whose examples are red-team prompts too
+
+
+@dataclass
 class DataConfig(SourceConfig):
     """A task: its sources, how records become prompt -> completion pairs, and the training mixture."""
 
@@ -95,6 +103,7 @@ class DataConfig(SourceConfig):
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     slices: List[SliceConfig] = field(default_factory=list)
     eval_only: bool = False  # refuse to train on it (e.g. benchmarks with a canary)
+    red_team: RedTeamConfig = field(default_factory=RedTeamConfig)
 
 
 @dataclass
@@ -131,3 +140,17 @@ class CorpusDataConfig(DataConfig):
     chat_template: bool = False
     test_fraction: float = 0.1
     chunk_chars: int = 400  # chunks end at a line break near this many characters
+
+
+@dataclass
+class MultipleChoiceDataConfig(DataConfig):
+    """Multiple-choice questions (``data=truthfulqa_mc``): a question, its choices and the index of
+    the correct one; optionally a second list of choices with 0/1 truth labels (TruthfulQA MC2)."""
+
+    _target_: str = "ftexp.data.multiple_choice.MultipleChoiceTask"
+    prompt_template: str = "Q: {question}\nA:"
+    question_field: str = "question"
+    choices_field: str = "choices"
+    answer_field: str = "answer_index"  # index of the correct choice in `choices_field`
+    mc2_choices_field: Optional[str] = None  # e.g. mc2_choices
+    mc2_labels_field: Optional[str] = None  # e.g. mc2_labels: 1 = true, 0 = false, one per mc2 choice

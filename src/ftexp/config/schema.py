@@ -19,7 +19,21 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING
 
-from ftexp.config.data_schema import ClassificationDataConfig, CorpusDataConfig, GenerationDataConfig
+from ftexp.config.data_schema import (
+    ClassificationDataConfig,
+    CorpusDataConfig,
+    GenerationDataConfig,
+    MultipleChoiceDataConfig,
+)
+from ftexp.config.eval_schema import (
+    ClassificationEvalConfig,
+    EfficiencyEvalConfig,
+    GenerationEvalConfig,
+    HumanReviewConfig,
+    LmEvalConfig,
+    MultipleChoiceEvalConfig,
+    PerplexityEvalConfig,
+)
 
 # --------------------------------------------------------------------------------------- model
 
@@ -176,37 +190,7 @@ class ReplayConfig(MitigationConfig):
     sampling: str = "reservoir"  # reservoir (uniform over everything seen) | balanced (per label)
 
 
-# ----------------------------------------------------------------------------------- evaluator
-
-
-@dataclass
-class EvaluatorConfig:
-    """An evaluator scores the model on the run's tasks after row 0 and after every stage."""
-
-    _target_: str = MISSING
-    batch_size: int = 64
-
-
-@dataclass
-class ClassificationEvalConfig(EvaluatorConfig):
-    """Accuracy and macro-F1 on the test split; the prediction is the label whose text has the
-    highest log-likelihood given the prompt (so it is always one of the labels)."""
-
-    _target_: str = "ftexp.eval.classification.ClassificationEvaluator"
-    split: str = "test"  # test | val
-    label_chunk: int = 0  # at most this many labels per forward pass (0 = as many as max_logits allows)
-    max_logits: int = 134217728  # logits elements per forward pass (2**27: 512 MB in fp32)
-
-
-@dataclass
-class PerplexityEvalConfig(EvaluatorConfig):
-    """Per-token cross-entropy and perplexity of the completions of the test split (all of a text
-    corpus's tokens): the general-knowledge row of the forgetting matrix. Applies to tasks without
-    labels (text corpora, question answering)."""
-
-    _target_: str = "ftexp.eval.perplexity.PerplexityEvaluator"
-    split: str = "test"
-    batch_size: int = 16
+# evaluator: see ftexp.config.eval_schema
 
 
 # ------------------------------------------------------------------------------------- trainer
@@ -326,9 +310,11 @@ SCHEMAS: Dict[str, Dict[str, type]] = {
     "model": {"hub": HubModelConfig, "tiny": TinyModelConfig},
     "peft": {"full": FullFinetuneConfig, "lora": LoraConfig},
     "data": {"classification": ClassificationDataConfig, "generation": GenerationDataConfig,
-             "corpus": CorpusDataConfig},
+             "corpus": CorpusDataConfig, "multiple_choice": MultipleChoiceDataConfig},
     "mitigation": {"none": NoMitigationConfig, "ewc": EwcConfig, "lwf": LwfConfig, "replay": ReplayConfig},
-    "evaluator": {"classification": ClassificationEvalConfig, "perplexity": PerplexityEvalConfig},
+    "evaluator": {"classification": ClassificationEvalConfig, "perplexity": PerplexityEvalConfig,
+                  "generation": GenerationEvalConfig, "multiple_choice": MultipleChoiceEvalConfig,
+                  "lm_eval": LmEvalConfig, "efficiency": EfficiencyEvalConfig, "human_review": HumanReviewConfig},
     "trainer": {"trainer": TrainerConfig},
     "logger": {"none": NoLoggerConfig, "csv": CSVLoggerConfig, "wandb": WandbLoggerConfig},
 }

@@ -32,11 +32,20 @@ class Task:
 
     name: str
     splits: Dict[str, List[Example]] = field(default_factory=dict)
+    kind = ""  # classification | generation | corpus | multiple_choice: which evaluators apply
     completion_prefix: str = " "
     eval_only: bool = False
     chat_template: bool = False  # prompts go through the tokenizer's chat template when it has one
     slices: Dict[str, List[int]] = field(default_factory=dict)  # named subsets of the test split (indices)
     report: Dict[str, Any] = field(default_factory=dict)  # what loading dropped, checked and mixed
+    # Adversarial prompts without a reference, and test slices whose examples count as red-team too:
+    # their outputs always go to human review, counted apart.
+    red_team: List[Example] = field(default_factory=list)
+    red_team_slices: List[str] = field(default_factory=list)
+
+    def red_team_indices(self) -> set:
+        """Indices of test examples that belong to a red-team slice."""
+        return {i for name in self.red_team_slices for i in self.slices.get(name, [])}
 
     def texts(self, split: str = "train") -> Iterator[str]:
         """A split's texts as the model sees them."""

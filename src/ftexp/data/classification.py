@@ -17,6 +17,8 @@ class ClassificationTask(SourcedTask):
     """The label set is ``data.labels`` or the labels seen in train; the validation split and every
     subsample are stratified by label."""
 
+    kind = "classification"
+
     text_fields = ("text",)
     other_fields = ("label",)
 

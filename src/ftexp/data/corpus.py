@@ -29,6 +29,8 @@ class CorpusTask(Task):
     """One text file split contiguously: the last ``test_fraction`` is test, the ``val_fraction``
     before it is validation (no chunk straddles two splits); ``n_train`` takes seeded chunks."""
 
+    kind = "corpus"
+
     def __init__(self, cfg: Any, data_dir: str, seed: int) -> None:
         super().__init__(name=cfg.name, completion_prefix=cfg.completion_prefix, eval_only=cfg.eval_only,
                          chat_template=False)

@@ -10,6 +10,7 @@ from ftexp.data.sources import Row
 
 
 class GenerationTask(SourcedTask):
+    kind = "generation"
     text_fields = ("question", "answer")
 
     def field_map(self, source: Any) -> Dict[str, str]:

@@ -75,12 +75,29 @@ class SourcedTask(Task):
             test = self.subsample(test, min(cfg.n_test, len(test)), seed=0)
         self.splits = {"train": train, "val": val, "test": test}
         self.slices = resolve_slices(cfg.slices, test, self.available, cfg.name)
+        self.red_team, self.red_team_slices = self.red_team_set(cfg.red_team)
 
     def tokenizer_corpus(self) -> Iterator[str]:
         """All real training texts before ``n_train``: a tokenizer fitted per run is the same at
         every training-set size and synthetic share."""
         for ex in self.available:
             yield ex.prompt + self.completion_prefix + ex.completion
+
+    def red_team_set(self, red_team: Any) -> Tuple[List[Example], List[str]]:
+        """The configured adversarial inputs, rendered like the task's prompts, and the red-team slices."""
+        unknown = [name for name in red_team.slices if name not in self.slices]
+        if unknown:
+            raise DataError(f"data '{self.cfg.name}': red_team.slices names '{unknown[0]}', which is not one of "
+                            f"data.slices ({', '.join(self.slices) or 'none'})")
+        field_name = self.text_fields[0]
+        examples = []
+        for i, text in enumerate(red_team.prompts):
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(f"data '{self.cfg.name}': red_team.prompts[{i}] is empty")
+            where = f"data '{self.cfg.name}' red_team.prompts[{i}]"
+            examples.append(Example(prompt=format_prompt(self.cfg.prompt_template, {field_name: text}, where),
+                                    completion="", origin="red_team", source="red_team", text=text, where=where))
+        return examples, list(red_team.slices)
 
     # ---------------------------------------------------------------------------------- hooks
 

@@ -113,7 +113,7 @@ class ClassificationEvaluator(Evaluator):
     """``evaluator=classification``."""
 
     def applies_to(self, task: Any) -> bool:
-        return hasattr(task, "labels")
+        return task.kind == "classification"
 
     @torch.inference_mode()
     def evaluate(self, model: torch.nn.Module, task: Any, ctx: EvalContext) -> Dict[str, float]:

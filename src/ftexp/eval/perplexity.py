@@ -15,7 +15,7 @@ from ftexp.eval.base import EvalContext, Evaluator, model_device
 
 class PerplexityEvaluator(Evaluator):
     def applies_to(self, task: Any) -> bool:
-        return not hasattr(task, "labels")
+        return task.kind in ("generation", "corpus")
 
     @torch.inference_mode()
     def evaluate(self, model: torch.nn.Module, task: Any, ctx: EvalContext) -> Dict[str, float]:
