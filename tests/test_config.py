@@ -10,10 +10,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from ftexp.config import config_dir, sweeps_root
-from ftexp.config.preflight import ConfigError, check_overrides, compose_config, expand_sweeps
+from ftexp.config.preflight import HIDDEN_GROUPS, ConfigError, check_overrides, compose_config, expand_sweeps
 from ftexp.config.schema import SCHEMAS
 
-GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir())
+GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir() and p.name not in HIDDEN_GROUPS)
 
 
 def all_options():
@@ -41,6 +41,13 @@ def test_every_sweep_file_composes_and_every_swept_value_is_valid(sweep):
     for ov in OverridesParser.create().parse_overrides(overrides):
         for value in ov.sweep_string_iterator():
             check_overrides([f"sweeps={sweep}", f"{ov.get_key_element()}={value}"])
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (config_dir() / "red_team").glob("*.yaml")))
+def test_every_red_team_set_is_included_by_its_data_config(name):
+    cfg = compose_config([f"data={name}"])
+    assert len(cfg.data.red_team.prompts) >= 5  # typed by the data schema: a misspelt key fails here
+    assert all(isinstance(p, str) and p.strip() for p in cfg.data.red_team.prompts)
 
 
 def test_config_groups_are_the_documented_axes():

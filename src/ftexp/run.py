@@ -70,19 +70,29 @@ def eval_device(trainer_cfg: Any) -> torch.device:
 
 
 def evaluate_row(model, ctx: EvalContext, tasks: Dict[str, Task], evaluators: List[Evaluator], device, precision: str):
-    """Every evaluator on every task it applies to: ``{task: {metric: value}}``."""
+    """Every evaluator that runs on this row, on every task it applies to: ``{task: {metric: value}}``;
+    model-scoped evaluators (lm-evaluation-harness) file their metrics under their own name."""
     model.to(device)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if device.type == "cuda" and precision.startswith("bf16")
         else nullcontext()
     )
+    ctx.outputs = {}
+    active = [e for e in evaluators if e.runs_on(ctx)]
     row: Dict[str, Dict[str, float]] = {}
     with autocast:
         for name, task in tasks.items():
-            for evaluator in evaluators:
-                if evaluator.applies_to(task):
+            for evaluator in active:
+                if evaluator.scope == "task" and evaluator.applies_to(task):
                     row.setdefault(name, {}).update(evaluator.evaluate(model, task, ctx))
+        for evaluator in active:
+            if evaluator.scope == "model":
+                prefix = f"{evaluator.name}/"  # filed under the name already: lm_eval/arc_easy/acc
+                metrics = {k[len(prefix):] if k.startswith(prefix) else k: v
+                           for k, v in evaluator.evaluate(model, None, ctx).items()}
+                if metrics:
+                    row.setdefault(evaluator.name, {}).update(metrics)
     return row
 
 
@@ -110,15 +120,17 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord, rank: i
     model = model_source.load_model(tokenizer)
     adapter = build(cfg.peft)
     model = adapter.apply(model, typed(cfg.model))
-    evaluators: List[Evaluator] = [build(e) for e in cfg.evaluator.values()]
+    evaluators = build_evaluators(cfg.evaluator)
     mitigation: Mitigation = build(cfg.mitigation)
-    eval_ctx = EvalContext(tokenizer=tokenizer, max_length=cfg.model.max_length)
     record.info.update(
         model={"name": cfg.model.name, "parameters": count_parameters(model),
                "trust_remote_code": model_source.trust_remote_code},
         data=task_info(task),
         device=str(device) if device.type == "cpu" else f"cuda:{torch.cuda.get_device_name()}",
     )
+    eval_ctx = EvalContext(tokenizer=tokenizer, max_length=cfg.model.max_length, seed=cfg.seed,
+                           pretrained=model_source.pretrained, device_name=record.info["device"],
+                           stages=record.stages)
     if len(tasks) > 1:
         record.info["tasks"] = {name: task_info(t) for name, t in tasks.items() if t is not task}
     record.wall_time_s["setup"] = time.perf_counter() - t0
@@ -127,6 +139,7 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord, rank: i
         if rank != 0:
             return
         started = time.perf_counter()
+        eval_ctx.row, eval_ctx.last_row = index, index == len(cfg.stages)
         metrics = evaluate_row(model, eval_ctx, tasks, evaluators, device, cfg.trainer.precision)
         record.wall_time_s[f"eval/{index}"] = time.perf_counter() - started
         record.rows.append({"index": index, "stage": stage_name, "metrics": metrics})
@@ -143,6 +156,11 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord, rank: i
         record.stages.append(summary)
         add_row(stage.name, index)
 
+    if rank == 0:
+        for evaluator in evaluators:  # e.g. the human-review export of the last row's outputs
+            info = evaluator.finish(eval_ctx, run_dir, tracker)
+            if info:
+                record.info.setdefault("evaluators", {})[evaluator.name] = info
     if rank == 0 and len(cfg.stages) > 1:
         record.continual = continual_summary(record.rows, tasks, stage_tasks, run_dir, [s.name for s in cfg.stages])
         tracker.log_metrics(flat_continual(record.continual), step=record.step)
@@ -150,6 +168,16 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord, rank: i
         record.info["saved_to"] = str(adapter.save(model, tokenizer, run_dir))
     record.wall_time_s["run"] = time.perf_counter() - t0
     return record
+
+
+def build_evaluators(evaluator_cfgs: Any) -> List[Evaluator]:
+    """One evaluator per entry of ``evaluator``, named by its key (``generation``, ``human_review`` ...)."""
+    evaluators = []
+    for key, evaluator_cfg in evaluator_cfgs.items():
+        evaluator = build(evaluator_cfg)
+        evaluator.name = key
+        evaluators.append(evaluator)
+    return evaluators
 
 
 def build_tasks(cfg: DictConfig) -> Dict[str, Task]:
@@ -223,7 +251,8 @@ def train_stage(cfg, stage, index, model, tokenizer, task, earlier, mitigation, 
     mitigation.after_stage(ctx)
     record.step += trainer.global_step
     summary: Dict[str, Any] = {"index": index, "name": stage.name, "data": task.name, "lr": lr,
-                               "steps": trainer.global_step, "epochs": trainer.current_epoch}
+                               "steps": trainer.global_step, "epochs": trainer.current_epoch,
+                               "world_size": trainer.world_size}
     summary.update(throughput.summary(trainer.world_size))
     for key in ("train/loss", "val/loss"):
         if key in trainer.callback_metrics:
@@ -244,8 +273,9 @@ def _short(metrics: Dict[str, Dict[str, float]]) -> str:
 
 
 def score_key(metrics: Dict[str, float]) -> Optional[str]:
-    """The one score per task that fills the matrix: accuracy where there is one, else the loss."""
-    return next((k for k in ("test/accuracy", "test/loss") if k in metrics), None)
+    """The one score per task that fills the matrix: accuracy (or MC1, or ROUGE-L) where there is
+    one, else the loss."""
+    return next((k for k in ("test/accuracy", "test/mc1", "test/rougeL", "test/loss") if k in metrics), None)
 
 
 def continual_summary(rows, tasks: Dict[str, Task], stage_tasks: List[Task], run_dir: Path,

@@ -25,7 +25,8 @@ from omegaconf.errors import OmegaConfBaseException
 from ftexp.config import config_dir
 from ftexp.errors import FtexpError
 
-HIDDEN_GROUPS = ("hydra", "schema")
+# Not chosen on the command line: Hydra's own, the schemas, and parts that data configs include.
+HIDDEN_GROUPS = ("hydra", "schema", "red_team")
 
 
 class ConfigError(FtexpError):

@@ -17,7 +17,7 @@ import torch
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
 from ftexp.data.base import encode_completion, encode_prompt
-from ftexp.eval.base import EvalContext, Evaluator, model_device
+from ftexp.eval.base import EvalContext, Evaluator, Output, model_device
 from ftexp.models.attention import attention_implementation, use_attention
 
 
@@ -116,11 +116,9 @@ class ClassificationEvaluator(Evaluator):
         return task.kind == "classification"
 
     @torch.inference_mode()
-    def evaluate(self, model: torch.nn.Module, task: Any, ctx: EvalContext) -> Dict[str, float]:
+    def predict(self, model: torch.nn.Module, examples: Sequence[Any], task: Any, ctx: EvalContext) -> torch.Tensor:
+        """The index into ``task.labels`` of each example's most likely label."""
         tokenizer = ctx.tokenizer
-        split = self.cfg.split
-        examples = task.splits[split]
-        label_ids = {label: i for i, label in enumerate(task.labels)}
         label_tokens = [encode_completion(tokenizer, label, task.completion_prefix) for label in task.labels]
         keep = max(1, ctx.max_length - max(len(t) for t in label_tokens))
         was_training = model.training
@@ -136,7 +134,13 @@ class ClassificationEvaluator(Evaluator):
                     preds.append(scores.argmax(-1).cpu())
         finally:
             model.train(was_training)
-        pred = torch.cat(preds)
+        return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+
+    def evaluate(self, model: torch.nn.Module, task: Any, ctx: EvalContext) -> Dict[str, float]:
+        split = self.cfg.split
+        examples = task.splits[split]
+        label_ids = {label: i for i, label in enumerate(task.labels)}
+        pred = self.predict(model, examples, task, ctx)
         target = torch.tensor([label_ids[ex.label] for ex in examples])
         n = len(task.labels)
         out = {
@@ -146,9 +150,32 @@ class ClassificationEvaluator(Evaluator):
         }
         # Named slices of the test set (data.slices): accuracy only; macro-F1 over a slice's few
         # labels is not comparable with the whole set's.
-        for name, idx in (task.slices.items() if split == "test" else ()):
+        slices = task.slices if split == "test" else {}
+        for name, idx in slices.items():
             if idx:
                 hits = (pred[idx] == target[idx]).float()
                 out[f"{split}/slice/{name}/accuracy"] = float(hits.mean())
             out[f"{split}/slice/{name}/n"] = float(len(idx))
+        self.keep_outputs(model, task, ctx, examples, pred, target, slices, out)
         return out
+
+    def keep_outputs(self, model, task, ctx: EvalContext, examples, pred, target, slices, out) -> None:
+        """Each prediction as an :class:`Output` for review, and the red-team prompts' predictions."""
+        member: Dict[int, List[str]] = {}
+        for name, idx in slices.items():
+            for i in idx:
+                member.setdefault(i, []).append(name)
+        red_slices = set(task.red_team_slices)
+        outputs = ctx.outputs.setdefault(task.name, [])
+        for i, ex in enumerate(examples):
+            hit = bool(pred[i] == target[i])
+            outputs.append(Output(id=f"{task.name}/{self.cfg.split}/{i}", task=task.name, prompt=ex.prompt,
+                                  output=task.labels[int(pred[i])], reference=ex.label, scores={"correct": float(hit)},
+                                  auto_correct=hit, slices=member.get(i, []),
+                                  red_team=bool(red_slices & set(member.get(i, [])))))
+        if task.red_team:
+            red = self.predict(model, task.red_team, task, ctx)
+            for i, (ex, p) in enumerate(zip(task.red_team, red.tolist())):
+                outputs.append(Output(id=f"{task.name}/red_team/{i}", task=task.name, prompt=ex.prompt,
+                                      output=task.labels[p], red_team=True))
+            out[f"{self.cfg.split}/red_team/n"] = float(len(task.red_team))

@@ -121,7 +121,7 @@ def add_synthetic(task: Task, syn_cfg: Any, run_cfg: Any, model_source: Any, tok
         source_name, pool = "augment", Pool(None)  # cheap: not cached
     else:
         from ftexp.synthesis.generator import Generator, content_hash
-        from ftexp.synthesis.sampler import sample
+        from ftexp.models.decoding import sample
 
         gen = Generator(syn_cfg, run_cfg, model_source, tokenizer, task, cache_dir)
         # Everything sample k depends on. (Not oversample or batch size: they change how many are made.)
