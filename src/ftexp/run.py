@@ -265,7 +265,8 @@ def train_stage(cfg, stage, index, model, tokenizer, task, earlier, mitigation, 
 
 def _short(metrics: Dict[str, Dict[str, float]]) -> str:
     return "; ".join(
-        f"{t}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if not k.endswith("/n")) for t, m in metrics.items()
+        f"{t}: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items() if not k.endswith("/n") and "/slice/" not in k)
+        for t, m in metrics.items()
     )
 
 
