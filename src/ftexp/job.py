@@ -112,7 +112,9 @@ def run_job(cfg: DictConfig) -> Optional[float]:
     failed = True
     with distributed_scope():
         try:
-            tracker.start(run_dir, resolved, run_identity(run_dir, list(cfg.tags)))
+            identity = run_identity(run_dir, list(cfg.tags))
+            base["tracker_group"] = cfg.logger.get("group") or identity.group
+            tracker.start(run_dir, resolved, identity)
             run(cfg, run_dir, tracker, record, rank=rank)
             failed = False
         except BaseException as exc:
@@ -145,8 +147,9 @@ def _record(run_dir, base, record: RunRecord, cfg, tracker, t0, error: Optional[
     )
     if record.continual:
         results["continual"] = record.continual
-    if tracker.location:
-        results["logger"] = {"type": type(tracker).__name__, "dir": tracker.location}
+    group = results.pop("tracker_group", None)
+    if tracker.location:  # the group lets `ftexp.review import` log its table next to the run
+        results["logger"] = {"type": type(tracker).__name__, "dir": tracker.location, "group": group}
     if error is not None:
         results["error"] = {"type": type(error).__name__, "message": str(error),
                             "traceback": traceback.format_exception(type(error), error, error.__traceback__)[-8:]}

@@ -1,0 +1,72 @@
+"""``python -m ftexp.review import <ratings file> <run dir> [--replace] [--no-wandb]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+from ftexp.review.schema import RATINGS, ReviewError
+
+PROG = "python -m ftexp.review"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Human review of a run's model outputs.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    imp = sub.add_parser(
+        "import", help="add a filled ratings file to the run's results.json",
+        description="Validate a filled ratings file (review.csv, a copy of review.jsonl, or a Label Studio "
+                    "JSON export) against the outputs the run exported for review, then add the human "
+                    "ratings and their agreement with the automated metrics to <run dir>/results.json "
+                    "under 'review'. Nothing is written if the file has a problem.")
+    imp.add_argument("ratings", type=Path, help="the ratings file (.csv, .jsonl, or .json from Label Studio)")
+    imp.add_argument("run_dir", type=Path, help="the run folder (the one holding results.json)")
+    imp.add_argument("--replace", action="store_true",
+                     help="replace ratings imported before from a different file")
+    imp.add_argument("--no-wandb", action="store_true",
+                     help="do not log the reviewed samples to W&B even when the run used W&B")
+    return p
+
+
+def _fmt(x: Optional[float], pct: bool = False) -> str:
+    if x is None:
+        return "n/a"
+    return f"{100 * x:.0f}%" if pct else f"{x:.3g}"
+
+
+def summary(review: Dict[str, Any]) -> str:
+    s, red = review["sample"], review["red_team"]
+    a = s["agreement"]
+    lines = [f"ftexp.review: imported {review['n_rated']} rated outputs ({review['n_unrated']} of "
+             f"{review['n_exported']} unrated) from {review['ratings_file']}"]
+    if s["n_rated"]:
+        lines.append("  sample (" + str(s["n_rated"]) + "): " + ", ".join(f"{c} {_fmt(s[c])}" for c in RATINGS)
+                     + f"; Cohen's kappa vs automated {_fmt(a['cohen_kappa'])} (n={a['n']}); automated pass but "
+                     f"human fail {_fmt(a['auto_pass_human_fail_rate'], True)} "
+                     f"({a['n_auto_pass_human_fail']}/{a['n_auto_pass']})")
+        for name, r in s["spearman"].items():
+            lines.append(f"  Spearman vs {name} (n={r['n']}): correctness {_fmt(r['correctness'])}, "
+                         f"helpfulness {_fmt(r['helpfulness'])}")
+    if red["n_rated"]:
+        lines.append(f"  red team ({red['n_rated']}): " + ", ".join(f"{c} {_fmt(red[c])}" for c in RATINGS))
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    from ftexp.review.importer import import_ratings  # torch-heavy: after the usage check
+
+    try:
+        review = import_ratings(args.ratings, args.run_dir, replace=args.replace, use_wandb=not args.no_wandb)
+    except ReviewError as exc:
+        print(f"ftexp.review: error: {exc}", file=sys.stderr)
+        return 1
+    print(summary(review))
+    print(f"ftexp.review: results: {args.run_dir / 'results.json'} (review)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
