@@ -66,7 +66,7 @@ class MultipleChoiceEvalConfig(EvaluatorConfig):
     _target_: str = "ftexp.eval.multiple_choice.MultipleChoiceEvaluator"
     split: str = "test"
     shuffle_seed: int = 0
-    batch_size: int = 16  # questions per forward pass
+    batch_size: int = 1  # unused: one question (all its choices) per forward pass
 
 
 @dataclass
