@@ -67,3 +67,15 @@ def test_generation_efficiency_and_review_in_one_run_then_import(tiny_overrides,
     assert after["review"]["n_rated"] == 14 and after["review"]["red_team"]["n_rated"] == 8
     assert after["review"]["sample"]["helpfulness"] == 3.0 and after["review"]["sample"]["tone"] == 4.0
     assert after["metrics"] == res["metrics"]  # the import adds, it never rewrites what the run measured
+
+
+def test_truthfulqa_mc_is_a_general_ability_row_next_to_the_trained_task(tiny_overrides, tmp_path):
+    run_job(compose_config([*tiny_overrides, "+data@tasks.truthfulqa_mc=truthfulqa_mc", "tasks.truthfulqa_mc.n_test=30",
+                            "evaluator=[classification,multiple_choice]"]))
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    for row in res["rows"]:
+        assert set(row["metrics"]) == {"banking77", "truthfulqa_mc"}
+        assert {"test/mc1", "test/mc2", "test/n"} <= set(row["metrics"]["truthfulqa_mc"])
+        assert "test/accuracy" not in row["metrics"]["truthfulqa_mc"]  # classification does not apply
+    assert res["metrics"]["truthfulqa_mc/test/n"] == 30
+    assert res["stages"][0]["data"] == "banking77"  # evaluation-only data is never trained on
