@@ -43,6 +43,7 @@ from ftexp.data.base import encode_completion, encode_prompt
 from ftexp.eval.base import EvalContext, Evaluator, model_device
 from ftexp.eval.classification import label_logprobs, scoring_attention
 from ftexp.models.base import count_parameters
+from ftexp.models.decoding import left_pad
 
 log = logging.getLogger(__name__)
 
@@ -134,16 +135,6 @@ def training_summary(stages: Sequence[Mapping[str, Any]], price: Optional[float]
 # ---------------------------------------------------------------------------------- the evaluator
 
 
-def _left_padded(prompts: Sequence[List[int]], pad_id: int, device: torch.device):
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for b, p in enumerate(prompts):
-        ids[b, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[b, width - len(p):] = 1
-    return ids.to(device), mask.to(device)
-
-
 class EfficiencyEvaluator(Evaluator):
     """``evaluator=efficiency``; see the module docstring for the metrics."""
 
@@ -173,13 +164,11 @@ class EfficiencyEvaluator(Evaluator):
             return {"score": lambda prompts: label_logprobs(model, prompts, labels, pad)}
 
         def score(prompts):
-            ids, mask = _left_padded(prompts, pad, device)
-            return model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits
+            return model(**left_pad(prompts, pad, device), logits_to_keep=1).logits
 
         def generate(prompts):
-            ids, mask = _left_padded(prompts, pad, device)
             n = cfg.max_new_tokens
-            return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+            return model.generate(**left_pad(prompts, pad, device), max_new_tokens=n, min_new_tokens=n,
                                   do_sample=False, use_cache=True, pad_token_id=pad)
 
         return {"score": score, "generate": generate} if task.kind == "generation" else {"score": score}
