@@ -38,6 +38,30 @@ def wandb_exit_code(offline_run: Path) -> int:
     return int(match.group(1))
 
 
+def wandb_run_record(offline_run: Path):
+    """The run record (group, job_type, config) of an offline W&B run, read from its .wandb file:
+    a LevelDB-style log of protobuf records (32 KiB blocks, 7-byte chunk headers) after a 7-byte
+    file header."""
+    from wandb.proto import wandb_internal_pb2 as pb2
+
+    data = next(offline_run.glob("run-*.wandb")).read_bytes()
+    block, pos, buf = 32768, 7, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        if left < 7 or (length == 0 and kind == 0):
+            pos += left
+            continue
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        buf = chunk if kind in (1, 2) else buf + chunk
+        if kind in (1, 4):  # a whole record, or the last chunk of one
+            record = pb2.Record()
+            record.ParseFromString(buf)
+            if record.WhichOneof("record_type") == "run":
+                return record.run
+    raise AssertionError(f"no run record in {offline_run}")
+
+
 def test_single_run_writes_results_and_an_offline_wandb_run(data_dir, cache_dir, tmp_path):
     proc = ftexp(*small(data_dir, cache_dir), f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -66,6 +90,30 @@ def test_multirun_gives_each_job_its_folder_results_and_wandb_run(data_dir, cach
         assert len(runs) == 1
         run_ids.add(runs[0].name.rsplit("-", 1)[-1])
     assert epochs == [1, 2] and len(run_ids) == 2  # one W&B run per job, not one for the sweep
+
+
+def test_a_failing_job_does_not_stop_the_sweep_and_resume_skips_completed_jobs(data_dir, cache_dir, tmp_path):
+    args = ["-m", *small(data_dir, cache_dir), "data.n_train=60,99999", f"hydra.sweep.dir={tmp_path}"]
+    proc = ftexp(*args)
+    assert proc.returncode != 0  # the sweep says that a job failed ...
+    done, failed = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("0", "1"))
+    assert done["status"] == "completed"  # ... but the other job ran (failures do not stop a sweep)
+    assert failed["status"] == "failed" and "n_train" in failed["error"]["message"]
+    # W&B: the sweep's jobs share a group (sweep name and time), the experiment is the job type,
+    # and the swept keys are in the config, flat
+    run = wandb_run_record(offline_runs(tmp_path / "0")[0])
+    assert run.run_group == f"sweep/{tmp_path.parts[-2]}/{tmp_path.parts[-1]}" == done["logger"]["group"]
+    assert run.job_type == "run"
+    config = {u.key: json.loads(u.value_json) for u in run.config.update}
+    assert config["swept"] == {"data.n_train": "60"} and config["data"]["n_train"] == 60
+    assert wandb_exit_code(offline_runs(tmp_path / "1")[0]) == 1
+
+    stamp = (tmp_path / "0" / "results.json").stat().st_mtime_ns
+    again = ftexp(*args, "resume=true")
+    assert "is completed; skipping this job" in again.stdout
+    assert (tmp_path / "0" / "results.json").stat().st_mtime_ns == stamp  # the finished job was not re-run
+    assert len(offline_runs(tmp_path / "0")) == 1
+    assert json.loads((tmp_path / "1" / "results.json").read_text())["status"] == "failed"  # re-ran, failed again
 
 
 def test_a_failing_run_exits_nonzero_with_one_paragraph_and_a_failed_record(data_dir, cache_dir, tmp_path):

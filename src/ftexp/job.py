@@ -8,6 +8,7 @@ files and talks to the tracker.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -53,13 +54,41 @@ def hydra_info() -> Dict[str, Any]:
 
 
 def run_identity(run_dir: Path, tags: Optional[List[str]] = None) -> RunIdentity:
-    """Name the tracker run after its folder; jobs of one sweep share the sweep's folder as group."""
+    """Name the tracker run after its folder. Jobs of one sweep share a group: the sweep's name (its
+    sweep file, else "sweep") and time; job_type is the experiment; ``swept`` holds the values this
+    job got for the keys the sweep varies, flat, for grouping in the W&B UI."""
     parts = run_dir.parts
+    experiment = "run"
+    if HydraConfig.initialized():
+        experiment = HydraConfig.get().runtime.choices.get("experiment") or "run"
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        sweep = Path(HydraConfig.get().sweep.dir)
-        group = "/".join(sweep.parts[-2:])
-        return RunIdentity(name=f"{group}/{run_dir.name}", group=group, job_type="sweep", tags=tags or [])
-    return RunIdentity(name="/".join(parts[-2:]) if len(parts) >= 2 else run_dir.name, job_type="run", tags=tags or [])
+        hc = HydraConfig.get()
+        sweep = Path(hc.sweep.dir)
+        name = hc.runtime.choices.get("sweeps") or "sweep"
+        group = f"{name}/{'/'.join(sweep.parts[-2:])}"
+        return RunIdentity(name=f"{group}/{run_dir.name}", group=group, job_type=experiment, tags=tags or [],
+                           swept=swept_values(hc))
+    return RunIdentity(name="/".join(parts[-2:]) if len(parts) >= 2 else run_dir.name, job_type=experiment,
+                       tags=tags or [])
+
+
+def swept_values(hc: Any) -> Dict[str, str]:
+    """key -> this job's value, for every key the sweep varies: swept on the command line (e.g.
+    ``seed=0,1,2``) or in the sweep file's ``hydra.sweeper.params``, as the sweep's multirun.yaml
+    recorded them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        sweep_cfg = OmegaConf.load(Path(hc.sweep.dir) / "multirun.yaml")
+        texts = list(sweep_cfg.hydra.overrides.task)
+        texts += [f"{k}={v}" for k, v in (sweep_cfg.hydra.sweeper.get("params") or {}).items()]
+    except Exception:  # noqa: BLE001 - a launcher that writes no multirun.yaml: no swept keys to show
+        return {}
+    parser = OverridesParser.create()
+    keys = sorted({ov.get_key_element() for text in texts for ov in parser.parse_overrides([text])
+                   if ov.is_sweep_override()})
+    own = dict(o.split("=", 1) for o in hc.overrides.task if "=" in o)
+    return {k: own.get(k, "") for k in keys}
 
 
 class _DropTips(logging.Filter):
@@ -101,6 +130,11 @@ def run_job(cfg: DictConfig) -> Optional[float]:
     quiet_libraries()
     run_dir = Path(cfg.output_dir)
     rank = global_rank()
+    if cfg.resume and rank == 0:
+        done = completed_results(run_dir)
+        if done is not None:  # a re-run sweep skips the jobs that finished
+            print(f"ftexp: resume: {run_dir / RESULTS_FILE} is completed; skipping this job")
+            return done["metrics"].get(cfg.objective) if cfg.objective else None
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -109,29 +143,44 @@ def run_job(cfg: DictConfig) -> Optional[float]:
     base: Dict[str, Any] = {"status": "running", "run_dir": str(run_dir), "seed": cfg.seed, "started_at": now(),
                             **hydra_info(), "config": resolved, "environment": environment()}
     tracker = build(cfg.logger) if rank == 0 else NoLogger(None)
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     failed = True
     with distributed_scope():
         try:
             identity = run_identity(run_dir, list(cfg.tags))
             base["tracker_group"] = cfg.logger.get("group") or identity.group
-            tracker.start(run_dir, resolved, identity)
+            tracker.start(run_dir, {**resolved, "swept": identity.swept}, identity)
             run(cfg, run_dir, tracker, record, rank=rank)
             failed = False
         except BaseException as exc:
             if rank == 0:
                 _record(run_dir, base, record, cfg, tracker, t0, error=exc)
+            tracker.finish(failed=True)
             if isinstance(exc, FtexpError):
                 print(f"ftexp: error: {exc}\nftexp: results: {run_dir / RESULTS_FILE} (status: failed)",
                       file=sys.stderr)
-                raise SystemExit(1) from None
+                if not multirun:
+                    raise SystemExit(1) from None
+            # Under -m an Exception is Hydra's to record: the other jobs still run, and the sweep
+            # exits non-zero at the end. SystemExit or KeyboardInterrupt stop the sweep.
             raise
-        finally:
-            tracker.finish(failed=failed)
     if rank != 0:
+        tracker.finish(failed=False)
         return None
     results = _record(run_dir, base, record, cfg, tracker, t0)
+    tracker.log_summary(results["metrics"])
+    tracker.finish(failed=False)
     _print_summary(results)
     return results["metrics"].get(cfg.objective) if cfg.objective else None
+
+
+def completed_results(run_dir: Path) -> Optional[Dict[str, Any]]:
+    """The folder's results.json when it says ``completed`` (unreadable or failed: None)."""
+    try:
+        results = json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return results if isinstance(results, dict) and results.get("status") == "completed" else None
 
 
 def _record(run_dir, base, record: RunRecord, cfg, tracker, t0, error: Optional[BaseException] = None):

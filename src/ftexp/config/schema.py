@@ -303,6 +303,9 @@ class Config:
     cache_dir: str = ".cache/ftexp"  # tokenizers and other content-addressed artefacts
     output_dir: str = II("hydra:runtime.output_dir")
     save_model: bool = True  # write the adapter (LoRA) or the weights (full) at the end
+    # Skip the job when its output folder already holds a completed results.json (re-run a sweep
+    # with the same hydra.sweep.dir and resume=true to finish only what failed or never ran).
+    resume: bool = False
     objective: Optional[str] = "val/loss"  # metric returned to sweepers (tune on val, never on test)
 
 

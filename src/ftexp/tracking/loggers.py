@@ -42,6 +42,7 @@ class RunIdentity:
     group: Optional[str] = None
     job_type: Optional[str] = None
     tags: List[str] = field(default_factory=list)  # the run's own tags (``tags=[...]``, set by experiments)
+    swept: Dict[str, str] = field(default_factory=dict)  # this job's values of the keys its sweep varies
 
 
 class NoLogger:
@@ -67,6 +68,9 @@ class NoLogger:
                 self.lightning.log_metrics(metrics, step=step)
             finally:
                 self.lightning.step_offset = offset
+
+    def log_summary(self, metrics: Dict[str, float]) -> None:
+        """The run's final metrics (results.json's ``metrics``), as the tracker's summary."""
 
     def finish(self, failed: bool) -> None:
         """Close the run, marking it failed when the job failed."""
@@ -114,6 +118,14 @@ class WandbLogger(NoLogger):
             settings=wandb.Settings(silent=True, console="off"),
         )
         self.run = self.lightning.experiment  # start now, so the run exists even if training fails
+        # What the run tables show per metric: the best validation loss, the last of everything else.
+        self.run.define_metric("val/loss", summary="min")
+        for pattern in ("train/*", "eval/*", "cl/*", "lr"):
+            self.run.define_metric(pattern, summary="last")
+
+    def log_summary(self, metrics: Dict[str, float]) -> None:
+        if getattr(self, "run", None) is not None:
+            self.run.summary.update({f"final/{k}": v for k, v in metrics.items()})
 
     def finish(self, failed: bool) -> None:
         import wandb
@@ -124,6 +136,7 @@ class WandbLogger(NoLogger):
             self.run.summary["status"] = "failed" if failed else "completed"
         finally:
             wandb.finish(exit_code=1 if failed else 0)
+            self.run = None
 
     @property
     def location(self) -> Optional[str]:
