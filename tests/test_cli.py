@@ -142,7 +142,7 @@ def test_a_malformed_data_file_fails_the_job_naming_file_and_line(cache_dir, tmp
 
 def test_the_sweep_files_run_as_multiruns(data_dir, cache_dir, tmp_path):
     """sweeps=dataset_size with its sizes overridden small: one job per size, each its own results."""
-    proc = ftexp("-m", *small(data_dir, cache_dir, logger="none"), "sweeps=dataset_size", "data.n_train=77,154",
+    proc = ftexp("-m", *small(data_dir, cache_dir, logger="none"), "sweeps=dataset_size", "data.n_train=77,154", "seed=0",
                  "data.slices=[]", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     sizes = []

@@ -35,8 +35,10 @@ DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "N
 
 
 def global_rank() -> int:
-    """This process's rank as launchers announce it (0 when not distributed)."""
-    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+    """This process's rank as launchers announce it (0 when not distributed), in Lightning's order: a
+    process that Lightning started inside an interactive SLURM shell (``srun --pty bash``) inherits
+    SLURM_PROCID=0 but has its own LOCAL_RANK."""
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])
     return 0

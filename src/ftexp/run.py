@@ -65,7 +65,9 @@ class RunRecord:
 
 def eval_device(trainer_cfg: Any) -> torch.device:
     if trainer_cfg.accelerator in ("gpu", "cuda") or (trainer_cfg.accelerator == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        # LOCAL_RANK: Lightning's launcher or torchrun; SLURM_LOCALID: ranks that srun started (Lightning
+        # gives those no LOCAL_RANK). Before training (synthetic data) every rank needs its own GPU.
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0))))
     return torch.device("cpu")
 
 

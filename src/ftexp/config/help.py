@@ -40,7 +40,9 @@ def render_help() -> str:
     with hydra_context():
         loader = __import__("hydra").core.global_hydra.GlobalHydra.instance().config_loader()
         choices = compose(config_name="config", return_hydra_config=True).hydra.runtime.choices
-        groups = sorted(g for g in loader.list_groups("") if g not in HIDDEN_GROUPS)
+        # The search path also holds the checkout root (for sweeps/): its other folders are not groups.
+        groups = sorted(g for g in loader.list_groups("")
+                        if g not in HIDDEN_GROUPS and (g == "sweeps" or (config_dir() / g).is_dir()))
         for group in groups:
             out.append(f"  {group}")
             default = choices.get(group)

@@ -1,5 +1,5 @@
 """Puts ftexp's ``sweeps/`` folder on Hydra's search path, as the config group ``sweeps``:
-``python -m ftexp -m sweeps=synthetic_trap`` runs the sweep that ``sweeps/synthetic_trap.yaml`` declares."""
+``python -m ftexp -m sweeps=synthetic_share`` runs the sweep that ``sweeps/synthetic_share.yaml`` declares."""
 
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
