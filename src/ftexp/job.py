@@ -157,7 +157,7 @@ def run_job(cfg: DictConfig) -> Optional[float]:
         except BaseException as exc:
             if rank == 0:
                 _record(run_dir, base, record, cfg, tracker, t0, error=exc)
-            tracker.finish(failed=True)
+            tracker.finish(failed=True, error=f"{type(exc).__name__}: {exc}")
             if isinstance(exc, FtexpError):
                 print(f"ftexp: error: {exc}\nftexp: results: {run_dir / RESULTS_FILE} (status: failed)",
                       file=sys.stderr)

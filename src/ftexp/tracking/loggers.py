@@ -72,8 +72,8 @@ class NoLogger:
     def log_summary(self, metrics: Dict[str, float]) -> None:
         """The run's final metrics (results.json's ``metrics``), as the tracker's summary."""
 
-    def finish(self, failed: bool) -> None:
-        """Close the run, marking it failed when the job failed."""
+    def finish(self, failed: bool, error: Optional[str] = None) -> None:
+        """Close the run, marking it failed (with the error) when the job failed."""
         if self.lightning is not None:
             self.lightning.finalize("failed" if failed else "success")
 
@@ -127,13 +127,15 @@ class WandbLogger(NoLogger):
         if getattr(self, "run", None) is not None:
             self.run.summary.update({f"final/{k}": v for k, v in metrics.items()})
 
-    def finish(self, failed: bool) -> None:
+    def finish(self, failed: bool, error: Optional[str] = None) -> None:
         import wandb
 
         if getattr(self, "run", None) is None:
             return
         try:
             self.run.summary["status"] = "failed" if failed else "completed"
+            if error:  # W&B keeps no message of its own for a failed run; compare lists this one
+                self.run.summary["error"] = error
         finally:
             wandb.finish(exit_code=1 if failed else 0)
             self.run = None

@@ -1,0 +1,34 @@
+"""``python -m ftexp.compare``: a sweep's jobs side by side, from its multirun folder or its W&B group.
+
+Reads only results files (and W&B's API): never training code, torch, transformers or Lightning, so
+it starts in well under a second; matplotlib is imported only to draw. Writes ``report.md``,
+``table.csv`` (mean, std and 95 % CI over seeds per swept cell and metric) and the plots the sweep
+calls for; jobs that failed or whose results cannot be read are listed with why, never dropped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from ftexp.compare.collect import CompareError, Sweep, read_multirun
+
+__all__ = ["CompareError", "Sweep", "compare_folder", "compare_wandb", "read_multirun"]
+
+
+def compare_folder(folder: Path, out: Optional[Path] = None, metric: Optional[str] = None) -> Path:
+    """Compare the jobs of a Hydra multirun folder; returns report.md's path (default: ``<folder>/compare/``)."""
+    from ftexp.compare.report import write_report
+
+    sweep = read_multirun(Path(folder))
+    return write_report(sweep, Path(out) if out else Path(folder) / "compare", metric)
+
+
+def compare_wandb(path: str, group: str, out: Optional[Path] = None, metric: Optional[str] = None,
+                  api: Any = None) -> Path:
+    """Compare the runs of W&B group ``group`` in ``entity/project`` (default out: ``compare/<group>/``)."""
+    from ftexp.compare.report import write_report
+    from ftexp.compare.wandb_runs import read_wandb
+
+    sweep = read_wandb(path, group, api=api)
+    return write_report(sweep, Path(out) if out else Path("compare") / group.replace("/", "_"), metric)

@@ -1,0 +1,53 @@
+"""``python -m ftexp.compare <multirun dir> [--out DIR] [--metric M]`` or ``--wandb ENTITY/PROJECT --group G``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from ftexp.compare import CompareError, compare_folder, compare_wandb
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m ftexp.compare",
+        description="Compare the jobs of a sweep: report.md, table.csv (mean ± 95 %% CI over seeds, n per "
+                    "cell) and plots chosen by the sweep; failed and unreadable jobs are listed with why.",
+        epilog="examples:\n  python -m ftexp.compare multirun/2026-11-26/10-00-00\n"
+               "  python -m ftexp.compare multirun/2026-11-26/10-00-00 --metric test/macro_f1 --out /tmp/e2\n"
+               "  python -m ftexp.compare --wandb me/ftexp --group dataset_size/2026-11-26/10-00-00",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", nargs="?", type=Path, help="a Hydra multirun folder: multirun/<date>/<time>/")
+    p.add_argument("--out", type=Path, help="where to write (default: <folder>/compare, or compare/<group>)")
+    p.add_argument("--metric", help="the primary metric (default: test/accuracy when the jobs have it)")
+    p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead of a folder")
+    p.add_argument("--group", help="the W&B group of the sweep (results.json -> logger.group)")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    if args.wandb and args.folder:
+        p.error("give a folder or --wandb ENTITY/PROJECT --group G, not both")
+    if args.wandb and not args.group:
+        p.error("--wandb needs --group (a sweep's group is '<sweep file>/<date>/<time>')")
+    if not args.wandb and args.folder is None:
+        p.error("give a multirun folder (multirun/<date>/<time>/), or --wandb ENTITY/PROJECT --group G")
+    try:
+        if args.wandb:
+            report = compare_wandb(args.wandb, args.group, args.out, args.metric)
+        else:
+            report = compare_folder(args.folder, args.out, args.metric)
+    except CompareError as exc:
+        print(f"ftexp.compare: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"ftexp.compare: report: {report}")
+    print(f"ftexp.compare: table: {report.parent / 'table.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""``table.csv`` (every metric, one row per cell) and ``report.md`` (the question, the chosen metrics
+as mean ± 95 % CI with n, the plots, and every job that did not complete with its error)."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from ftexp.compare import plots, select
+from ftexp.compare.collect import CompareError, Sweep
+from ftexp.compare.stats import UNSET, Cell, cells as make_cells, fmt, placed
+
+log = logging.getLogger(__name__)
+
+PRIMARY = ("test/accuracy", "test/mc2", "test/mc1", "test/rougeL", "test/exact_match", "test/loss")
+STATS = ("mean", "std", "ci95_low", "ci95_high", "n")
+
+
+def all_metrics(sweep: Sweep) -> List[str]:
+    return sorted({m for j in sweep.completed for m in j.metrics})
+
+
+def primary_metric(sweep: Sweep, asked: Optional[str]) -> str:
+    found = all_metrics(sweep)
+    if asked:
+        if found and asked not in found:
+            near = [m for m in found if asked.split("/")[-1] in m][:8]
+            raise CompareError(f"metric '{asked}' is in no completed job's results"
+                               f"{'; close: ' + ', '.join(near) if near else ''}; all: {', '.join(found[:40])}")
+        return asked
+    return next((m for m in PRIMARY if m in found), found[0] if found else "test/accuracy")
+
+
+def shown_metrics(kinds: Sequence[str], cells: Sequence[Cell], metric: str) -> List[str]:
+    """The report's columns: the primary metric and what the sweep's plots are about."""
+    out = [metric] + select.slices(cells, metric)
+    split = metric.split("/")[0]
+    out += [m for m in (f"{split}/macro_f1",) if select.has(cells, m)]
+    if "mitigation" in kinds:
+        out += [m for m in ("cl/acc", "cl/bwt", "cl/mean_forgetting") if select.has(cells, m)]
+        out += select.metrics_like(cells, "cl/forgetting/") + select.metrics_like(cells, "cl/retention/")
+        tasks = [m.split("/")[-1] for m in select.metrics_like(cells, "cl/retention/")]
+        out += [f"{t}/{metric}" for t in tasks if select.has(cells, f"{t}/{metric}")]  # the other tasks' final score
+    if "pareto" in kinds:
+        out += select.cost_axes(cells)
+    if "review" in kinds:
+        out += [m for m, _ in select.REVIEW + select.AGREEMENT if select.has(cells, m)]
+    return list(dict.fromkeys(out))
+
+
+def problem_text(cell: Cell) -> str:
+    counts: Dict[str, int] = {}
+    for j in cell.problems:
+        counts[j.status] = counts.get(j.status, 0) + 1
+    return ", ".join(f"{n} {status}" for status, n in counts.items())
+
+
+def write_csv(path: Path, sweep: Sweep, cells: Sequence[Cell], metrics: Sequence[str]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow([*sweep.keys, "n", "not_completed", "seeds", *(f"{m}:{s}" for m in metrics for s in STATS)])
+        for c in cells:
+            row: List[object] = [*c.values, c.n, len(c.problems), " ".join(str(j.seed) for j in c.jobs)]
+            for m in metrics:
+                s = c.summary(m)
+                row += [s.mean, s.std, s.low, s.high, s.n]
+            w.writerow(["" if v is None else v for v in row])
+    return path
+
+
+def md(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def write_md(path: Path, sweep: Sweep, cells: Sequence[Cell], metrics: Sequence[str], drawn: Dict[str, str],
+             failed_plots: Dict[str, str]) -> Path:
+    counts: Dict[str, int] = {}
+    for j in sweep.jobs:
+        counts[j.status] = counts.get(j.status, 0) + 1
+    lines = [f"# Compare: {sweep.source}", ""]
+    lines += [f"**Question.** {q}  " for q in sweep.question] or ["**Question.** (no sweep file or tag found)  "]
+    if sweep.command:
+        lines.append(f"**Command.** `{sweep.command}`  ")
+    lines.append(f"**Tags.** {', '.join(sweep.tags) or '—'} · **Swept.** {', '.join(sweep.keys) or 'nothing'}"
+                 f" (seed: replicates)  ")
+    lines += [f"**Jobs.** {len(sweep.jobs)} found: " + ", ".join(f"{n} {s}" for s, n in counts.items()), ""]
+    lines += ["## Results", "", "Mean ± 95 % confidence interval over seeds (Student's t, n − 1 degrees of freedom, "
+              "sample standard deviation); `(n=1)`: a single completed job, no interval; `—`: no value. "
+              "Every metric, with std and interval bounds: [table.csv](table.csv).", ""]
+    if not sweep.completed:
+        lines += ["**No job completed: there is nothing to average.** See below for why.", ""]
+    header = [*sweep.keys, "n", "seeds", *metrics, "not completed"]
+    lines += ["| " + " | ".join(md(h) for h in header) + " |", "|" + "---|" * len(header)]
+    for c in cells:
+        row = [*c.values, c.n, " ".join(str(j.seed) for j in c.jobs) or "—",
+               *(fmt(c.summary(m), c.n) for m in metrics), problem_text(c) or "—"]
+        lines.append("| " + " | ".join(md(v) for v in row) + " |")
+    lines += ["", "## Plots", ""]
+    lines += [f"![{kind}]({name})" for kind, name in drawn.items()]
+    lines += [f"- {kind}: not drawn ({md(why)})" for kind, why in failed_plots.items()]
+    if not drawn and not failed_plots:
+        lines.append("None: no completed job.")
+    if {"E4", "human_review"} & set(sweep.tags) and "review" not in drawn:
+        lines.append("- review: no human ratings in these results yet; import each job's with "
+                     "`python -m ftexp.review import <ratings file> <job folder>`, then compare again.")
+    lines += ["", "## Jobs that did not complete", ""]
+    if sweep.problems:
+        lines += ["| job | status | cell | seed | error | where |", "|---|---|---|---|---|---|"]
+        for j in sweep.problems:
+            cell = ", ".join(f"{k}={j.overrides.get(k, UNSET)}" for k in sweep.keys) if placed(j) else "(unknown)"
+            seed = "—" if j.seed is None else j.seed
+            lines.append(f"| {md(j.name)} | {j.status} | {md(cell or 'all jobs')} | {md(seed)} | {md(j.error)} | "
+                         f"{md(j.source)} |")
+    else:
+        lines.append("None: every job completed.")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_report(sweep: Sweep, out_dir: Path, metric: Optional[str] = None) -> Path:
+    """table.csv, the plots and report.md in ``out_dir``; returns report.md's path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metric = primary_metric(sweep, metric)
+    cells = make_cells(sweep)
+    kinds = select.choose(sweep, cells) if sweep.completed else []
+    shown = shown_metrics(kinds, cells, metric)
+    write_csv(out_dir / "table.csv", sweep, cells, shown + [m for m in all_metrics(sweep) if m not in shown])
+    drawn, failed = {}, {}
+    for stale in plots.TITLES:  # a previous compare's plots that this one may not draw
+        (out_dir / f"{stale}.png").unlink(missing_ok=True)
+    for kind in kinds:
+        try:
+            drawn[kind] = plots.draw(kind, sweep, cells, metric, out_dir).name
+        except Exception as exc:  # noqa: BLE001 - a plot must never cost the table
+            log.warning("ftexp.compare: could not draw %s: %s", kind, exc)
+            failed[kind] = f"{type(exc).__name__}: {exc}"
+    return write_md(out_dir / "report.md", sweep, cells, shown, drawn, failed)

@@ -1,0 +1,185 @@
+"""Mean, sample standard deviation and 95 % confidence interval over a cell's seeds; cells; Pareto fronts.
+
+The CI is Student's t: mean ± t_{0.975, n-1} · s / √n, with s the sample standard deviation (n − 1 in
+the denominator). It is undefined for n = 1 (shown as "n=1", never as ± 0). The t quantile is computed
+here (regularised incomplete beta by Lentz's continued fraction, inverted by bisection; it matches
+scipy.stats.t.ppf to 1e-12), so compare needs no scipy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from ftexp.compare.collect import Job, Sweep
+
+LEVEL = 0.95
+
+
+# ------------------------------------------------------------------------------------ Student's t
+
+
+def _beta_cf(a: float, b: float, x: float) -> float:
+    tiny, eps = 1e-300, 1e-16
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 10_000):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function I_x(a, b)."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _beta_cf(a, b, x) / a
+    return 1.0 - front * _beta_cf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+@lru_cache(maxsize=None)
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile (p > 0.5) of Student's t with ``df`` degrees of freedom."""
+    if not 0.5 < p < 1.0 or df < 1:
+        raise ValueError(f"t_quantile needs 0.5 < p < 1 and df >= 1 (got p={p}, df={df})")
+    lo, hi = 0.0, 2.0
+    while t_cdf(hi, df) < p:
+        lo, hi = hi, hi * 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+        if hi - lo <= 1e-15 * hi:
+            break
+    return 0.5 * (lo + hi)
+
+
+# ------------------------------------------------------------------------------------ one cell's numbers
+
+
+@dataclass(frozen=True)
+class Summary:
+    n: int
+    mean: Optional[float] = None
+    std: Optional[float] = None  # sample standard deviation (n - 1); None for n < 2
+    half: Optional[float] = None  # 95 % CI half-width; None for n < 2
+
+    @property
+    def low(self) -> Optional[float]:
+        return None if self.half is None else self.mean - self.half
+
+    @property
+    def high(self) -> Optional[float]:
+        return None if self.half is None else self.mean + self.half
+
+
+def summarise(values: Iterable[Optional[float]], level: float = LEVEL) -> Summary:
+    xs = [float(v) for v in values if v is not None and math.isfinite(v)]
+    n = len(xs)
+    if n == 0:
+        return Summary(0)
+    mean = math.fsum(xs) / n
+    if n == 1:
+        return Summary(1, mean)
+    std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
+    return Summary(n, mean, std, t_quantile(0.5 + level / 2.0, n - 1) * std / math.sqrt(n))
+
+
+def number_text(v: float) -> str:
+    if v == 0:
+        return "0"
+    if abs(v) >= 1e4:
+        return f"{v:,.0f}"
+    return f"{v:#.4g}".rstrip(".") if abs(v) >= 1 else f"{v:.4f}"
+
+
+def fmt(s: Summary, n_cell: Optional[int] = None) -> str:
+    """``0.8123 ± 0.0120`` (with ``(n=2)`` when the metric's n differs from the cell's), ``0.8123 (n=1)``, ``—``."""
+    if s.n == 0 or s.mean is None:
+        return "—"
+    if s.half is None:
+        return f"{number_text(s.mean)} (n=1)"
+    text = f"{number_text(s.mean)} ± {number_text(s.half)}"
+    return text if n_cell is None or n_cell == s.n else f"{text} (n={s.n})"
+
+
+# ------------------------------------------------------------------------------------ cells
+
+
+@dataclass
+class Cell:
+    values: Tuple[str, ...]  # one per swept key
+    jobs: List[Job] = field(default_factory=list)  # completed: their metrics count
+    problems: List[Job] = field(default_factory=list)  # failed, incomplete, unreadable
+
+    @property
+    def n(self) -> int:
+        return len(self.jobs)
+
+    def summary(self, metric: str) -> Summary:
+        return summarise(j.metrics.get(metric) for j in self.jobs)
+
+    def label(self, keys: Sequence[str], short: bool = False) -> str:
+        if not keys:
+            return "all jobs"
+        if short and len(keys) == 1:
+            return self.values[0]
+        return ", ".join(f"{k}={v}" for k, v in zip(keys, self.values))
+
+
+UNSET = "(unset)"
+
+
+def sort_key(value: str, order: Sequence[str]) -> Tuple:
+    if value in order:
+        return (0, order.index(value), 0.0, "")
+    if value in ("null", "None", UNSET):
+        return (2, 0, 0.0, value)
+    try:
+        return (1, 0, float(value), "")
+    except ValueError:
+        return (1, 1, 0.0, value)
+
+
+def cells(sweep: Sweep) -> List[Cell]:
+    """One cell per combination of swept values found, in the sweep's order. A job whose overrides
+    could not be read at all (no results.json, no .hydra/overrides.yaml) is in no cell: the report
+    lists it with the jobs that did not complete."""
+    by_values: Dict[Tuple[str, ...], Cell] = {}
+    for job in sweep.jobs:
+        if placed(job):
+            values = tuple(job.overrides.get(k, UNSET) for k in sweep.keys)
+            cell = by_values.setdefault(values, Cell(values))
+            (cell.jobs if job.status == "completed" else cell.problems).append(job)
+    return sorted(by_values.values(), key=lambda c: tuple(sort_key(v, sweep.order.get(k, []))
+                                                          for k, v in zip(sweep.keys, c.values)))
+
+
+def placed(job: Job) -> bool:
+    return bool(job.overrides) or job.status == "completed"
+
+
+def pareto_front(points: Sequence[Tuple[Optional[float], Optional[float]]]) -> List[int]:
+    """Indices of the points no other point dominates, lower x (cost) and higher y (score) being
+    better, sorted by x. A point dominates another when it is at least as good on both axes and
+    better on one; points missing a coordinate take no part; equal points are all on the front."""
+    valid = [(i, x, y) for i, (x, y) in enumerate(points) if x is not None and y is not None]
+    front = [i for i, x, y in valid
+             if not any(x2 <= x and y2 >= y and (x2 < x or y2 > y) for _, x2, y2 in valid)]
+    return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
