@@ -17,10 +17,12 @@ TEXTS = [f"Query: where is my card number {i}?\nIntent: card_arrival" for i in r
 
 def test_tokenizer_is_cached_by_content(tmp_path):
     a = bpe_tokenizer(TEXTS, 300, tmp_path)
+    assert a.cache_info["reused"] is False
     folders = list((tmp_path / "tokenizers").iterdir())
     assert len(folders) == 1
     stamp = os.stat(folders[0] / "tokenizer.json").st_mtime_ns
     b = bpe_tokenizer(TEXTS, 300, tmp_path)
+    assert b.cache_info == {"path": str(folders[0]), "reused": True}
     assert os.stat(folders[0] / "tokenizer.json").st_mtime_ns == stamp  # reused, not retrained
     assert a("card_arrival")["input_ids"] == b("card_arrival")["input_ids"]
     bpe_tokenizer(TEXTS + ["something else"], 300, tmp_path)

@@ -113,6 +113,8 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord, rank: i
     tokenizer = model_source.load_tokenizer(
         lambda: chain.from_iterable(t.tokenizer_corpus() for t in tasks.values() if not t.eval_only),
         Path(cfg.cache_dir))
+    if getattr(tokenizer, "cache_info", None):  # a tokenizer trained per run: shared by content across jobs
+        record.info["tokenizer"] = tokenizer.cache_info
     device = eval_device(cfg.trainer)
     started = time.perf_counter()
     for t in tasks.values():

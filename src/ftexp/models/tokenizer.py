@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -18,6 +19,8 @@ from ftexp.utils.io import publish_dir
 WORDS = Regex(r" ?[\p{L}\p{N}_]+| ?[^\s\p{L}\p{N}_]+|\s+")
 SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
+
+log = logging.getLogger(__name__)
 
 def _fingerprint(texts: list[str], vocab_size: int) -> str:
     h = hashlib.sha256()
@@ -58,9 +61,13 @@ def bpe_tokenizer(texts: Iterable[str], vocab_size: int, cache_dir: Path) -> Pre
     """
     texts = list(texts)
     folder = Path(cache_dir) / "tokenizers" / _fingerprint(texts, vocab_size)
-    if not (folder / "tokenizer.json").exists():
+    reused = (folder / "tokenizer.json").exists()
+    if not reused:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
         _train(texts, vocab_size).save_pretrained(tmp)
         publish_dir(tmp, folder)
-    return PreTrainedTokenizerFast.from_pretrained(str(folder))
+    log.info("tokenizer: %s %s", "reused" if reused else "trained and cached", folder)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    tokenizer.cache_info = {"path": str(folder), "reused": reused}  # results.json says which jobs trained it
+    return tokenizer
