@@ -108,6 +108,7 @@ def test_summarise_mean_std_ci_and_n1():
     assert (one.n, one.mean, one.std, one.half, one.low) == (1, 0.5, None, None, None)
     assert fmt(one) == "0.5000 (n=1)" and "±" not in fmt(one)
     assert fmt(summarise([])) == "—"
+    assert fmt(summarise([0.000123])) == "0.000123 (n=1)"  # a CPU's cost per 1k requests keeps its digits
     assert fmt(s) == f"0.7300 ± {s.half:.4f}"
 
 

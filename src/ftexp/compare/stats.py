@@ -106,6 +106,8 @@ def number_text(v: float) -> str:
         return "0"
     if abs(v) >= 1e4:
         return f"{v:,.0f}"
+    if abs(v) < 0.01:  # small costs (per 1,000 requests on a CPU): significant digits, not zeros
+        return f"{v:.3g}"
     return f"{v:#.4g}".rstrip(".") if abs(v) >= 1 else f"{v:.4f}"
 
 
