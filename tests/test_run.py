@@ -115,3 +115,16 @@ def test_two_stages_fill_rows_call_hooks_and_continue_the_step_axis(tiny_overrid
     assert max(loss_steps) >= 8 + 16 - 2 and loss_steps == sorted(loss_steps)  # stage 2 continues stage 1
     eval_steps = [int(r["step"]) for r in rows if r.get("eval/banking77/test/accuracy")]
     assert eval_steps == [0, 8, 24]
+
+
+def test_resume_skips_a_job_whose_results_say_completed_and_reruns_a_failed_one(tiny_overrides, tmp_path):
+    cfg = compose_config([*tiny_overrides, "resume=true"])
+    first = run_job(cfg)
+    path = tmp_path / "run" / "results.json"
+    stamp = path.stat().st_mtime_ns
+    assert run_job(cfg) == first and path.stat().st_mtime_ns == stamp  # skipped: nothing re-ran or rewrote
+    res = results(tmp_path / "run")
+    res["status"] = "failed"
+    path.write_text(json.dumps(res))
+    run_job(cfg)  # a failed job is run again
+    assert results(tmp_path / "run")["status"] == "completed"

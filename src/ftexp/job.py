@@ -132,11 +132,11 @@ def run_job(cfg: DictConfig) -> Optional[float]:
     quiet_libraries()
     run_dir = Path(cfg.output_dir)
     rank = global_rank()
-    if cfg.resume and rank == 0:
-        done = completed_results(run_dir)
-        if done is not None:  # a re-run sweep skips the jobs that finished
+    done = completed_results(run_dir) if cfg.resume else None
+    if done is not None:  # a re-run sweep skips the jobs that finished (every rank: none waits for the others)
+        if rank == 0:
             print(f"ftexp: resume: {run_dir / RESULTS_FILE} is completed; skipping this job")
-            return done["metrics"].get(cfg.objective) if cfg.objective else None
+        return done["metrics"].get(cfg.objective) if cfg.objective else None
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -146,14 +146,12 @@ def run_job(cfg: DictConfig) -> Optional[float]:
                             **hydra_info(), "config": resolved, "environment": environment()}
     tracker = build(cfg.logger) if rank == 0 else NoLogger(None)
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    failed = True
     with distributed_scope():
         try:
             identity = run_identity(run_dir, list(cfg.tags))
             base["tracker_group"] = cfg.logger.get("group") or identity.group
             tracker.start(run_dir, {**resolved, "swept": identity.swept}, identity)
             run(cfg, run_dir, tracker, record, rank=rank)
-            failed = False
         except BaseException as exc:
             if rank == 0:
                 _record(run_dir, base, record, cfg, tracker, t0, error=exc)
