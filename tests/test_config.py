@@ -185,3 +185,12 @@ def test_sweeps_declared_in_files_are_checked_and_the_command_line_wins():
         assert _file_sweeps(["sweeps=dataset_size", "data.n_train=10,20"], "config") == ["seed=0,1,2"]
     msg = message(["sweeps=dataset_size", "data.synthetic.share=0.95"], multirun=True)
     assert "data.synthetic.share=0.95" in msg and "[0, 0.9]" in msg
+
+
+def test_the_set_and_forget_recipe_overrides_each_size_s_own_settings():
+    for model in ("tiny_03m", "tiny", "tiny_8m"):
+        tuned = compose_config([f"model={model}"])
+        fixed = compose_config([f"model={model}", "recipe=set_and_forget"])
+        assert tuned.optim.lr == tuned.model.lr and tuned.trainer.max_epochs == tuned.model.max_epochs
+        assert (fixed.optim.lr, fixed.optim.batch_size, fixed.trainer.max_epochs) == (2e-4, 16, 3)
+    assert compose_config(["model=tiny_03m"]).optim.lr != compose_config(["model=tiny_8m"]).optim.lr
