@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -170,6 +171,9 @@ def test_cli_help_lists_groups_and_options():
                  "mistral7b", "llama3_70b", "banking77", "lora", "ddp", "wandb"):
         assert word in proc.stdout
     assert "schema" not in proc.stdout.replace("schema.py", "")
+    groups = {line.strip() for line in proc.stdout.splitlines() if line.startswith("  ") and not line.startswith("   ")}
+    assert not {".git", ".venv", "src", "tests"} & groups  # folders of the checkout root are not groups
+    assert re.search(r"dataset_size +E2 — how many examples are enough\? The learning curve", proc.stdout)  # the sweep file
 
 
 def test_schema_module_imports_no_torch():

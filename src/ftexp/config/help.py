@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ftexp.config import config_dir
+from ftexp.config import config_dir, sweeps_root
 from ftexp.config.preflight import HIDDEN_GROUPS, group_options, hydra_context
 
 HEADER = """\
@@ -21,7 +21,8 @@ Config groups (default marked *); each key is documented in src/ftexp/config/sch
 
 def describe(group: str, option: str) -> str:
     """The first comment line of an option file (its one-line description)."""
-    path = config_dir() / group / f"{option}.yaml"
+    root = sweeps_root() if group == "sweeps" else config_dir()
+    path = Path(root or ".") / group / f"{option}.yaml"
     if not path.exists():
         return ""
     for line in path.read_text().splitlines():
