@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ftexp.data.base import DataError, Task, encode_split
 from ftexp.data.datamodule import FineTuneDataModule
@@ -27,6 +27,7 @@ from ftexp.models.base import count_parameters
 from ftexp.synthesis import add_synthetic
 from ftexp.training.best_weights import BestWeights
 from ftexp.training.module import FineTuneModule
+from ftexp.training.stage_cache import device_count, stage_entry, stage_key
 from ftexp.training.throughput import Throughput
 from ftexp.training.trainer import build_trainer
 from ftexp.utils.build import build, typed
@@ -247,13 +248,46 @@ def train_stage(cfg, stage, index, model, tokenizer, task, earlier, mitigation, 
     tracker.set_step_offset(record.step)
     mitigation.before_stage(ctx)
     lr = stage.lr if stage.lr is not None else cfg.optim.lr
+    with stage_entry(cfg.cache_dir, cached_stage_key(cfg, stage, index, lr, model, datamodule, mitigation, ctx)) as entry:
+        if entry is not None and entry.hit:
+            summary = entry.restore(model)
+            log.info("stage %d (%s): reused the weights an earlier job trained with the same inputs (%s)",
+                     index, stage.name, entry.path)
+        else:
+            summary = fit_stage(cfg, stage, index, lr, model, datamodule, task, mitigation, run_dir, tracker)
+            if entry is not None:
+                summary = entry.store(model, summary)
+    mitigation.after_stage(ctx)
+    record.step += summary["steps"]
+    return summary
+
+
+def cached_stage_key(cfg, stage, index, lr, model, datamodule, mitigation, ctx) -> Optional[str]:
+    """The stage cache's key, or None where the stage is not shared: the last stage (its weights are
+    the job's own result), a stage the mitigation acts on, or a multi-process trainer."""
+    if not cfg.cache_stages or index == len(cfg.stages) or mitigation.acts_on(ctx) or device_count(cfg.trainer) > 1:
+        return None
+    dm = datamodule
+    rows = {"train": dm.train, "val": dm.val, "replay": dm.replay}
+    settings = {"stage": OmegaConf.to_container(stage, resolve=True), "lr": lr,
+                "optim": OmegaConf.to_container(cfg.optim, resolve=True),
+                "trainer": OmegaConf.to_container(cfg.trainer, resolve=True),
+                "model": OmegaConf.to_container(cfg.model, resolve=True),
+                "batches": {"pad_id": dm.pad_id, "batch_size": dm.batch_size, "seed": dm.seed,
+                            "group_by_length": dm.group_by_length, "val_batch_size": dm.val_batch_size,
+                            "replay_ratio": dm.replay_ratio, "replay_mode": dm.replay_mode}}
+    for ignored in ("num_workers", "enable_progress_bar", "log_every_n_steps"):  # no effect on the weights
+        settings["trainer"].pop(ignored, None)
+    return stage_key(model, rows, settings)
+
+
+def fit_stage(cfg, stage, index, lr, model, datamodule, task, mitigation, run_dir, tracker) -> Dict[str, Any]:
+    """Train one stage with Lightning; its summary (steps, epochs, throughput, losses)."""
     module = FineTuneModule(model, cfg.optim, lr=lr, mitigation=mitigation)
     throughput = Throughput()
     trainer = build_trainer(cfg.trainer, stage, run_dir, tracker.lightning, callbacks=[throughput],
                             validate=bool(datamodule.val))
     trainer.fit(module, datamodule=datamodule)
-    mitigation.after_stage(ctx)
-    record.step += trainer.global_step
     summary: Dict[str, Any] = {"index": index, "name": stage.name, "data": task.name, "lr": lr,
                                "steps": trainer.global_step, "epochs": trainer.current_epoch,
                                "world_size": trainer.world_size}

@@ -302,6 +302,9 @@ class Config:
     data_dir: str = "data"  # where local datasets live (FTEXP_DATA_DIR overrides)
     cache_dir: str = ".cache/ftexp"  # tokenizers and other content-addressed artefacts
     output_dir: str = II("hydra:runtime.output_dir")
+    # Train a stage that only prepares a later one (e.g. E3's first stage, the same for every
+    # mitigation) once per sweep: later jobs load its weights from cache_dir/stages/<content hash>.
+    cache_stages: bool = True
     save_model: bool = True  # write the adapter (LoRA) or the weights (full) at the end
     # Skip the job when its output folder already holds a completed results.json (re-run a sweep
     # with the same hydra.sweep.dir and resume=true to finish only what failed or never ran).

@@ -46,6 +46,12 @@ class Mitigation:
     def after_stage(self, ctx: StageContext) -> None:
         """Called after a stage trained (e.g. consolidate an EWC Fisher)."""
 
+    def acts_on(self, ctx: StageContext) -> bool:
+        """Whether this mitigation may change how the stage trains (called after ``before_stage``).
+        A stage it leaves alone trains as under ``none``, so jobs of different arms share it (the
+        stage cache). Mitigations act on what earlier stages left, so the first stage is untouched."""
+        return bool(ctx.earlier)
+
     def state_dict(self) -> Dict[str, Any]:
         return {}
 
@@ -55,3 +61,6 @@ class Mitigation:
 
 class NoMitigation(Mitigation):
     """``mitigation=none``: plain fine-tuning."""
+
+    def acts_on(self, ctx: StageContext) -> bool:
+        return False

@@ -12,6 +12,7 @@ import tokenizers
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from ftexp.utils.cache import file_lock
 from ftexp.utils.io import publish_dir
 
 # GPT-2's word split, except that "_" counts as a letter: snake_case identifiers such as class
@@ -56,17 +57,17 @@ def bpe_tokenizer(texts: Iterable[str], vocab_size: int, cache_dir: Path) -> Pre
     """Train (or load from ``cache_dir``) a byte-level BPE tokenizer on ``texts``.
 
     The cache key hashes the texts, the vocabulary size and the tokenizers version, so jobs of a
-    sweep that train on the same texts share one tokenizer; concurrent jobs each write to a temp
-    folder and publish it with an atomic rename.
+    sweep that train on the same texts share one tokenizer; concurrent jobs take a lock, so one
+    trains it and the others wait, and it is published with an atomic rename.
     """
     texts = list(texts)
     folder = Path(cache_dir) / "tokenizers" / _fingerprint(texts, vocab_size)
-    reused = (folder / "tokenizer.json").exists()
-    if not reused:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
-        _train(texts, vocab_size).save_pretrained(tmp)
-        publish_dir(tmp, folder)
+    with file_lock(folder.with_suffix(".lock")):  # parallel jobs: one trains, the others wait and reuse
+        reused = (folder / "tokenizer.json").exists()
+        if not reused:
+            tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+            _train(texts, vocab_size).save_pretrained(tmp)
+            publish_dir(tmp, folder)
     log.info("tokenizer: %s %s", "reused" if reused else "trained and cached", folder)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
     tokenizer.cache_info = {"path": str(folder), "reused": reused}  # results.json says which jobs trained it

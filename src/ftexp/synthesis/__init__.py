@@ -120,7 +120,8 @@ def add_synthetic(task: Task, syn_cfg: Any, run_cfg: Any, model_source: Any, tok
                     for label, start, n in requests}
         source_name, pool = "augment", Pool(None)  # cheap: not cached
     else:
-        from ftexp.synthesis.generator import Generator, content_hash
+        from ftexp.synthesis.generator import Generator
+        from ftexp.utils.cache import content_hash
         from ftexp.models.decoding import sample
 
         gen = Generator(syn_cfg, run_cfg, model_source, tokenizer, task, cache_dir)

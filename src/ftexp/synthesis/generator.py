@@ -4,8 +4,6 @@ content hash of everything that determines them, so the jobs of a sweep train it
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -22,12 +20,9 @@ from ftexp.synthesis.prompts import clean, label_prompt
 from ftexp.training.module import FineTuneModule
 from ftexp.training.trainer import build_trainer
 from ftexp.utils.build import build
+from ftexp.utils.cache import content_hash, file_lock
 
 log = logging.getLogger(__name__)
-
-
-def content_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def training_examples(dataset: str, train: List[Example]) -> List[Example]:
@@ -76,19 +71,20 @@ class Generator:
         if not self.finetune:
             return model
         weights = self.dir / "generator.pt"
-        if weights.is_file():
-            log.info("synthetic: reusing the generator fine-tuned earlier (%s)", weights)
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-            return model
-        log.info("synthetic: fine-tuning the generator on %d real examples for %d epochs",
-                 len(self.task.splits["train"]), self.cfg.generator_epochs)
-        with torch.random.fork_rng():
-            pl.seed_everything(self.run_cfg.seed, verbose=False)
-            self._fit(model)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = weights.with_suffix(f".{os.getpid()}.tmp")  # parallel jobs never share a temporary file
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(weights)
+        with file_lock(self.dir.with_suffix(".lock")):  # parallel jobs: one fine-tunes, the others wait
+            if weights.is_file():
+                log.info("synthetic: reusing the generator fine-tuned earlier (%s)", weights)
+                model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+                return model
+            log.info("synthetic: fine-tuning the generator on %d real examples for %d epochs",
+                     len(self.task.splits["train"]), self.cfg.generator_epochs)
+            with torch.random.fork_rng():
+                pl.seed_everything(self.run_cfg.seed, verbose=False)
+                self._fit(model)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = weights.with_suffix(f".{os.getpid()}.tmp")
+            torch.save(model.state_dict(), tmp)
+            tmp.replace(weights)
         return model
 
     def _fit(self, model: torch.nn.Module) -> None:
