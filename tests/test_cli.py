@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY
+from tests.wandb_records import wandb_run_record
 
 pytestmark = pytest.mark.slow
 
@@ -36,30 +37,6 @@ def wandb_exit_code(offline_run: Path) -> int:
     match = re.search(r"got exitcode: (-?\d+)", (offline_run / "logs" / "debug.log").read_text())
     assert match, "the W&B run was never finished"
     return int(match.group(1))
-
-
-def wandb_run_record(offline_run: Path):
-    """The run record (group, job_type, config) of an offline W&B run, read from its .wandb file:
-    a LevelDB-style log of protobuf records (32 KiB blocks, 7-byte chunk headers) after a 7-byte
-    file header."""
-    from wandb.proto import wandb_internal_pb2 as pb2
-
-    data = next(offline_run.glob("run-*.wandb")).read_bytes()
-    block, pos, buf = 32768, 7, b""
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
-        if left < 7 or (length == 0 and kind == 0):
-            pos += left
-            continue
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        buf = chunk if kind in (1, 2) else buf + chunk
-        if kind in (1, 4):  # a whole record, or the last chunk of one
-            record = pb2.Record()
-            record.ParseFromString(buf)
-            if record.WhichOneof("record_type") == "run":
-                return record.run
-    raise AssertionError(f"no run record in {offline_run}")
 
 
 def test_single_run_writes_results_and_an_offline_wandb_run(data_dir, cache_dir, tmp_path):

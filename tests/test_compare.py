@@ -370,3 +370,38 @@ def test_question_is_the_prose_of_the_sweep_header(tmp_path):
     assert config_file("sweeps", "dataset_size") == REPO / "sweeps" / "dataset_size.yaml"
     assert config_file("experiment", "dataset_size") == REPO / "conf" / "experiment" / "dataset_size.yaml"
     assert config_file("sweeps", "no_such_sweep") is None
+
+
+# ------------------------------------------------------------------------------------ the report in W&B
+
+
+GROUP = "dataset_size/2026-11-26/10-00-00"
+
+
+def test_the_report_is_logged_as_an_artifact_in_the_sweeps_group(size_sweep, tmp_path):
+    from tests.wandb_records import wandb_artifacts, wandb_run_record
+
+    for job in sorted(size_sweep.glob("[0-9]*/results.json"))[:6]:  # the completed jobs logged to W&B
+        res = json.loads(job.read_text())
+        res["logger"] = {"type": "WandbLogger", "dir": str(job.parent / "wandb"), "group": GROUP}
+        res["config"]["logger"] = {"project": "e2-project", "mode": "offline"}
+        job.write_text(json.dumps(res))
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "ftexp.compare", str(size_sweep), "--out", str(out), "--log-wandb"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env={**__import__("os").environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    assert done.returncode == 0, done.stderr
+    runs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and f"W&B: {runs[0]}" in done.stdout
+    run = wandb_run_record(runs[0])
+    assert (run.run_group, run.job_type, run.project) == (GROUP, "compare", "e2-project")
+    [artifact] = [a for a in wandb_artifacts(runs[0]) if a.type == "compare-report"]  # (the table is one too)
+    assert artifact.name == "compare-dataset_size_2026-11-26_10-00-00"
+    files = {entry.path for entry in artifact.manifest.contents}
+    assert {"report.md", "table.csv", "learning_curve.png"} <= files
+
+
+def test_log_wandb_without_a_wandb_sweep_says_why(size_sweep, tmp_path):
+    done = _cli(str(size_sweep), "--out", str(tmp_path / "out"), "--log-wandb")
+    assert done.returncode == 1 and "logger=wandb" in done.stderr and "Traceback" not in done.stderr
+    assert (tmp_path / "out" / "report.md").is_file()  # the report is written all the same

@@ -13,7 +13,12 @@ from typing import Any, Optional
 
 from ftexp.compare.collect import CompareError, Sweep, read_multirun
 
-__all__ = ["CompareError", "Sweep", "compare_folder", "compare_wandb", "read_multirun"]
+__all__ = ["CompareError", "Sweep", "compare_folder", "compare_wandb", "default_out", "read_multirun"]
+
+
+def default_out(folder: Optional[Path], group: Optional[str]) -> Path:
+    """``<folder>/compare/`` for a multirun folder, ``compare/<group>/`` for a W&B group."""
+    return Path(folder) / "compare" if folder is not None else Path("compare") / str(group).replace("/", "_")
 
 
 def compare_folder(folder: Path, out: Optional[Path] = None, metric: Optional[str] = None) -> Path:
@@ -21,7 +26,7 @@ def compare_folder(folder: Path, out: Optional[Path] = None, metric: Optional[st
     from ftexp.compare.report import write_report
 
     sweep = read_multirun(Path(folder))
-    return write_report(sweep, Path(out) if out else Path(folder) / "compare", metric)
+    return write_report(sweep, Path(out) if out else default_out(folder, None), metric)
 
 
 def compare_wandb(path: str, group: str, out: Optional[Path] = None, metric: Optional[str] = None,
@@ -31,4 +36,4 @@ def compare_wandb(path: str, group: str, out: Optional[Path] = None, metric: Opt
     from ftexp.compare.wandb_runs import read_wandb
 
     sweep = read_wandb(path, group, api=api)
-    return write_report(sweep, Path(out) if out else Path("compare") / group.replace("/", "_"), metric)
+    return write_report(sweep, Path(out) if out else default_out(None, group), metric)

@@ -7,7 +7,10 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from ftexp.compare import CompareError, compare_folder, compare_wandb
+from ftexp.compare import CompareError, default_out, read_multirun
+from ftexp.compare.report import write_report
+from ftexp.compare.wandb_log import log_report
+from ftexp.compare.wandb_runs import read_wandb
 
 
 def parser() -> argparse.ArgumentParser:
@@ -24,6 +27,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", help="the primary metric (default: test/accuracy when the jobs have it)")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead of a folder")
     p.add_argument("--group", help="the W&B group of the sweep (results.json -> logger.group)")
+    p.add_argument("--log-wandb", action="store_true",
+                   help="also log the report, table and plots as an artifact of a 'compare' run in the sweep's "
+                        "W&B group (offline unless WANDB_MODE=online; then `wandb sync <out>/wandb/offline-run-*`)")
     return p
 
 
@@ -37,15 +43,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.wandb and args.folder is None:
         p.error("give a multirun folder (multirun/<date>/<time>/), or --wandb ENTITY/PROJECT --group G")
     try:
-        if args.wandb:
-            report = compare_wandb(args.wandb, args.group, args.out, args.metric)
-        else:
-            report = compare_folder(args.folder, args.out, args.metric)
+        sweep = read_wandb(args.wandb, args.group) if args.wandb else read_multirun(args.folder)
+        report = write_report(sweep, args.out or default_out(args.folder, args.group), args.metric)
+        print(f"ftexp.compare: report: {report}")
+        print(f"ftexp.compare: table: {report.parent / 'table.csv'}")
+        if args.log_wandb:
+            print(f"ftexp.compare: W&B: {log_report(sweep, report)}")
     except CompareError as exc:
         print(f"ftexp.compare: error: {exc}", file=sys.stderr)
         return 1
-    print(f"ftexp.compare: report: {report}")
-    print(f"ftexp.compare: table: {report.parent / 'table.csv'}")
     return 0
 
 

@@ -40,6 +40,7 @@ class Job:
     tags: List[str] = field(default_factory=list)
     sweep_name: Optional[str] = None  # the sweep file (``sweeps=...``)
     experiment: Optional[str] = None
+    wandb: Optional[Dict[str, Any]] = None  # project, entity, group, mode of the job's W&B run
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Sweep:
     tags: List[str] = field(default_factory=list)
     question: List[str] = field(default_factory=list)
     command: Optional[str] = None
+    wandb: Optional[Dict[str, Any]] = None  # where the sweep's runs are in W&B (for the report's artifact)
 
     @property
     def completed(self) -> List[Job]:
@@ -167,6 +169,11 @@ def _fill(job: Job, results: Dict[str, Any]) -> Job:
     job.tags = [str(t) for t in (config.get("tags") or [])]
     job.sweep_name, job.experiment = choices.get("sweeps"), choices.get("experiment")
     job.metrics = job_metrics(results)
+    logger = results.get("logger") if isinstance(results.get("logger"), dict) else {}
+    if logger.get("type") == "WandbLogger":
+        logged = config.get("logger") if isinstance(config.get("logger"), dict) else {}
+        job.wandb = {"project": logged.get("project") or "ftexp", "entity": logged.get("entity"),
+                     "group": logger.get("group") or logged.get("group"), "mode": logged.get("mode")}
     status = results.get("status")
     if status == "completed" and not isinstance(results.get("metrics"), dict):
         job.error = f"{RESULTS_FILE} says completed but holds no metrics"
@@ -240,6 +247,7 @@ def finish(sweep: Sweep) -> Sweep:
     sweep.keys = first + [k for k in swept if k not in first]
     for job in sweep.jobs:
         sweep.tags += [t for t in job.tags if t not in sweep.tags]
+    sweep.wandb = sweep.wandb or next((j.wandb for j in sweep.jobs if j.wandb), None)
     named = next((j for j in sweep.completed + sweep.jobs if j.sweep_name or j.experiment), None)
     sweep.question = question(named.sweep_name if named else None, named.experiment if named else None, sweep.tags)
     return sweep

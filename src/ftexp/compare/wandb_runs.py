@@ -69,6 +69,8 @@ def read_wandb(path: str, group: str, api: Any = None) -> Sweep:
     jobs, reviews = [], {}
     for run in runs:
         config = _plain(run.config)
+        if getattr(run, "job_type", None) == "compare":  # an earlier report of this sweep, not a job
+            continue
         if getattr(run, "job_type", None) == "review":
             reviews[str(config.get("run_dir") or "")] = {k: number(v) for k, v in _summary(run).items()
                                                          if k.startswith("review/") and number(v) is not None}
@@ -83,4 +85,6 @@ def read_wandb(path: str, group: str, api: Any = None) -> Sweep:
     if not jobs:
         raise CompareError(f"W&B group '{group}' in '{path}' holds no runs (check the entity/project and the group: "
                            f"a sweep's group is '<sweep file>/<date>/<time>', as results.json's logger.group says)")
-    return finish(Sweep(source=f"wandb:{path} group={group}", jobs=[j for _, j in jobs]))
+    entity, _, project = path.rpartition("/")
+    where = {"project": project, "entity": entity or None, "group": group, "mode": "online"}
+    return finish(Sweep(source=f"wandb:{path} group={group}", jobs=[j for _, j in jobs], wandb=where))
