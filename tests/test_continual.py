@@ -11,7 +11,7 @@ import pytest
 
 from ftexp.config.preflight import compose_config
 from ftexp.data.base import Example, Task
-from ftexp.data.datamodule import LengthGroupedBatches
+from ftexp.data.datamodule import LengthGroupedBatches, RankShare
 from ftexp.data.replay_batches import ReplayBatches
 from ftexp.eval.continual import continual_metrics, score_matrix
 
@@ -121,14 +121,18 @@ def test_ewc_and_lwf_run_through_two_stages(tiny_overrides, mitigation, logged):
     assert values and max(values) > 0  # the penalty / distillation term acted in stage 2
 
 
-def test_replay_batches_give_every_rank_the_same_number_of_steps():
+def test_replay_batches_under_ddp_are_the_global_batches_split():
     lengths = [10 + i % 7 for i in range(1001)]
-    counts = []
-    for rank in range(3):
-        base = LengthGroupedBatches(lengths, batch_size=32, seed=0, rank=rank, world_size=3)
-        sampler = ReplayBatches(base, n_new=1001, n_replay=50, ratio=0.1, mode="replace", batch_size=32, seed=rank)
-        counts.append((len(list(sampler)), len(sampler)))
-    assert len(set(counts)) == 1 and counts[0][0] == counts[0][1]
+
+    def mixed():
+        return ReplayBatches(LengthGroupedBatches(lengths, batch_size=32, seed=0), n_new=1001, n_replay=50,
+                             ratio=0.1, mode="replace", batch_size=32, seed=5)
+
+    single = list(mixed())
+    assert len(single) == len(mixed())
+    shards = [list(RankShare(mixed(), rank, 3)) for rank in range(3)]
+    assert [len(s) for s in shards] == [len(single)] * 3
+    assert all(sorted(i for s in shards for i in s[step]) == sorted(batch) for step, batch in enumerate(single))
 
 
 def test_balanced_replay_keeps_an_equal_share_of_every_label():

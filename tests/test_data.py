@@ -9,7 +9,7 @@ import pytest
 
 from ftexp.config.preflight import compose_config
 from ftexp.data.base import DataError, Example, assemble, encode_completion, encode_prompt, encode_split
-from ftexp.data.datamodule import LengthGroupedBatches, pad_batch
+from ftexp.data.datamodule import LengthGroupedBatches, RankShare, pad_batch
 from ftexp.data.sources import read_rows
 from ftexp.models.tokenizer import bpe_tokenizer
 from ftexp.utils.build import build
@@ -131,10 +131,14 @@ def test_length_grouped_batches_cover_every_example_once_per_epoch():
     def padding(batches):
         return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
 
-    shards = [list(LengthGroupedBatches(lengths, 16, seed=3, window=8, rank=r, world_size=3)) for r in range(3)]
-    assert len({len(s) for s in shards}) == 1 and len(shards[0]) == 21  # equal step counts per rank
-    seen = [i for shard in shards for batch in shard for i in batch]
-    assert len(seen) == len(set(seen))  # ranks never share an example
+    shards = [list(RankShare(LengthGroupedBatches(lengths, 16, seed=3, window=8), r, 3)) for r in range(3)]
+    assert [len(s) for s in shards] == [63] * 3  # every rank steps with every global batch
+    for step, batch in enumerate(first):  # the ranks split each global batch between them
+        parts = [shard[step] for shard in shards]
+        assert sorted(i for part in parts for i in part) == sorted(batch)
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    tiny = list(RankShare([[7], [1, 2, 3]], rank=1, world_size=2))
+    assert tiny == [[7], [2]]  # a one-row batch is lent round rather than leave a rank without one
     plain = list(LengthGroupedBatches(lengths, 16, seed=3, window=0))  # group_by_length=false
     assert sorted(i for batch in plain for i in batch) == list(range(1000))
     assert padding(first) < 0.25 * padding(plain)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -33,24 +33,22 @@ class LengthGroupedBatches(Sampler[List[int]]):
 
     Each epoch: shuffle, cut into windows of ``window`` batches, sort each window by length, cut it
     into batches, shuffle the batches. Seeded, and different every epoch. ``window=0`` gives plain
-    shuffled batches.
+    shuffled batches. These are global batches: under DDP, :class:`RankShare` splits each one.
     """
 
-    def __init__(self, lengths: List[int], batch_size: int, seed: int, window: int = 64,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, lengths: List[int], batch_size: int, seed: int, window: int = 64) -> None:
         self.lengths, self.batch_size, self.seed, self.window = lengths, batch_size, seed, window
-        self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
     def __len__(self) -> int:
-        return ((len(self.lengths) + self.batch_size - 1) // self.batch_size) // self.world_size
+        if not self.window:
+            return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        span, n = self.batch_size * self.window, len(self.lengths)
+        full, rest = divmod(n, span)
+        return full * self.window + (rest + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[List[int]]:
-        """This rank's batches: every rank builds the same list (same seed and epoch) and takes
-        every ``world_size``-th batch, after trimming the list to a multiple of ``world_size``."""
-        batches = self._all_batches()
-        usable = len(batches) - len(batches) % self.world_size
-        return iter(batches[self.rank:usable:self.world_size])
+        return iter(self._all_batches())
 
     def _all_batches(self) -> List[List[int]]:
         rng = random.Random(self.seed * 100_003 + self.epoch)
@@ -66,6 +64,23 @@ class LengthGroupedBatches(Sampler[List[int]]):
             batches.extend(window[i:i + self.batch_size] for i in range(0, len(window), self.batch_size))
         rng.shuffle(batches)
         return batches
+
+
+class RankShare(Sampler[List[int]]):
+    """This rank's part of every global batch: rows ``rank``, ``rank + world``, ... So
+    ``optim.batch_size`` is the batch of an optimiser step whatever the number of devices, and every
+    rank takes the same number of steps. A batch with fewer rows than ranks lends its rows round."""
+
+    def __init__(self, batches: Sampler, rank: int, world_size: int) -> None:
+        self.batches, self.rank, self.world_size = batches, rank, world_size
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for batch in self.batches:
+            batch = list(batch)
+            yield batch[self.rank::self.world_size] or [batch[self.rank % len(batch)]]
 
 
 class FineTuneDataModule(pl.LightningDataModule):
@@ -107,13 +122,16 @@ class FineTuneDataModule(pl.LightningDataModule):
         lengths = [len(r["input_ids"]) for r in self.train]
         window = 64 if self.group_by_length else 0
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        sampler = LengthGroupedBatches(lengths, self.batch_size, self.seed, window=window, rank=rank, world_size=world)
-        if not self.replay:
-            return DataLoader(self.train, batch_sampler=sampler, collate_fn=self._collate, num_workers=self.num_workers)
-        rows = [(False, r) for r in self.train] + [(True, r) for r in self.replay]
-        mixed = ReplayBatches(sampler, len(self.train), len(self.replay), self.replay_ratio, self.replay_mode,
-                              self.batch_size, self.seed + 7919 * (rank + 1))
-        return DataLoader(rows, batch_sampler=mixed, collate_fn=self._collate_marked, num_workers=self.num_workers)
+        batches: Sampler = LengthGroupedBatches(lengths, self.batch_size, self.seed, window=window)
+        rows: List[Any] = self.train
+        if self.replay:
+            rows = [(False, r) for r in self.train] + [(True, r) for r in self.replay]
+            batches = ReplayBatches(batches, len(self.train), len(self.replay), self.replay_ratio, self.replay_mode,
+                                    self.batch_size, self.seed + 7919)
+        if world > 1:
+            batches = RankShare(batches, rank, world)
+        collate = self._collate_marked if self.replay else self._collate
+        return DataLoader(rows, batch_sampler=batches, collate_fn=collate, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         rows = self.val

@@ -68,8 +68,8 @@ class ReplayBatches(Sampler[List[int]]):
                 yield list(batch) + take(k)
             return
         # replace: re-cut the base order (which keeps similar lengths together) into steps of
-        # batch_size - k_i new rows. Exactly len(self) steps, so that under DDP every rank takes
-        # the same number (a rank whose share is a few rows short wraps around to its first rows).
+        # batch_size - k_i new rows; exactly len(self) steps (the wrap-around below is a guard for a
+        # base sampler that yields fewer rows than n_new).
         order = [i for batch in self.base for i in batch]
         pos = 0
         for step in range(len(self)):

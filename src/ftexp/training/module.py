@@ -21,6 +21,18 @@ def forward(model: torch.nn.Module, batch: Dict[str, torch.Tensor]):
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
 
 
+def global_token_mean(local_mean: torch.Tensor, labels: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Rescale a rank's mean over its own target tokens so that DDP's average of the ranks'
+    gradients is the gradient of the mean over the whole global batch's target tokens: the same
+    step as one process on that batch, however unevenly the ranks' tokens fall."""
+    import torch.distributed as dist
+
+    n = (labels[:, 1:] != -100).sum()
+    total = n.detach().clone()
+    dist.all_reduce(total)
+    return local_mean * (n * world_size / total.clamp(min=1))
+
+
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
     """LR multiplier: linear warm-up to 1, then cosine decay to ``min_ratio``."""
     if warmup > 0 and step < warmup:
@@ -59,6 +71,8 @@ class FineTuneModule(pl.LightningModule):
     def training_step(self, batch: Dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         outputs = forward(self.model, batch)
         task_loss = outputs.loss
+        if self.trainer.world_size > 1:
+            task_loss = global_token_mean(task_loss, batch["labels"], self.trainer.world_size)
         loss, extra = self.mitigation.training_loss(task_loss, batch, self.model, outputs)
         self._window_loss = self._window_loss + task_loss.detach()
         self._window_batches += 1
@@ -66,7 +80,8 @@ class FineTuneModule(pl.LightningModule):
         # metrics go out only on the steps the logger writes: train/loss is the mean over the window.
         if (self.trainer.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
             bs = batch["input_ids"].shape[0]
-            self.log("train/loss", self._window_loss / self._window_batches, prog_bar=True, batch_size=bs)
+            self.log("train/loss", self._window_loss / self._window_batches, prog_bar=True, batch_size=bs,
+                     sync_dist=self.trainer.world_size > 1)  # each rank's share sums to the global mean
             self.log("lr", self.lr_schedulers().get_last_lr()[0], batch_size=bs)
             if loss is not task_loss:
                 self.log("train/total_loss", loss, batch_size=bs)
@@ -81,10 +96,22 @@ class FineTuneModule(pl.LightningModule):
         if step != self._window_end and step % max(1, self.trainer.log_every_n_steps) == 0:
             self._window_loss, self._window_batches, self._window_end = 0.0, 0, step
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss x tokens, tokens
+
     def validation_step(self, batch: Dict[str, torch.Tensor], batch_idx: int) -> None:
-        # Weighted by completion tokens, so val/loss is the per-token loss over the whole split.
-        n = int((batch["labels"][:, 1:] != -100).sum())
-        self.log("val/loss", completion_loss(self.model, batch), prog_bar=True, batch_size=n, sync_dist=True)
+        n = (batch["labels"][:, 1:] != -100).sum()
+        self._val_sums += torch.stack([completion_loss(self.model, batch).detach().double() * n, n.double()])
+
+    def on_validation_epoch_end(self) -> None:
+        # val/loss is the per-token loss over the whole split: under DDP the ranks' sums are added
+        # (a mean of the ranks' means would weigh their tokens unequally).
+        sums = self._val_sums
+        if self.trainer.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(sums)
+        self.log("val/loss", (sums[0] / sums[1].clamp(min=1)).float(), prog_bar=True)
 
     # ------------------------------------------------------------------------- optimiser
 

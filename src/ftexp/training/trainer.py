@@ -8,6 +8,7 @@ from typing import Any, List, Optional
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping
 
+from ftexp.training import launch
 from ftexp.training.best_weights import BestWeights
 
 
@@ -16,6 +17,7 @@ def build_trainer(cfg: Any, stage: Any, out_dir: Path, logger: Optional[Any], ca
     max_epochs = stage.max_epochs if stage.max_epochs is not None else cfg.max_epochs
     max_steps = stage.max_steps if stage.max_steps is not None else cfg.max_steps
     callbacks = list(callbacks)
+    launch.install()  # child ranks of a DDP job run that job, not the command line's sweep
     if validate and cfg.get("early_stopping_patience") is not None:
         callbacks += [EarlyStopping(monitor="val/loss", mode="min", patience=cfg.early_stopping_patience,
                                     min_delta=cfg.early_stopping_min_delta),

@@ -1,0 +1,72 @@
+"""DDP on CPU (trainer=ddp_cpu: two gloo processes) from the command line, as users run it (slow tier).
+
+Lightning starts rank 1 by re-running a command; under ``-m`` its own command re-ran the whole sweep
+in a second timestamped folder. These tests run from an empty working directory with the default
+output folders, so any stray folder or extra result shows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from tests.conftest import TINY
+
+pytestmark = pytest.mark.slow
+
+BASE = [a for a in TINY if not a.startswith("logger=")] + ["logger=wandb", "trainer.max_epochs=2", "save_model=false"]
+
+
+def ftexp(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(Path(__file__).parents[1])}
+    cwd.mkdir(parents=True, exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "ftexp", *args], capture_output=True, text=True, timeout=900,
+                          env=env, cwd=cwd)
+
+
+def folders(root: Path) -> List[Path]:
+    """Every run folder Hydra made under ``root`` (outputs/<date>/<time>, multirun/<date>/<time>)."""
+    return sorted(p for p in root.glob("*/*") if p.is_dir())
+
+
+def results(job: Path):
+    return json.loads((job / "results.json").read_text())
+
+
+def test_ddp_single_run_and_two_job_sweep_give_one_folder_and_result_per_job(data_dir, cache_dir, tmp_path):
+    common = [*BASE, f"data_dir={data_dir}", f"cache_dir={cache_dir}"]
+    single = ftexp(tmp_path / "single", *common, "trainer=cpu")
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = ftexp(tmp_path / "ddp", *common, "trainer=ddp_cpu")
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    sweep = ftexp(tmp_path / "sweep", "-m", *common, "trainer=ddp_cpu", "seed=0,1")
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+
+    [ref_dir] = folders(tmp_path / "single" / "outputs")
+    [ddp_dir] = folders(tmp_path / "ddp" / "outputs")
+    assert not (tmp_path / "ddp" / "multirun").exists()
+    [sweep_dir] = folders(tmp_path / "sweep" / "multirun")  # one sweep folder, not one per rank
+    assert not (tmp_path / "sweep" / "outputs").exists()
+    jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1"]
+    for job in [ddp_dir, *jobs]:
+        res = results(job)
+        assert res["status"] == "completed" and res["stages"][0]["world_size"] == 2
+        assert len(list((job / "wandb").glob("offline-run-*"))) == 1  # one W&B run per job, not per rank
+        assert (job / "rank_1.log").is_file()  # rank 1 ran this job, in this folder
+    assert [results(j)["seed"] for j in jobs] == [0, 1]
+
+    # The same global batches, split over two ranks, with the loss a mean over the global batch's
+    # tokens: the run follows the single-process one up to float summation order.
+    ref, dist = results(ref_dir), results(ddp_dir)
+    assert dist["stages"][0]["steps"] == ref["stages"][0]["steps"]
+    for key in ("train/loss", "val/loss"):
+        assert math.isclose(dist["stages"][0][key], ref["stages"][0][key], rel_tol=1e-5), key
+    assert dist["rows"][-1]["metrics"]["banking77"]["test/accuracy"] == ref["metrics"]["test/accuracy"]
