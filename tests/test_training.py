@@ -65,7 +65,7 @@ def test_a_stage_learns_and_calls_the_mitigation_hook():
         before = float(sum(completion_loss(model, b) for b in dm.val_dataloader()))
     mitigation = CountingMitigation()
     module = FineTuneModule(model, compose_config([]).optim, lr=3e-3, mitigation=mitigation)
-    throughput = Throughput()
+    throughput = Throughput(flops_per_token=6.0 * 1000, peak_flops=1e9)
     trainer = pl.Trainer(max_epochs=8, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[throughput],
                          log_every_n_steps=4)
@@ -78,6 +78,37 @@ def test_a_stage_learns_and_calls_the_mitigation_hook():
     summary = throughput.summary()
     assert summary["effective_tokens"] == sum(len(r["input_ids"]) for r in data) * 8
     assert summary["tokens_per_s"] > 0 and "val/loss" in trainer.callback_metrics
+    assert math.isclose(summary["mfu"], summary["tokens_per_s"] * 6000 / 1e9)
+    assert math.isclose(summary["effective_mfu"], summary["effective_tokens_per_s"] * 6000 / 1e9)
+    assert "train/mfu" in trainer.callback_metrics  # logged during training too
+
+
+def test_mfu_counts_6n_for_full_fine_tuning_and_about_4n_for_lora():
+    from types import SimpleNamespace
+
+    from peft import LoraConfig, get_peft_model
+
+    from ftexp.run import mfu_inputs
+
+    model = tiny_lm()
+    n = sum(p.numel() for p in model.parameters())
+    cpu = SimpleNamespace(accelerator="cpu", get=lambda key: None)
+    assert mfu_inputs(model, cpu) == (6.0 * n, None)  # no peak known for a CPU: no MFU
+    lora = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    flops, peak = mfu_inputs(lora, SimpleNamespace(accelerator="cpu", get=lambda key: 2.0))
+    trainable = sum(p.numel() for p in lora.parameters() if p.requires_grad)
+    assert flops == 4.0 * sum(p.numel() for p in lora.parameters()) + 2.0 * trainable and peak == 2e12
+    assert 4.0 * n < flops < 6.0 * n  # frozen base weights get no weight gradients
+
+
+def test_peak_flops_by_device_name():
+    from ftexp.utils.devices import PEAK_BF16_TFLOPS, lookup
+
+    assert lookup("NVIDIA H100 80GB HBM3", PEAK_BF16_TFLOPS) == 989.0
+    assert lookup("NVIDIA H100 PCIe", PEAK_BF16_TFLOPS) == 756.0  # the longer name wins
+    assert lookup("NVIDIA GH200 480GB", PEAK_BF16_TFLOPS) == 989.0
+    assert lookup("NVIDIA L40S", PEAK_BF16_TFLOPS) == 362.0 and lookup("NVIDIA L4", PEAK_BF16_TFLOPS) == 121.0
+    assert lookup("Tesla T4", PEAK_BF16_TFLOPS) is None
 
 
 class StepLosses(pl.Callback):

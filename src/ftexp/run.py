@@ -12,7 +12,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -31,6 +31,7 @@ from ftexp.training.stage_cache import device_count, stage_entry, stage_key
 from ftexp.training.throughput import Throughput
 from ftexp.training.trainer import build_trainer
 from ftexp.utils.build import build, typed
+from ftexp.utils.devices import PEAK_BF16_TFLOPS, lookup
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class RunRecord:
             out.update({k: v for k, v in flat_continual(self.continual).items() if v is not None})
         if self.stages:
             last = self.stages[-1]
-            for key in ("train/loss", "val/loss", "tokens_per_s", "effective_tokens_per_s"):
+            for key in ("train/loss", "val/loss", "tokens_per_s", "effective_tokens_per_s", "mfu", "effective_mfu"):
                 if key in last:
                     out[key if "/" in key else f"train/{key}"] = last[key]
         return out
@@ -281,10 +282,19 @@ def cached_stage_key(cfg, stage, index, lr, model, datamodule, mitigation, ctx) 
     return stage_key(model, rows, settings)
 
 
+def mfu_inputs(model: torch.nn.Module, trainer_cfg: Any) -> Tuple[float, Optional[float]]:
+    """FLOPs per training token (4N + 2N_trainable) and one device's peak FLOP/s (None: unknown)."""
+    counts = count_parameters(model)
+    peak = trainer_cfg.get("peak_tflops")
+    if peak is None and eval_device(trainer_cfg).type == "cuda":
+        peak = lookup(torch.cuda.get_device_name(), PEAK_BF16_TFLOPS)
+    return 4.0 * counts["total"] + 2.0 * counts["trainable"], (peak * 1e12 if peak else None)
+
+
 def fit_stage(cfg, stage, index, lr, model, datamodule, task, mitigation, run_dir, tracker) -> Dict[str, Any]:
     """Train one stage with Lightning; its summary (steps, epochs, throughput, losses)."""
     module = FineTuneModule(model, cfg.optim, lr=lr, mitigation=mitigation)
-    throughput = Throughput()
+    throughput = Throughput(*mfu_inputs(model, cfg.trainer))
     trainer = build_trainer(cfg.trainer, stage, run_dir, tracker.lightning, callbacks=[throughput],
                             validate=bool(datamodule.val))
     trainer.fit(module, datamodule=datamodule)

@@ -221,6 +221,9 @@ class TrainerConfig:
     # and go back to the weights of the best check: train to convergence whatever the data size.
     early_stopping_patience: Optional[int] = None
     early_stopping_min_delta: float = 0.0
+    # One device's peak TFLOP/s for train/mfu; None = the bf16 data-sheet figure for the GPU's name
+    # (ftexp.utils.devices), and no MFU on CPU unless set.
+    peak_tflops: Optional[float] = None
 
 
 # -------------------------------------------------------------------------------------- logger

@@ -30,7 +30,6 @@ reported (never a guessed price). The device, the memory measure and the setting
 from __future__ import annotations
 
 import logging
-import re
 import statistics
 import time
 from contextlib import nullcontext
@@ -44,6 +43,7 @@ from ftexp.eval.base import EvalContext, Evaluator, model_device
 from ftexp.eval.classification import label_logprobs, scoring_attention
 from ftexp.models.base import count_parameters
 from ftexp.models.decoding import left_pad
+from ftexp.utils.devices import lookup as price_for  # longest whole device name wins
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +90,6 @@ def latency_summary(times: Sequence[float], requests_per_call: int) -> Dict[str,
     p50 = statistics.median(times)
     return {"p50_ms": p50 * 1e3, "p95_ms": percentile(times, 95) * 1e3,
             "requests_per_s": requests_per_call / p50 if p50 > 0 else float("inf")}
-
-
-def price_for(device_name: str, prices: Mapping[str, float]) -> Optional[float]:
-    """The hourly price of the longest key found in ``device_name`` (case-insensitive), matched as
-    a whole name: "L4" matches "NVIDIA L4" but not "NVIDIA L40S", "H200" not "GH200". None when no
-    key matches."""
-    name = device_name.lower()
-    found = [k for k in prices if re.search(rf"(?<![a-z0-9]){re.escape(k.lower())}(?![a-z0-9])", name)]
-    return float(prices[max(found, key=len)]) if found else None
 
 
 def cost_per_1k(price_per_hour: float, requests_per_s: float) -> float:

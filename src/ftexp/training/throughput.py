@@ -10,9 +10,17 @@ import pytorch_lightning as pl
 
 class Throughput(pl.Callback):
     """Counts tokens of every training batch (all, and non-pad "effective" ones) on this rank and
-    logs ``train/tokens_per_s`` and ``train/effective_tokens_per_s`` summed over ranks."""
+    logs ``train/tokens_per_s`` and ``train/effective_tokens_per_s`` summed over ranks.
 
-    def __init__(self) -> None:
+    With ``flops_per_token`` (4N + 2N_trainable: forward 2N, backward 2N through the activations
+    and 2N per trainable weight, i.e. 6N for full fine-tuning and about 4N for LoRA) and
+    ``peak_flops`` (one device's peak FLOP/s), it also logs ``train/mfu`` (all tokens computed,
+    padding included: how busy the device is) and ``train/effective_mfu`` (non-pad tokens only:
+    useful work, what packing improves).
+    """
+
+    def __init__(self, flops_per_token: Optional[float] = None, peak_flops: Optional[float] = None) -> None:
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.total_tokens = 0
         self.total_effective = 0
         self.train_time_s = 0.0
@@ -42,6 +50,9 @@ class Throughput(pl.Callback):
         world = trainer.world_size
         pl_module.log("train/tokens_per_s", self._window[0] * world / elapsed, on_step=True, on_epoch=False)
         pl_module.log("train/effective_tokens_per_s", self._window[1] * world / elapsed, on_step=True, on_epoch=False)
+        if self.flops_per_token and self.peak_flops:
+            pl_module.log("train/mfu", self.mfu(self._window[0] / elapsed), on_step=True, on_epoch=False)
+            pl_module.log("train/effective_mfu", self.mfu(self._window[1] / elapsed), on_step=True, on_epoch=False)
         self._window = [0, 0]
         self._window_time = 0.0
         self._window_start = time.perf_counter()
@@ -60,10 +71,13 @@ class Throughput(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.train_time_s = time.perf_counter() - self._fit_start - self.val_time_s
 
+    def mfu(self, tokens_per_s_per_device: float) -> float:
+        return tokens_per_s_per_device * self.flops_per_token / self.peak_flops
+
     def summary(self, world_size: int = 1) -> Dict[str, float]:
         """Totals over the stage; rates are per second of training (validation time left out)."""
         t = max(self.train_time_s, 1e-9)
-        return {
+        out = {
             "tokens": float(self.total_tokens * world_size),
             "effective_tokens": float(self.total_effective * world_size),
             "train_time_s": self.train_time_s,
@@ -71,3 +85,8 @@ class Throughput(pl.Callback):
             "tokens_per_s": self.total_tokens * world_size / t,
             "effective_tokens_per_s": self.total_effective * world_size / t,
         }
+        if self.flops_per_token and self.peak_flops:
+            out["mfu"] = self.mfu(self.total_tokens / t)
+            out["effective_mfu"] = self.mfu(self.total_effective / t)
+            out["peak_tflops"] = self.peak_flops / 1e12
+        return out
