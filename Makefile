@@ -38,6 +38,7 @@ test-fast: $(BIN)/.installed     ## the day-to-day tier
 bench: $(BIN)/.installed         ## ftexp's training step against a plain loop; each mitigation against none
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/mitigation_overhead.py
+	$(BIN)/python bench/packing.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -30,6 +30,12 @@ from ftexp.training.throughput import Throughput
 from ftexp.utils.build import build
 
 
+class Batches(list):
+    """Pre-collated batches; ``rows`` holds the encoded examples they were made from."""
+
+    rows: list = []
+
+
 def make_batches(cfg, steps: int, batch_size: int, cache_dir: Path):
     data_dir = os.environ.get("FTEXP_DATA_DIR")
     source = build(cfg.model)
@@ -51,10 +57,12 @@ def make_batches(cfg, steps: int, batch_size: int, cache_dir: Path):
             rows.append({"input_ids": ids, "labels": ids})
         origin = "random tokens"
     sampler = LengthGroupedBatches([len(r["input_ids"]) for r in rows], batch_size, seed=0)
-    batches = []
+    batches = Batches()
     while len(batches) < steps:
         batches.extend(pad_batch([rows[i] for i in idx], tokenizer.pad_token_id) for idx in sampler)
-    return source, tokenizer, batches[:steps], origin
+    del batches[steps:]
+    batches.rows = rows
+    return source, tokenizer, batches, origin
 
 
 class StepClock(pl.Callback):
@@ -98,13 +106,15 @@ def run_ftexp(model, batches, optim_cfg, lr: float, warmup: int, mitigation=None
     return (clock.end - clock.start) / (len(batches) - warmup)
 
 
-def setup(description: str, steps: int, warmup: int, repeats: int):
+def setup(description: str, steps: int, warmup: int, repeats: int, extra=()):
     """Command-line arguments, the default config, the batches and the tiny model's initial weights."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--steps", type=int, default=steps)
     ap.add_argument("--warmup", type=int, default=warmup)
     ap.add_argument("--repeats", type=int, default=repeats)
     ap.add_argument("--batch-size", type=int, default=32)
+    for flag, default in extra:
+        ap.add_argument(flag, type=type(default), default=default)
     args = ap.parse_args()
     pl.seed_everything(0, verbose=False)
     cfg = compose_config([])

@@ -242,6 +242,7 @@ def train_stage(cfg, stage, index, model, tokenizer, task, earlier, mitigation, 
         seed=cfg.seed + index,
         num_workers=cfg.trainer.num_workers,
         group_by_length=cfg.trainer.group_by_length,
+        pack_length=(cfg.trainer.pack_length or max_length) if cfg.trainer.packing else None,
     )
     ctx = StageContext(index=index, name=stage.name, model=model, datamodule=datamodule, task=task,
                        tokenizer=tokenizer, encode=encode, earlier=list(earlier), seed=cfg.seed,
@@ -276,7 +277,8 @@ def cached_stage_key(cfg, stage, index, lr, model, datamodule, mitigation, ctx) 
                 "model": OmegaConf.to_container(cfg.model, resolve=True),
                 "batches": {"pad_id": dm.pad_id, "batch_size": dm.batch_size, "seed": dm.seed,
                             "group_by_length": dm.group_by_length, "val_batch_size": dm.val_batch_size,
-                            "replay_ratio": dm.replay_ratio, "replay_mode": dm.replay_mode}}
+                            "replay_ratio": dm.replay_ratio, "replay_mode": dm.replay_mode,
+                            "pack_length": dm.pack_length}}
     for ignored in ("num_workers", "enable_progress_bar", "log_every_n_steps"):  # no effect on the weights
         settings["trainer"].pop(ignored, None)
     return stage_key(model, rows, settings)

@@ -215,6 +215,11 @@ class TrainerConfig:
     # Batch examples of similar length (about 2x fewer padded tokens on Banking77). Turn it off when
     # length predicts the label: same-length batches then hold one label each, which slows learning.
     group_by_length: bool = True
+    # Pack each training step's examples into rows of up to pack_length tokens (None = model.max_length)
+    # with a block-diagonal attention mask: the same examples and loss per step, without the padding.
+    # Needs SDPA or eager attention (a 4-D mask); validation batches stay padded.
+    packing: bool = False
+    pack_length: Optional[int] = None
     deterministic: bool = False
     enable_progress_bar: bool = True
     # Stop a stage when val/loss has not improved for this many validation checks (None = never),

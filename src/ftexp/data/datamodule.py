@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from ftexp.data.packing import pack_batch
 from ftexp.data.replay_batches import ReplayBatches
 
 Encoded = Dict[str, List[int]]
@@ -96,9 +97,11 @@ class FineTuneDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         val_batch_size: Optional[int] = None,
         group_by_length: bool = True,
+        pack_length: Optional[int] = None,
     ) -> None:
         super().__init__()
         self.group_by_length = group_by_length
+        self.pack_length = pack_length  # pack each training step's examples into rows of this many tokens
         self.train, self.val = train, val
         self.pad_id, self.batch_size, self.seed = pad_id, batch_size, seed
         self.num_workers = num_workers
@@ -111,10 +114,12 @@ class FineTuneDataModule(pl.LightningDataModule):
         self.replay, self.replay_ratio, self.replay_mode = list(rows), ratio, mode
 
     def _collate(self, rows: List[Encoded]) -> Dict[str, torch.Tensor]:
+        if self.pack_length:
+            return pack_batch(rows, self.pad_id, self.pack_length)
         return pad_batch(rows, self.pad_id)
 
     def _collate_marked(self, rows: List[Tuple[bool, Encoded]]) -> Dict[str, torch.Tensor]:
-        batch = pad_batch([r for _, r in rows], self.pad_id)
+        batch = self._collate([r for _, r in rows])  # is_replay: one flag per example (not per packed row)
         batch["is_replay"] = torch.tensor([flag for flag, _ in rows], dtype=torch.bool)
         return batch
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ftexp.data.packing import model_inputs
 from ftexp.mitigation.base import Mitigation, StageContext
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,7 @@ class LwF(Mitigation):
             if t.device != p.device or t.dtype != p.dtype:
                 self.teacher[name] = t.to(device=p.device, dtype=p.dtype)
         with torch.no_grad(), eval_mode(model), swapped_in(params, self.teacher):
-            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         use_cache=False).logits
+            return model(**model_inputs(batch), use_cache=False).logits
 
     def training_loss(self, loss: torch.Tensor, batch: Dict[str, torch.Tensor], model: torch.nn.Module,
                       outputs: Any = None):

@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional
 import pytorch_lightning as pl
 import torch
 
+from ftexp.data.packing import model_inputs
 from ftexp.mitigation.base import Mitigation, NoMitigation
 
 
@@ -18,7 +19,7 @@ def completion_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor]) -> t
 
 def forward(model: torch.nn.Module, batch: Dict[str, torch.Tensor]):
     """The model's outputs for a batch, with ``loss`` = mean cross-entropy over the target tokens."""
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+    return model(**model_inputs(batch), labels=batch["labels"])
 
 
 def global_token_mean(local_mean: torch.Tensor, labels: torch.Tensor, world_size: int) -> torch.Tensor:

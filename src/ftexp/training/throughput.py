@@ -7,6 +7,8 @@ from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
 
+from ftexp.data.packing import real_tokens
+
 
 class Throughput(pl.Callback):
     """Counts tokens of every training batch (all, and non-pad "effective" ones) on this rank and
@@ -39,7 +41,7 @@ class Throughput(pl.Callback):
             self._window_start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch: Dict, batch_idx: int) -> None:
-        tokens, effective = batch["input_ids"].numel(), int(batch["attention_mask"].sum())
+        tokens, effective = batch["input_ids"].numel(), real_tokens(batch)
         self.total_tokens += tokens
         self.total_effective += effective
         self._window[0] += tokens

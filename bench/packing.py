@@ -1,0 +1,69 @@
+"""Effective (non-pad) tokens/s of a training step: padded batches against packed ones.
+
+    python bench/packing.py [--steps 60] [--warmup 10] [--repeats 3] [--batch-size 32] [--pack-length 128]
+
+The same Banking77 examples (FTEXP_DATA_DIR) and the same global batches go through ftexp's
+FineTuneModule under Lightning three ways: padded as drawn (plain shuffled batches), padded after
+length grouping (group_by_length, ftexp's default), and packed (the plain batches, each packed into
+rows of --pack-length tokens with a block-diagonal mask). Packing keeps each step's examples, so its
+loss equals the padded one (checked on the first batches). Goal: packed >= 2x padded.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_step import run_ftexp, setup  # noqa: E402  (the same timing harness as the loop benchmark)
+
+from ftexp.data.datamodule import LengthGroupedBatches, pad_batch  # noqa: E402
+from ftexp.data.packing import pack_batch, real_tokens  # noqa: E402
+from ftexp.training.module import completion_loss  # noqa: E402
+
+
+def main() -> None:
+    args, cfg, tokenizer, grouped, origin, base = setup(__doc__.splitlines()[0], steps=60, warmup=10, repeats=3,
+                                                        extra=[("--pack-length", 128)])
+    rows = grouped.rows  # the encoded examples behind the batches
+    pad = tokenizer.pad_token_id
+    plain_idx = list(LengthGroupedBatches([len(r["input_ids"]) for r in rows], args.batch_size, seed=0, window=0))
+    plain_idx = plain_idx[:args.steps]
+    ways = {
+        "padded (plain batches)": [pad_batch([rows[i] for i in b], pad) for b in plain_idx],
+        "padded (length-grouped)": list(grouped),
+        "packed (plain batches)": [pack_batch([rows[i] for i in b], pad, args.pack_length) for b in plain_idx],
+    }
+    with torch.no_grad():  # packing changes the layout, not the loss
+        for a, b in zip(ways["padded (plain batches)"][:5], ways["packed (plain batches)"][:5]):
+            la, lb = float(completion_loss(base, a)), float(completion_loss(base, b))
+            assert abs(la - lb) <= 1e-4 * abs(la), (la, lb)
+    print(f"tiny model ({sum(p.numel() for p in base.parameters()) / 1e6:.2f} M parameters), {origin}, batch "
+          f"{args.batch_size}, {args.steps} steps ({args.warmup} warm-up), pack length {args.pack_length}, "
+          f"torch threads {torch.get_num_threads()}; packed loss = padded loss on the first 5 batches")
+    times = {name: [] for name in ways}
+    for r in range(args.repeats):
+        order = list(ways) if r % 2 == 0 else list(ways)[::-1]
+        for name in order:
+            times[name].append(run_ftexp(copy.deepcopy(base), ways[name], cfg.optim, cfg.optim.lr, args.warmup))
+    rates = {}
+    for name, batches in ways.items():
+        timed = batches[args.warmup:]
+        real = sum(real_tokens(b) for b in timed) / len(timed)
+        computed = sum(b["input_ids"].numel() for b in timed) / len(timed)
+        t = statistics.median(times[name])
+        rates[name] = real / t
+        print(f"{name:25s}: {t * 1e3:7.1f} ms/step  {real / t:8.0f} effective tok/s  "
+              f"({real / computed:5.1%} of computed tokens are real)")
+    base_rate = rates["padded (plain batches)"]
+    print("ratio effective tok/s, packed / padded plain: "
+          f"{rates['packed (plain batches)'] / base_rate:.2f}x; packed / length-grouped: "
+          f"{rates['packed (plain batches)'] / rates['padded (length-grouped)']:.2f}x   (goal >= 2x padded)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Sequence packing: the examples of one training step in fewer, fuller rows, with no attention or
+loss across example boundaries.
+
+A step keeps its examples (the same global batch as without packing), so the loss of a step is the
+same number: only padding is dropped. Within a row every example sees only itself (a block-diagonal
+causal mask, 4-D, which transformers' SDPA and eager attention take as given), its positions start
+at 0, and the first token of each example is never a target (it would be predicted from the end of
+the previous one). Rows are filled first-fit-decreasing up to ``capacity`` tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import torch
+
+Encoded = Dict[str, List[int]]
+
+
+def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> List[List[int]]:
+    """Indices grouped into bins of at most ``capacity`` total length (a longer item gets a bin alone)."""
+    bins: List[List[int]] = []
+    free: List[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        n = lengths[i]
+        slot = next((b for b, space in enumerate(free) if n <= space), None)
+        if slot is None:
+            bins.append([i])
+            free.append(capacity - n)
+        else:
+            bins[slot].append(i)
+            free[slot] -= n
+    return bins
+
+
+def pack_batch(rows: List[Encoded], pad_id: int, capacity: int) -> Dict[str, torch.Tensor]:
+    """``rows`` packed into as few rows as fit ``capacity``: input_ids, labels, position_ids, a 4-D
+    boolean ``attention_mask`` (rows x 1 x L x L; True = may attend) and ``token_mask`` (rows x L,
+    True on real tokens, for throughput counts)."""
+    lengths = [len(r["input_ids"]) for r in rows]
+    bins = first_fit_decreasing(lengths, capacity)
+    width = max(sum(lengths[i] for i in members) for members in bins)
+    shape = (len(bins), width)
+    ids = torch.full(shape, pad_id, dtype=torch.long)
+    labels = torch.full(shape, -100, dtype=torch.long)
+    positions = torch.zeros(shape, dtype=torch.long)
+    segment = torch.full(shape, -1, dtype=torch.long)
+    for r, members in enumerate(bins):
+        at = 0
+        for k, i in enumerate(members):
+            n = lengths[i]
+            ids[r, at:at + n] = torch.tensor(rows[i]["input_ids"])
+            labels[r, at:at + n] = torch.tensor(rows[i]["labels"])
+            labels[r, at] = -100  # not predicted from the previous example's last token
+            positions[r, at:at + n] = torch.arange(n)
+            segment[r, at:at + n] = k
+            at += n
+    real = segment >= 0
+    same = (segment[:, :, None] == segment[:, None, :]) & real[:, :, None]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    # Padding attends to itself only: a query row with nothing to attend to would give NaN.
+    mask = (same & causal) | torch.eye(width, dtype=torch.bool)
+    return {"input_ids": ids, "labels": labels, "position_ids": positions, "attention_mask": mask[:, None],
+            "token_mask": real}
+
+
+def model_inputs(batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The keys of a (padded or packed) batch that the model takes, labels aside."""
+    keys = ("input_ids", "attention_mask", "position_ids")
+    return {k: batch[k] for k in keys if k in batch}
+
+
+def real_tokens(batch: Dict[str, torch.Tensor]) -> int:
+    """Non-pad tokens of a padded (2-D attention mask) or packed (``token_mask``) batch."""
+    mask = batch.get("token_mask")
+    return int((mask if mask is not None else batch["attention_mask"]).sum())

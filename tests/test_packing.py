@@ -1,0 +1,88 @@
+"""Sequence packing: the same examples, logits and loss as padded batches, in fewer rows."""
+
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+
+from ftexp.config.preflight import compose_config
+from ftexp.data.datamodule import FineTuneDataModule, pad_batch
+from ftexp.data.packing import first_fit_decreasing, pack_batch, real_tokens
+from ftexp.training.module import FineTuneModule, completion_loss
+from tests.test_eval import tiny_lm
+
+
+def varied_rows(n: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        k = int(torch.randint(2, 14, (1,), generator=gen))
+        prompt = torch.randint(5, 15, (k,), generator=gen).tolist()
+        label = 20 + prompt[0] % 3
+        out.append({"input_ids": [1, *prompt, label, 2], "labels": [-100] * (k + 1) + [label, 2]})
+    return out
+
+
+def test_first_fit_decreasing_respects_the_capacity_and_keeps_every_item():
+    lengths = [9, 3, 7, 2, 5, 5, 1, 8, 12]
+    bins = first_fit_decreasing(lengths, capacity=10)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= 10 for b in bins if len(b) > 1)
+    assert [8] in bins  # longer than the capacity: a row of its own
+    assert len(bins) == 5  # the other 40 tokens fill 4 rows of exactly 10: the least possible
+
+
+def test_packed_logits_and_loss_equal_the_padded_batch():
+    model = tiny_lm()
+    rows = varied_rows(12)
+    padded, packed = pad_batch(rows, pad_id=0), pack_batch(rows, pad_id=0, capacity=32)
+    assert packed["input_ids"].shape[0] < padded["input_ids"].shape[0]
+    assert packed["input_ids"].numel() < padded["input_ids"].numel()  # less padding
+    assert real_tokens(packed) == real_tokens(padded) == sum(len(r["input_ids"]) for r in rows)
+    with torch.no_grad():
+        assert math.isclose(float(completion_loss(model, packed)), float(completion_loss(model, padded)), rel_tol=1e-5)
+        logits = model(input_ids=packed["input_ids"], attention_mask=packed["attention_mask"],
+                       position_ids=packed["position_ids"]).logits
+        assert torch.isfinite(logits).all()  # padding attends to itself: no NaN
+        # each example's logits in its packed row equal those of the example alone
+        checked = 0
+        for r in range(packed["input_ids"].shape[0]):
+            starts = (packed["position_ids"][r] == 0) & packed["token_mask"][r]
+            bounds = [*starts.nonzero().flatten().tolist(), int(packed["token_mask"][r].sum())]
+            for a, b in zip(bounds, bounds[1:]):
+                alone = model(input_ids=packed["input_ids"][r:r + 1, a:b]).logits[0]
+                assert torch.allclose(logits[r, a:b], alone, atol=1e-5)
+                checked += 1
+        assert checked == len(rows)
+
+
+class StepLosses(pl.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+def _train(pack_length):
+    pl.seed_everything(0, verbose=False)
+    model = tiny_lm()
+    rows = varied_rows(96, seed=1)
+    dm = FineTuneDataModule(rows, rows[:16], pad_id=0, batch_size=16, seed=0, group_by_length=False,
+                            pack_length=pack_length)
+    steps = StepLosses()
+    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[steps])
+    trainer.fit(FineTuneModule(model, compose_config([]).optim, lr=3e-3), datamodule=dm)
+    return steps.losses, float(trainer.callback_metrics["val/loss"])
+
+
+def test_a_packed_stage_takes_the_same_steps_as_a_padded_one():
+    padded, val_padded = _train(None)
+    packed, val_packed = _train(48)
+    assert len(packed) == len(padded) == 18
+    assert all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip(packed, padded)), (packed, padded)
+    assert math.isclose(val_packed, val_padded, rel_tol=1e-4)
+    assert padded[-1] < 0.7 * padded[0]  # and it learned something
