@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ftexp.errors import FtexpError
 from ftexp.run import RunRecord, run
+from ftexp.training import checkpoints
 from ftexp.tracking.loggers import NoLogger, RunIdentity
 from ftexp.tracking.results import RESULTS_FILE, environment, now, write_results
 from ftexp.utils.build import build
@@ -168,6 +169,7 @@ def run_job(cfg: DictConfig) -> Optional[float]:
         tracker.finish(failed=False)
         return None
     results = _record(run_dir, base, record, cfg, tracker, t0)
+    checkpoints.remove(run_dir)  # only an interrupted job needs them
     tracker.log_summary(results["metrics"])
     tracker.finish(failed=False)
     _print_summary(results)

@@ -27,7 +27,8 @@ from ftexp.models.base import count_parameters
 from ftexp.synthesis import add_synthetic
 from ftexp.training.best_weights import BestWeights
 from ftexp.training.module import FineTuneModule
-from ftexp.training.stage_cache import device_count, stage_entry, stage_key
+from ftexp.training import checkpoints
+from ftexp.training.stage_cache import device_count, set_rng_state, stage_entry, stage_key
 from ftexp.training.throughput import Throughput
 from ftexp.training.trainer import build_trainer
 from ftexp.utils.build import build, typed
@@ -153,14 +154,20 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord, rank: i
         tracker.log_metrics({**flat, "stage": float(index)}, step=record.step)
         log.info("row %d (%s): %s", index, stage_name, _short(metrics))
 
-    add_row("base", 0)
+    done = resume_point(cfg, run_dir, model, mitigation, record) if cfg.resume else 0
+    if not done:
+        add_row("base", 0)
     for index, (stage, stage_data) in enumerate(zip(cfg.stages, stage_tasks), start=1):
+        if index <= done:
+            continue
         started = time.perf_counter()
         summary = train_stage(cfg, stage, index, model, tokenizer, stage_data, stage_tasks[:index - 1], mitigation,
                               run_dir, tracker, record, pretrained=model_source.pretrained)
         record.wall_time_s[f"stage/{index}"] = time.perf_counter() - started
         record.stages.append(summary)
         add_row(stage.name, index)
+        if cfg.trainer.checkpoints and rank == 0 and index < len(cfg.stages):
+            checkpoints.save_stage(run_dir, index, model, mitigation, record)
 
     if rank == 0:
         for evaluator in evaluators:  # e.g. the human-review export of the last row's outputs
@@ -174,6 +181,25 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord, rank: i
         record.info["saved_to"] = str(adapter.save(model, tokenizer, run_dir))
     record.wall_time_s["run"] = time.perf_counter() - t0
     return record
+
+
+def resume_point(cfg: DictConfig, run_dir: Path, model, mitigation: Mitigation, record: RunRecord) -> int:
+    """Load the newest stage checkpoint of an interrupted run into the model, the mitigation and the
+    record; the number of stages it covers (0: none, start from row 0)."""
+    found = checkpoints.latest_stage(run_dir, len(cfg.stages))
+    if found is None:
+        return 0
+    path, state = found
+    model.load_state_dict(state["weights"], strict=False)
+    mitigation.load_state_dict(state["mitigation"])
+    saved = state["record"]
+    record.rows[:], record.stages[:] = saved["rows"], saved["stages"]  # in place: the eval context holds them
+    record.step = saved["step"]
+    record.wall_time_s.update(saved["wall_time_s"])
+    set_rng_state(state["rng"])
+    record.info["resumed"] = {"after_stage": state["index"], "checkpoint": str(path)}
+    log.info("resume: stages 1-%d and their rows from %s", state["index"], path)
+    return state["index"]
 
 
 def build_evaluators(evaluator_cfgs: Any) -> List[Evaluator]:
@@ -256,7 +282,8 @@ def train_stage(cfg, stage, index, model, tokenizer, task, earlier, mitigation, 
             log.info("stage %d (%s): reused the weights an earlier job trained with the same inputs (%s)",
                      index, stage.name, entry.path)
         else:
-            summary = fit_stage(cfg, stage, index, lr, model, datamodule, task, mitigation, run_dir, tracker)
+            summary = fit_stage(cfg, stage, index, lr, model, datamodule, task, mitigation, run_dir, tracker,
+                                record)
             if entry is not None:
                 summary = entry.store(model, summary)
     mitigation.after_stage(ctx)
@@ -293,13 +320,21 @@ def mfu_inputs(model: torch.nn.Module, trainer_cfg: Any) -> Tuple[float, Optiona
     return 4.0 * counts["total"] + 2.0 * counts["trainable"], (peak * 1e12 if peak else None)
 
 
-def fit_stage(cfg, stage, index, lr, model, datamodule, task, mitigation, run_dir, tracker) -> Dict[str, Any]:
-    """Train one stage with Lightning; its summary (steps, epochs, throughput, losses)."""
+def fit_stage(cfg, stage, index, lr, model, datamodule, task, mitigation, run_dir, tracker, record) -> Dict[str, Any]:
+    """Train one stage with Lightning (from its last epoch checkpoint when resuming); its summary
+    (steps, epochs, throughput, losses)."""
     module = FineTuneModule(model, cfg.optim, lr=lr, mitigation=mitigation)
     throughput = Throughput(*mfu_inputs(model, cfg.trainer))
-    trainer = build_trainer(cfg.trainer, stage, run_dir, tracker.lightning, callbacks=[throughput],
+    callbacks: List[Any] = [throughput]
+    if cfg.trainer.checkpoints:
+        callbacks.append(checkpoints.epoch_checkpoints(run_dir, index))
+    last = checkpoints.last_epoch_checkpoint(run_dir, index) if cfg.resume else None
+    if last is not None:
+        log.info("resume: stage %d (%s) from %s", index, stage.name, last)
+        record.info.setdefault("resumed", {})[f"stage{index}"] = str(last)
+    trainer = build_trainer(cfg.trainer, stage, run_dir, tracker.lightning, callbacks=callbacks,
                             validate=bool(datamodule.val))
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last else None)
     summary: Dict[str, Any] = {"index": index, "name": stage.name, "data": task.name, "lr": lr,
                                "steps": trainer.global_step, "epochs": trainer.current_epoch,
                                "world_size": trainer.world_size}

@@ -218,6 +218,9 @@ class TrainerConfig:
     # Pack each training step's examples into rows of up to pack_length tokens (None = model.max_length)
     # with a block-diagonal attention mask: the same examples and loss per step, without the padding.
     # Needs SDPA or eager attention (a 4-D mask); validation batches stay padded.
+    # Checkpoint every epoch and after every stage but the last (resume=true continues from them;
+    # a completed job deletes them).
+    checkpoints: bool = True
     packing: bool = False
     pack_length: Optional[int] = None
     deterministic: bool = False
@@ -314,8 +317,9 @@ class Config:
     # mitigation) once per sweep: later jobs load its weights from cache_dir/stages/<content hash>.
     cache_stages: bool = True
     save_model: bool = True  # write the adapter (LoRA) or the weights (full) at the end
-    # Skip the job when its output folder already holds a completed results.json (re-run a sweep
-    # with the same hydra.sweep.dir and resume=true to finish only what failed or never ran).
+    # Skip the job when its output folder already holds a completed results.json, and continue an
+    # interrupted one from its checkpoints (re-run a sweep with the same hydra.sweep.dir and
+    # resume=true to finish only what failed, was killed or never ran).
     resume: bool = False
     objective: Optional[str] = "val/loss"  # metric returned to sweepers (tune on val, never on test)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -51,6 +51,9 @@ class LengthGroupedBatches(Sampler[List[int]]):
     def __iter__(self) -> Iterator[List[int]]:
         return iter(self._all_batches())
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def _all_batches(self) -> List[List[int]]:
         rng = random.Random(self.seed * 100_003 + self.epoch)
         self.epoch += 1
@@ -78,10 +81,30 @@ class RankShare(Sampler[List[int]]):
     def __len__(self) -> int:
         return len(self.batches)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
     def __iter__(self) -> Iterator[List[int]]:
         for batch in self.batches:
             batch = list(batch)
             yield batch[self.rank::self.world_size] or [batch[self.rank % len(batch)]]
+
+
+class AtEpoch(Sampler[List[int]]):
+    """The batches of the epoch ``epoch()`` says (the trainer's): a run resumed at epoch k from a
+    checkpoint draws the same batches as one that never stopped."""
+
+    def __init__(self, batches: Sampler, epoch: Callable[[], int]) -> None:
+        self.batches, self.epoch = batches, epoch
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        # A generator: the epoch is read at the first batch, not when Lightning calls iter(), which
+        # on resume happens before it has moved past the epoch the checkpoint closed.
+        self.batches.set_epoch(self.epoch())
+        yield from self.batches
 
 
 class FineTuneDataModule(pl.LightningDataModule):
@@ -135,6 +158,9 @@ class FineTuneDataModule(pl.LightningDataModule):
                                     self.batch_size, self.seed + 7919)
         if world > 1:
             batches = RankShare(batches, rank, world)
+        if self.trainer is not None:
+            trainer = self.trainer
+            batches = AtEpoch(batches, lambda: trainer.current_epoch)
         collate = self._collate_marked if self.replay else self._collate
         return DataLoader(rows, batch_sampler=batches, collate_fn=collate, num_workers=self.num_workers)
 

@@ -30,6 +30,10 @@ class ReplayBatches(Sampler[List[int]]):
         self.ratio, self.mode, self.batch_size, self.seed = ratio, mode, batch_size, seed
         self.epoch = 0
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.base.set_epoch(epoch)
+
     def _per_step(self) -> float:
         """Replayed rows per step, on average."""
         return self.batch_size * self.ratio if self.mode == "replace" else self.batch_size * self.ratio / (1 - self.ratio)

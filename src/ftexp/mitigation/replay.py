@@ -8,11 +8,13 @@ says whether they replace part of the step (the batch keeps its size) or come on
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any, Dict, List
 
 import torch
 
+from ftexp.data.base import Example
 from ftexp.mitigation.base import Mitigation, StageContext
 
 
@@ -67,6 +69,22 @@ class Replay(Mitigation):
             else:
                 key = f"{ctx.task.name}/{ex.label}"
                 self.by_label.setdefault(key, Reservoir(self.cfg.buffer_size, self.rng)).offer(replayed)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The reservoirs (examples as plain dicts). The generator is reseeded at every stage start."""
+        def dump(r: Reservoir) -> Dict[str, Any]:
+            return {"seen": r.seen, "items": [dataclasses.asdict(ex) for ex in r.items]}
+
+        return {"pool": dump(self.pool), "by_label": {k: dump(r) for k, r in self.by_label.items()}}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        def load(saved: Dict[str, Any]) -> Reservoir:
+            r = Reservoir(self.cfg.buffer_size, self.rng)
+            r.seen, r.items = saved["seen"], [Example(**ex) for ex in saved["items"]]
+            return r
+
+        self.pool = load(state["pool"])
+        self.by_label = {k: load(v) for k, v in state["by_label"].items()}
 
     def training_loss(self, loss: torch.Tensor, batch: Dict[str, torch.Tensor], model, outputs=None):
         mark = batch.get("is_replay")

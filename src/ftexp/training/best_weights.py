@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -27,6 +27,12 @@ class BestWeights(pl.Callback):
             self.best, self.best_step = value, trainer.global_step
             self._state = {n: p.detach().to("cpu", copy=True) for n, p in pl_module.named_parameters()
                            if p.requires_grad}
+
+    def state_dict(self) -> Dict[str, Any]:  # in Lightning's checkpoints, for resume
+        return {"best": self.best, "best_step": self.best_step, "weights": self._state}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.best, self.best_step, self._state = state["best"], state["best_step"], dict(state["weights"])
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._state:

@@ -10,6 +10,7 @@ import torch
 
 from ftexp.data.packing import model_inputs
 from ftexp.mitigation.base import Mitigation, NoMitigation
+from ftexp.training.stage_cache import rng_state, set_rng_state
 
 
 def completion_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -58,6 +59,21 @@ class FineTuneModule(pl.LightningModule):
         self._window_loss: Any = 0.0  # sum of train losses since the last logged step
         self._window_batches = 0
         self._window_end = 0  # global step at which the current window began
+        self.strict_loading = False  # checkpoints hold the trainable weights only (see on_save_checkpoint)
+
+    # --------------------------------------------------------------------------- checkpoints
+
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        """Frozen base weights never change: leave them out (a LoRA checkpoint is the adapter's size).
+        The random state goes in, so a resumed run draws what an uninterrupted one would."""
+        frozen = {f"model.{n}" for n, p in self.model.named_parameters() if not p.requires_grad}
+        for key in frozen & checkpoint["state_dict"].keys():
+            del checkpoint["state_dict"][key]
+        checkpoint["ftexp_rng"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        if "ftexp_rng" in checkpoint:
+            set_rng_state(checkpoint["ftexp_rng"])
 
     def forward(self, **batch):
         return self.model(**batch)

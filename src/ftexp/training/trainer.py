@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import EarlyStopping
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from ftexp.training import launch
 from ftexp.training.best_weights import BestWeights
@@ -37,7 +37,7 @@ def build_trainer(cfg: Any, stage: Any, out_dir: Path, logger: Optional[Any], ca
         deterministic=cfg.deterministic,
         enable_progress_bar=cfg.enable_progress_bar,
         enable_model_summary=False,
-        enable_checkpointing=False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),  # resume's, if given
         logger=logger if logger is not None else False,
         callbacks=callbacks,
         default_root_dir=str(out_dir),

@@ -1,0 +1,76 @@
+"""What ``resume=true`` continues from: Lightning checkpoints inside a stage, a stage checkpoint
+between stages.
+
+- Inside stage k, Lightning writes ``checkpoints/stage<k>/last.ckpt`` at the end of every epoch:
+  trainable weights (frozen base weights are left out: a LoRA checkpoint is the adapter's size),
+  optimiser, scheduler, loop counters, the early-stopping and best-weights callbacks, and the random
+  state. A run killed mid-epoch redoes that epoch from its start; the batches of an epoch depend
+  only on the seed and the epoch number, so it redoes it exactly.
+- After stage k and its evaluation row, ``checkpoints/stage<k>.pt`` holds the trainable weights,
+  the mitigation's state (EWC Fisher and anchors, the LwF teacher, the replay buffer), the rows and
+  stage summaries so far and the random state; the stage's Lightning folder is then removed.
+
+On resume the run loads the newest stage checkpoint, skips the stages it covers, and hands the next
+stage's ``last.ckpt`` (if any) to ``Trainer.fit``. A completed job removes its checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from ftexp.training.stage_cache import rng_state, trained_state
+
+FOLDER = "checkpoints"
+
+
+def stage_folder(run_dir: Path, index: int) -> Path:
+    return Path(run_dir) / FOLDER / f"stage{index}"
+
+
+def epoch_checkpoints(run_dir: Path, index: int) -> ModelCheckpoint:
+    """Lightning's checkpoint callback: ``last.ckpt`` at the end of every training epoch."""
+    # save_top_k=1 with no monitor keeps the newest, under one name; (save_top_k=0 + save_last
+    # writes only when fit ends).
+    return ModelCheckpoint(dirpath=str(stage_folder(run_dir, index)), filename="last", save_top_k=1,
+                           save_last=False, every_n_epochs=1, save_on_train_epoch_end=True,
+                           enable_version_counter=False)
+
+
+def last_epoch_checkpoint(run_dir: Path, index: int) -> Optional[Path]:
+    path = stage_folder(run_dir, index) / "last.ckpt"
+    return path if path.is_file() else None
+
+
+def save_stage(run_dir: Path, index: int, model: torch.nn.Module, mitigation: Any, record: Any) -> Path:
+    """The state after stage ``index`` and its evaluation row, written atomically."""
+    path = Path(run_dir) / FOLDER / f"stage{index}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"index": index, "weights": trained_state(model), "mitigation": mitigation.state_dict(),
+             "record": {"rows": record.rows, "stages": record.stages, "step": record.step,
+                        "wall_time_s": record.wall_time_s},
+             "rng": rng_state()}
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    shutil.rmtree(stage_folder(run_dir, index), ignore_errors=True)  # its epochs are no longer needed
+    return path
+
+
+def latest_stage(run_dir: Path, stages: int) -> Optional[Tuple[Path, Dict[str, Any]]]:
+    """The newest stage checkpoint of a run with ``stages`` stages (the last stage never has one:
+    the job ends right after it)."""
+    for index in range(stages - 1, 0, -1):
+        path = Path(run_dir) / FOLDER / f"stage{index}.pt"
+        if path.is_file():
+            return path, torch.load(path, map_location="cpu", weights_only=True)
+    return None
+
+
+def remove(run_dir: Path) -> None:
+    shutil.rmtree(Path(run_dir) / FOLDER, ignore_errors=True)

@@ -1,0 +1,67 @@
+"""resume=true after a SIGKILL in the middle of training ends with the numbers of a run that was
+never interrupted (bit-equal on CPU), through the stage checkpoint and Lightning's (slow tier)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY
+
+pytestmark = pytest.mark.slow
+
+# Two stages (Banking77, then CUAD) with EWC: the Fisher and anchors made after stage 1 must
+# survive the kill; stage 2 runs three epochs and is killed after its first.
+SMALL = [a for a in TINY if not a.startswith(("logger=", "trainer.max_epochs"))] + [
+    "logger=none", "experiment=forgetting", "mitigation=ewc", "mitigation.fisher_samples=32",
+    "mitigation.fisher_batch_size=8", "data.n_train=154", "data.n_test=40", "tasks.cuad.n_train=152",
+    "tasks.cuad.n_test=40", "tasks.general.n_train=20", "tasks.general.n_test=5", "trainer.max_epochs=3",
+    "save_model=false", "cache_stages=false"]
+
+
+def command(data_dir, cache_dir, run_dir, *extra):
+    return [sys.executable, "-m", "ftexp", *SMALL, f"data_dir={data_dir}", f"cache_dir={cache_dir}",
+            f"hydra.run.dir={run_dir}", *extra]
+
+
+def run(args):
+    done = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_killed_mid_stage_and_resumed_equals_uninterrupted(data_dir, cache_dir, tmp_path):
+    whole = tmp_path / "whole"
+    run(command(data_dir, cache_dir, whole))
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(command(data_dir, cache_dir, killed), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    marker = killed / "checkpoints" / "stage2" / "last.ckpt"  # stage 2's first epoch is done
+    deadline = time.time() + 600
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert marker.exists() and proc.poll() is None, "the run ended before stage 2 had a checkpoint"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (killed / "checkpoints" / "stage1.pt").is_file()
+    status = json.loads((killed / "results.json").read_text())["status"] if (killed / "results.json").exists() else None
+    assert status != "completed"
+
+    again = run(command(data_dir, cache_dir, killed, "resume=true"))
+    a, b = (json.loads((d / "results.json").read_text()) for d in (whole, killed))
+    assert b["status"] == "completed" and b["resumed"]["after_stage"] == 1
+    assert b["resumed"]["stage2"].endswith("stage2/last.ckpt")
+    assert b["rows"] == a["rows"]  # every evaluation of every row, bit for bit
+    assert b["continual"]["R"] == a["continual"]["R"]
+    assert [s["val/loss"] for s in b["stages"]] == [s["val/loss"] for s in a["stages"]]
+    assert [s["steps"] for s in b["stages"]] == [s["steps"] for s in a["stages"]]
+    assert not (killed / "checkpoints").exists() and not (whole / "checkpoints").exists()  # removed when done
+    assert "resume" in again.stderr + again.stdout
