@@ -12,3 +12,5 @@ python3 -m pytest -p no:cacheprovider -m gpu tests/test_gpu.py -q -o addopts="" 
 /usr/bin/time -f "demo wall %e s, max RSS %M KB" python3 -m ftexp trainer=gpu logger=csv trainer.enable_progress_bar=false \
   hydra.run.dir="$OUT/demo_gpu" 2>&1 | grep -E "row|ftexp:|wall|Error|error" | tail -8
 cp "$OUT/demo_gpu/results.json" "$OUT/demo_gpu_results.json" 2>/dev/null; rm -rf "$OUT/demo_gpu"
+# Issue 7's (b) and (c): 7B LoRA and 1B full fine-tuning, ftexp against a plain loop, same run.
+python3 bench/gpu_throughput.py 2>&1 | tail -7 | tee "$OUT/gpu_throughput.txt"

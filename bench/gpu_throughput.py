@@ -1,0 +1,161 @@
+"""GPU training throughput: ftexp (FineTuneModule under Lightning) against a plain PyTorch loop.
+
+    python bench/gpu_throughput.py [--case lora7b full1b] [--steps 30] [--warmup 10] [--peak-tflops 788]
+    python bench/gpu_throughput.py --tiny       # CPU-sized shapes: checks the script itself, no GPU
+
+(b) lora7b: Mistral-7B architecture, random bf16 weights, LoRA r16 on every linear layer (adapters
+    in fp32, bf16 autocast: Lightning's ``bf16-mixed``), batch 4 x 2048 tokens.
+(c) full1b: Llama-3.2-1B architecture, full fine-tune in bf16 (Lightning's ``bf16-true``), batch
+    8 x 2048 tokens.
+Both sides get the same weights, random-token batches, AdamW and gradient clipping, in the same
+process; time per step is the median over steps after the warm-up (CUDA-synchronised). Printed per
+case: card, tokens/s, MFU (4N + 2N_trainable FLOPs per token against the card's peak: --peak-tflops,
+else the bf16 data-sheet figure by name), peak memory, and the ratio ftexp / plain (goal <= 1.05).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from typing import Dict, List
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+from ftexp.training.module import FineTuneModule
+from ftexp.utils.devices import PEAK_BF16_TFLOPS, lookup
+
+CASES = {
+    "lora7b": dict(arch=(MistralConfig, MistralForCausalLM), batch=4, seq=2048, lora=16, precision="bf16-mixed",
+                   shape=dict(vocab_size=32768, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                              num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096,
+                              sliding_window=None)),
+    "full1b": dict(arch=(LlamaConfig, LlamaForCausalLM), batch=8, seq=2048, lora=0, precision="bf16-true",
+                   shape=dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                              num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096,
+                              tie_word_embeddings=True)),
+}
+TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256)
+OPTIM = OmegaConf.create({"weight_decay": 0.0, "betas": [0.9, 0.95], "warmup_ratio": 0.0, "min_lr_ratio": 1.0})
+
+
+def build(case: Dict, tiny: bool, device: torch.device) -> torch.nn.Module:
+    config_cls, model_cls = case["arch"]
+    shape = {**case["shape"], **(TINY if tiny else {})}
+    torch.manual_seed(0)
+    config = config_cls(**shape, attn_implementation="sdpa")
+    with torch.device(device):
+        model = model_cls(config).to(torch.bfloat16)
+    if case["lora"]:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=case["lora"], lora_alpha=2 * case["lora"], lora_dropout=0.0,
+                                                 target_modules="all-linear"))  # adapters in fp32 (peft's default)
+    return model
+
+
+def batches(vocab: int, n: int, batch: int, seq: int, device: torch.device) -> List[Dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(4, vocab, (batch, seq), generator=gen)
+        out.append({"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+                    "labels": ids.to(device)})
+    return out
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def plain_loop(model, data, precision: str, device, warmup: int) -> List[float]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.95), weight_decay=0.0)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    times = []
+    for i, batch in enumerate(data):
+        sync(device)
+        t = time.perf_counter()
+        with autocast:
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return times
+
+
+class StepTimes(pl.Callback):
+    def __init__(self, warmup: int, device: torch.device) -> None:
+        self.warmup, self.device, self.times, self._t = warmup, device, [], 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        sync(self.device)
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        sync(self.device)
+        if batch_idx >= self.warmup:
+            self.times.append(time.perf_counter() - self._t)
+
+
+def ftexp_loop(model, data, precision: str, device, warmup: int) -> List[float]:
+    clock = StepTimes(warmup, device)
+    trainer = pl.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=1,
+                         precision=precision if device.type == "cuda" else "32-true", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         gradient_clip_val=1.0, callbacks=[clock], limit_val_batches=0)
+    trainer.fit(FineTuneModule(model, OPTIM, lr=1e-5), train_dataloaders=DataLoader(data, batch_size=None))
+    return clock.times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--case", nargs="+", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--tiny", action="store_true", help="CPU-sized shapes, to check the script without a GPU")
+    args = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    card = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    peak = args.peak_tflops or lookup(card, PEAK_BF16_TFLOPS)
+    rows = []
+    for name in args.case:
+        case = CASES[name]
+        b, s = (2, 64) if args.tiny else (case["batch"], case["seq"])
+        base = build(case, args.tiny, device)
+        counts = (sum(p.numel() for p in base.parameters()),
+                  sum(p.numel() for p in base.parameters() if p.requires_grad))
+        data = batches(base.config.vocab_size, args.steps, b, s, device)
+        for side, loop in (("plain", plain_loop), ("ftexp", ftexp_loop)):
+            model = copy.deepcopy(base)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            times = loop(model, data, case["precision"], device, args.warmup)
+            tok_s = b * s / statistics.median(times)
+            mfu = tok_s * (4 * counts[0] + 2 * counts[1]) / (peak * 1e12) if peak else float("nan")
+            memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+            rows.append((name, side, tok_s, mfu, memory))
+            del model
+        del base
+    print(f"card: {card}   peak {peak or 'unknown'} TFLOP/s   steps {args.steps} ({args.warmup} warm-up)")
+    print(f"{'case':8s} {'side':6s} {'tok/s':>10s} {'MFU':>6s} {'peak GB':>8s} {'ftexp/plain time':>17s}")
+    for i, (name, side, tok_s, mfu, memory) in enumerate(rows):
+        ratio = f"{rows[i - 1][2] / tok_s:.3f}" if side == "ftexp" else ""
+        print(f"{name:8s} {side:6s} {tok_s:10.0f} {mfu:6.3f} {memory:8.1f} {ratio:>17s}")
+
+
+if __name__ == "__main__":
+    main()
