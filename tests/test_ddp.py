@@ -70,3 +70,25 @@ def test_ddp_single_run_and_two_job_sweep_give_one_folder_and_result_per_job(dat
     for key in ("train/loss", "val/loss"):
         assert math.isclose(dist["stages"][0][key], ref["stages"][0][key], rel_tol=1e-5), key
     assert dist["rows"][-1]["metrics"]["banking77"]["test/accuracy"] == ref["metrics"]["test/accuracy"]
+
+
+def test_ddp_two_stage_ewc_run_matches_the_single_process_one(data_dir, cache_dir, tmp_path):
+    """The EWC Fisher from each rank's share of the samples, reduced over ranks, and the penalty it
+    drives in stage 2: the same numbers as one process, up to float summation order."""
+    common = [a for a in BASE if a != "logger=wandb"] + [
+        "logger=none", "experiment=forgetting", "mitigation=ewc", "mitigation.fisher_samples=32",
+        "mitigation.fisher_batch_size=8", "data.n_train=154", "data.n_test=40", "tasks.cuad.n_train=152",
+        "tasks.cuad.n_test=40", "tasks.general.n_train=20", "tasks.general.n_test=5",
+        f"data_dir={data_dir}", f"cache_dir={cache_dir}"]
+    for name, trainer in (("one", "trainer=cpu"), ("two", "trainer=ddp_cpu")):
+        done = ftexp(tmp_path / name, *common, trainer, f"hydra.run.dir={tmp_path / name / 'run'}")
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (results(tmp_path / n / "run") for n in ("one", "two"))
+    assert [s["world_size"] for s in two["stages"]] == [2, 2]
+    for a, b in zip(one["stages"], two["stages"]):
+        assert a["steps"] == b["steps"]
+        for key in ("train/loss", "val/loss"):
+            assert math.isclose(a[key], b[key], rel_tol=1e-4), (key, a[key], b[key])
+    general = [row["metrics"]["general"]["test/loss"] for row in one["rows"]]
+    assert all(math.isclose(x, y, rel_tol=1e-4)
+               for x, y in zip(general, [row["metrics"]["general"]["test/loss"] for row in two["rows"]]))
