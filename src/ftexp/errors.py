@@ -3,3 +3,11 @@
 
 class FtexpError(Exception):
     """A problem with the user's config, data, model location or environment."""
+
+
+class OutputExistsError(FtexpError):
+    """The output folder already holds a completed run; nothing was written."""
+
+
+class TrainingDiverged(FtexpError):
+    """The training loss became NaN or infinite."""

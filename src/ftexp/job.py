@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ftexp.errors import FtexpError
+from ftexp.errors import FtexpError, OutputExistsError
 from ftexp.run import RunRecord, run
 from ftexp.training import checkpoints
 from ftexp.tracking.loggers import NoLogger, RunIdentity
@@ -138,6 +138,14 @@ def run_job(cfg: DictConfig) -> Optional[float]:
         if rank == 0:
             print(f"ftexp: resume: {run_dir / RESULTS_FILE} is completed; skipping this job")
         return done["metrics"].get(cfg.objective) if cfg.objective else None
+    if not cfg.overwrite and completed_results(run_dir) is not None:
+        # Checked before anything is written: the finished run's files stay as they are.
+        message = (f"{run_dir / RESULTS_FILE} holds a completed run; refusing to overwrite it. Use resume=true "
+                   f"to keep it (and skip this job), overwrite=true to run again into the same folder, or "
+                   f"another hydra.run.dir / hydra.sweep.dir")
+        if rank == 0:
+            print(f"ftexp: error: {message}", file=sys.stderr)
+        raise OutputExistsError(message) if multirun_mode() else SystemExit(1)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -146,7 +154,7 @@ def run_job(cfg: DictConfig) -> Optional[float]:
     base: Dict[str, Any] = {"status": "running", "run_dir": str(run_dir), "seed": cfg.seed, "started_at": now(),
                             **hydra_info(), "config": resolved, "environment": environment()}
     tracker = build(cfg.logger) if rank == 0 else NoLogger(None)
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    multirun = multirun_mode()
     with distributed_scope():
         try:
             identity = run_identity(run_dir, list(cfg.tags))
@@ -174,6 +182,10 @@ def run_job(cfg: DictConfig) -> Optional[float]:
     tracker.finish(failed=False)
     _print_summary(results)
     return results["metrics"].get(cfg.objective) if cfg.objective else None
+
+
+def multirun_mode() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def completed_results(run_dir: Path) -> Optional[Dict[str, Any]]:

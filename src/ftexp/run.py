@@ -26,6 +26,7 @@ from ftexp.mitigation.base import Mitigation, StageContext
 from ftexp.models.base import count_parameters
 from ftexp.synthesis import add_synthetic
 from ftexp.training.best_weights import BestWeights
+from ftexp.training.divergence import FiniteLoss
 from ftexp.training.module import FineTuneModule
 from ftexp.training import checkpoints
 from ftexp.training.stage_cache import device_count, set_rng_state, stage_entry, stage_key
@@ -325,7 +326,7 @@ def fit_stage(cfg, stage, index, lr, model, datamodule, task, mitigation, run_di
     (steps, epochs, throughput, losses)."""
     module = FineTuneModule(model, cfg.optim, lr=lr, mitigation=mitigation)
     throughput = Throughput(*mfu_inputs(model, cfg.trainer))
-    callbacks: List[Any] = [throughput]
+    callbacks: List[Any] = [throughput, FiniteLoss(stage.name, lr)]
     if cfg.trainer.checkpoints:
         callbacks.append(checkpoints.epoch_checkpoints(run_dir, index))
     last = checkpoints.last_epoch_checkpoint(run_dir, index) if cfg.resume else None

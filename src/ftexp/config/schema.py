@@ -321,6 +321,8 @@ class Config:
     # interrupted one from its checkpoints (re-run a sweep with the same hydra.sweep.dir and
     # resume=true to finish only what failed, was killed or never ran).
     resume: bool = False
+    # Run into an output folder that holds a completed results.json (refused otherwise).
+    overwrite: bool = False
     objective: Optional[str] = "val/loss"  # metric returned to sweepers (tune on val, never on test)
 
 

@@ -1,0 +1,47 @@
+"""Failures are loud and recorded; a finished run is never overwritten."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ftexp.config.preflight import compose_config
+
+
+def _job(overrides):
+    from ftexp.job import run_job
+
+    cfg = compose_config(overrides)
+    return cfg, run_job(cfg)
+
+
+def test_a_diverging_loss_stops_the_stage_with_step_and_last_finite_loss(tiny_overrides, capsys):
+    overrides = [*tiny_overrides, "optim.lr=1e6", "trainer.gradient_clip_val=0", "trainer.log_every_n_steps=1"]
+    with pytest.raises(SystemExit) as exit_info:
+        _job(overrides)
+    assert exit_info.value.code == 1
+    out = Path(compose_config(overrides).output_dir)
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "failed" and res["error"]["type"] == "TrainingDiverged"
+    message = res["error"]["message"]
+    assert "stage 'finetune'" in message and "NaN or infinite at step" in message and "1e+06" in message
+    assert "the last finite loss was" in message or "no step had a finite loss" in message
+    assert "ftexp: error: stage 'finetune'" in capsys.readouterr().err
+    assert not list(out.glob("checkpoints/**/*.ckpt"))  # no checkpoint of diverged weights
+
+
+def test_a_completed_run_is_not_overwritten_unless_asked(tiny_overrides, capsys):
+    cfg, _ = _job(tiny_overrides)
+    results = Path(cfg.output_dir) / "results.json"
+    before = results.read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        _job(tiny_overrides)
+    assert exit_info.value.code == 1
+    assert "holds a completed run; refusing to overwrite it" in capsys.readouterr().err
+    assert results.read_bytes() == before  # untouched
+    _job([*tiny_overrides, "resume=true"])  # skipped, still untouched
+    assert results.read_bytes() == before
+    _job([*tiny_overrides, "overwrite=true"])
+    assert json.loads(results.read_text())["finished_at"] != json.loads(before)["finished_at"]
