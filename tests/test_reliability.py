@@ -45,3 +45,31 @@ def test_a_completed_run_is_not_overwritten_unless_asked(tiny_overrides, capsys)
     assert results.read_bytes() == before
     _job([*tiny_overrides, "overwrite=true"])
     assert json.loads(results.read_text())["finished_at"] != json.loads(before)["finished_at"]
+
+
+TIMING = ("per_s", "mfu", "_ms", "time", "cost", "memory")  # measured durations, not results
+
+
+@pytest.mark.slow
+def test_two_fresh_processes_give_byte_identical_metrics(data_dir, cache_dir, tmp_path):
+    """Same config and seed on CPU: the evaluation rows and every metric that is not a measured
+    duration are byte-identical across two fresh processes; the seeds used are recorded."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import TINY
+
+    sections = []
+    for name in ("a", "b"):
+        done = subprocess.run([sys.executable, "-m", "ftexp", *TINY, f"data_dir={data_dir}", f"cache_dir={cache_dir}",
+                               "save_model=false", "data.synthetic.share=0.3", "data.synthetic.method=augment",
+                               f"hydra.run.dir={tmp_path / name}"], capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "PYTHONHASHSEED": "random"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        res = json.loads((tmp_path / name / "results.json").read_text())
+        metrics = {k: v for k, v in res["metrics"].items() if not any(t in k for t in TIMING)}
+        sections.append((json.dumps(res["rows"], sort_keys=True), json.dumps(metrics, sort_keys=True),
+                         json.dumps(res["stages"][0]["train/loss"]), res["seeds"]))
+    assert sections[0] == sections[1]
+    assert sections[0][3]["seed"] == 0 and sections[0][3]["batch_order"] == {"finetune": 1}

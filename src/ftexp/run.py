@@ -139,6 +139,7 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord, rank: i
     eval_ctx = EvalContext(tokenizer=tokenizer, max_length=cfg.model.max_length, seed=cfg.seed,
                            pretrained=model_source.pretrained, device_name=record.info["device"],
                            stages=record.stages)
+    record.info["seeds"] = seeds_used(cfg)
     if len(tasks) > 1:
         record.info["tasks"] = {name: task_info(t) for name, t in tasks.items() if t is not task}
     record.wall_time_s["setup"] = time.perf_counter() - t0
@@ -201,6 +202,19 @@ def resume_point(cfg: DictConfig, run_dir: Path, model, mitigation: Mitigation, 
     record.info["resumed"] = {"after_stage": state["index"], "checkpoint": str(path)}
     log.info("resume: stages 1-%d and their rows from %s", state["index"], path)
     return state["index"]
+
+
+def seeds_used(cfg: DictConfig) -> Dict[str, Any]:
+    """Every seed the run draws from, as results.json records them (all derive from ``seed``)."""
+    init = cfg.model.get("init_seed")
+    return {
+        "seed": cfg.seed,
+        "python_numpy_torch": cfg.seed,  # pl.seed_everything(seed) at the start of the run
+        "dataloader_workers": "seed_everything(workers=True): each worker's from seed, rank and worker id",
+        "data_subsampling": cfg.seed,  # n_train / n_test subsets, splits, synthetic samples (derived per use)
+        "batch_order": {stage.name: cfg.seed + k for k, stage in enumerate(cfg.stages, start=1)},
+        "model_init": init if init is not None else cfg.seed,  # random-weight models only
+    }
 
 
 def build_evaluators(evaluator_cfgs: Any) -> List[Evaluator]:
