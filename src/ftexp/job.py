@@ -28,6 +28,8 @@ from ftexp.training import checkpoints
 from ftexp.tracking.loggers import NoLogger, RunIdentity
 from ftexp.tracking.results import RESULTS_FILE, environment, now, write_results
 from ftexp.utils.build import build
+from ftexp.utils.secrets import (install_log_filter, redact, referenced_secrets, remove_log_filter, scrub_files,
+                                 secret_values)
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,16 @@ def distributed_scope() -> Iterator[None]:
                     os.environ[name] = value
 
 
+@contextmanager
+def log_filter_scope(log_filter) -> Iterator[None]:
+    """The job's secret filter comes off the log handlers when the job ends (the next job of a
+    sweep installs its own)."""
+    try:
+        yield
+    finally:
+        remove_log_filter(log_filter)
+
+
 def run_job(cfg: DictConfig) -> Optional[float]:
     quiet_libraries()
     run_dir = Path(cfg.output_dir)
@@ -149,13 +161,20 @@ def run_job(cfg: DictConfig) -> Optional[float]:
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    # Credentials (secret-named environment variables, config values read from them) never reach
+    # results.json, the saved Hydra config, the logs or W&B.
+    secrets = secret_values(extra=referenced_secrets(OmegaConf.to_container(cfg, resolve=False)))
+    log_filter = install_log_filter(secrets)
+    if rank == 0:
+        scrub_files(run_dir / ".hydra", secrets)
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True), secrets)
     record = RunRecord()
     base: Dict[str, Any] = {"status": "running", "run_dir": str(run_dir), "seed": cfg.seed, "started_at": now(),
-                            **hydra_info(), "config": resolved, "environment": environment()}
+                            **redact(hydra_info(), secrets), "config": resolved, "environment": environment(),
+                            "_secrets": secrets}
     tracker = build(cfg.logger) if rank == 0 else NoLogger(None)
     multirun = multirun_mode()
-    with distributed_scope():
+    with distributed_scope(), log_filter_scope(log_filter):
         try:
             identity = run_identity(run_dir, list(cfg.tags))
             base["tracker_group"] = cfg.logger.get("group") or identity.group
@@ -164,9 +183,9 @@ def run_job(cfg: DictConfig) -> Optional[float]:
         except BaseException as exc:
             if rank == 0:
                 _record(run_dir, base, record, cfg, tracker, t0, error=exc)
-            tracker.finish(failed=True, error=f"{type(exc).__name__}: {exc}")
+            tracker.finish(failed=True, error=redact(f"{type(exc).__name__}: {exc}", secrets))
             if isinstance(exc, FtexpError):
-                print(f"ftexp: error: {exc}\nftexp: results: {run_dir / RESULTS_FILE} (status: failed)",
+                print(f"ftexp: error: {redact(str(exc), secrets)}\nftexp: results: {run_dir / RESULTS_FILE} (status: failed)",
                       file=sys.stderr)
                 if not multirun:
                     raise SystemExit(1) from None
@@ -211,11 +230,13 @@ def _record(run_dir, base, record: RunRecord, cfg, tracker, t0, error: Optional[
     if record.continual:
         results["continual"] = record.continual
     group = results.pop("tracker_group", None)
+    secrets = results.pop("_secrets", [])
     if tracker.location:  # the group lets `ftexp.review import` log its table next to the run
         results["logger"] = {"type": type(tracker).__name__, "dir": tracker.location, "group": group}
     if error is not None:
         results["error"] = {"type": type(error).__name__, "message": str(error),
                             "traceback": traceback.format_exception(type(error), error, error.__traceback__)[-8:]}
+    results = redact(results, secrets)  # error messages and tracebacks too
     write_results(run_dir, results)
     return results
 

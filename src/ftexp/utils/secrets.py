@@ -1,0 +1,110 @@
+"""Keep credentials out of what a run writes: results.json, the saved Hydra config, logs, W&B.
+
+A secret is the value of an environment variable whose name looks like one (``*_KEY``, ``*_TOKEN``,
+``*_SECRET``, ``*PASSWORD*``; ``WANDB_API_KEY`` and ``HF_TOKEN`` among them), and any config value
+resolved from such a variable (``${oc.env:MY_TOKEN}``). Wherever one appears in a string it is
+replaced by ``<redacted>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, List, Mapping, Optional
+
+REDACTED = "<redacted>"
+SECRET_NAME = re.compile(r"(_KEY|_TOKEN|_SECRET|PASSWORD)", re.IGNORECASE)
+ENV_REF = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")
+MIN_LENGTH = 4  # shorter values ("1", "true") would redact half the file and protect nothing
+
+
+def secret_names(environ: Optional[Mapping[str, str]] = None) -> List[str]:
+    environ = os.environ if environ is None else environ
+    return [name for name in environ if SECRET_NAME.search(name)]
+
+
+def secret_values(environ: Optional[Mapping[str, str]] = None, extra: Iterable[str] = ()) -> List[str]:
+    """The secrets in ``environ`` (longest first, so a secret containing another is replaced whole)."""
+    environ = os.environ if environ is None else environ
+    values = {environ[n] for n in secret_names(environ)} | set(extra)
+    return sorted((v for v in values if v and len(v) >= MIN_LENGTH), key=len, reverse=True)
+
+
+def referenced_secrets(unresolved: Any, environ: Optional[Mapping[str, str]] = None) -> List[str]:
+    """Values of secret-named variables that the config reads with ``${oc.env:NAME}``."""
+    environ = os.environ if environ is None else environ
+    names = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, Mapping):
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, (list, tuple)):
+            for v in node:
+                walk(v)
+        elif isinstance(node, str):
+            names.update(n for n in ENV_REF.findall(node) if SECRET_NAME.search(n))
+
+    walk(unresolved)
+    return [environ[n] for n in names if environ.get(n)]
+
+
+def redact(obj: Any, secrets: Iterable[str]) -> Any:
+    """A copy of ``obj`` (dicts, lists, strings ...) with every secret replaced."""
+    secrets = list(secrets)
+    if not secrets:
+        return obj
+    if isinstance(obj, str):
+        for s in secrets:
+            obj = obj.replace(s, REDACTED)
+        return obj
+    if isinstance(obj, Mapping):
+        return {k: redact(v, secrets) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(redact(v, secrets) for v in obj)
+    return obj
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites log records so that no handler prints a secret."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.secrets = list(secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message, self.secrets)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def install_log_filter(secrets: Iterable[str]) -> Optional[RedactingFilter]:
+    """Add the filter to every handler of the root logger (Hydra's console and file handlers)."""
+    secrets = list(secrets)
+    if not secrets:
+        return None
+    flt = RedactingFilter(secrets)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(flt)
+    return flt
+
+
+def remove_log_filter(flt: Optional[RedactingFilter]) -> None:
+    for handler in logging.getLogger().handlers:
+        handler.removeFilter(flt)
+
+
+def scrub_files(folder: Path, secrets: Iterable[str]) -> None:
+    """Rewrite the text files of ``folder`` (the saved Hydra config) that contain a secret."""
+    secrets = list(secrets)
+    if not secrets or not Path(folder).is_dir():
+        return
+    for path in Path(folder).glob("*.yaml"):
+        text = path.read_text(encoding="utf-8")
+        cleaned = redact(text, secrets)
+        if cleaned != text:
+            path.write_text(cleaned, encoding="utf-8")
