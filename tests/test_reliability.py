@@ -116,3 +116,20 @@ def test_log_records_and_saved_config_files_are_scrubbed(tmp_path):
     (tmp_path / "overrides.yaml").write_text("- logger.api_key=pw-123456\n")
     scrub_files(tmp_path, secrets)
     assert (tmp_path / "overrides.yaml").read_text() == "- logger.api_key=<redacted>\n"
+
+
+def test_a_target_outside_the_allow_list_is_refused_at_composition():
+    from ftexp.config.preflight import ConfigError, check_overrides
+    from ftexp.utils.build import BuildError, import_target
+
+    with pytest.raises(ConfigError) as refused:
+        check_overrides(["model._target_=os.system"])
+    message = str(refused.value)
+    assert "model._target_='os.system'" in message and "is not allowed" in message and "allowed_targets" in message
+    with pytest.raises(BuildError, match="not allowed"):
+        import_target("os.system")
+    with pytest.raises(BuildError, match="not a class"):
+        import_target("torch.optim.lr_scheduler.warnings")  # inside an allowed prefix, but no class
+    assert import_target("torch.optim.AdamW").__name__ == "AdamW"
+    assert import_target("collections.OrderedDict", extra=["collections.OrderedDict"]).__name__ == "OrderedDict"
+    check_overrides(["allowed_targets=[collections.]"])  # a user's own addition composes

@@ -32,7 +32,7 @@ from ftexp.training import checkpoints
 from ftexp.training.stage_cache import device_count, set_rng_state, stage_entry, stage_key
 from ftexp.training.throughput import Throughput
 from ftexp.training.trainer import build_trainer
-from ftexp.utils.build import build, typed
+from ftexp.utils.build import allow_targets, build, typed
 from ftexp.utils.devices import PEAK_BF16_TFLOPS, lookup
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,7 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord, rank: i
     t0 = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
+    allow_targets(cfg.allowed_targets)
     model_source = build(cfg.model)
     tasks = build_tasks(cfg)
     task = tasks[cfg.data.name]  # the primary task: its metrics are the run's headline metrics

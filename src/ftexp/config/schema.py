@@ -323,6 +323,9 @@ class Config:
     resume: bool = False
     # Run into an output folder that holds a completed results.json (refused otherwise).
     overwrite: bool = False
+    # _target_ names a config may build besides ftexp's classes, optimisers, schedulers and
+    # Lightning callbacks, loggers and strategies: full names, or prefixes ending in "."
+    allowed_targets: List[str] = field(default_factory=list)
     objective: Optional[str] = "val/loss"  # metric returned to sweepers (tune on val, never on test)
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Tuple
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 def problems(cfg: DictConfig) -> List[str]:
@@ -53,4 +53,27 @@ def problems(cfg: DictConfig) -> List[str]:
     for i, stage in enumerate(cfg.stages):
         if stage.lr is not None:
             need(stage.lr > 0, f"stages[{i}].lr", stage.lr, "must be > 0")
+    from ftexp.utils.build import refusal, target_allowed
+
+    extra = list(cfg.get("allowed_targets") or [])
+    for key, target in targets(cfg):
+        if not target_allowed(str(target), extra):
+            out.append(f"{key}={target!r}: {refusal(str(target))}")
     return out
+
+
+def targets(node: Any, prefix: str = "") -> List[Tuple[str, Any]]:
+    """Every ``_target_`` of a config (as written: interpolations are not resolved), with its key."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        node = OmegaConf.to_container(node, resolve=False)
+    found: List[Tuple[str, Any]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "_target_":
+                found.append((f"{prefix}{key}", value))
+            else:
+                found += targets(value, f"{prefix}{key}.")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += targets(value, f"{prefix}{i}.")
+    return found

@@ -9,30 +9,54 @@ callable.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Tuple
+from typing import Any, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
 from ftexp.errors import FtexpError
 
-ALLOWED_PREFIXES: Tuple[str, ...] = ("ftexp.",)
+# What a config may name in ``_target_``: ftexp's own classes, optimisers and schedulers, and
+# Lightning's callbacks, loggers and strategies. A config adds more, by full name or prefix ending in
+# ".", in ``allowed_targets``; anything else (``os.system``) is refused, at composition and here.
+ALLOWED_PREFIXES: Tuple[str, ...] = (
+    "ftexp.", "torch.optim.", "pytorch_lightning.callbacks.", "pytorch_lightning.loggers.",
+    "pytorch_lightning.strategies.", "lightning.pytorch.callbacks.", "lightning.pytorch.loggers.",
+    "lightning.pytorch.strategies.",
+)
+_extra: Tuple[str, ...] = ()
+
+
+def allow_targets(names: Sequence[str]) -> None:
+    """The run's ``allowed_targets`` (full names, or prefixes ending in '.'), added to the defaults."""
+    global _extra
+    _extra = tuple(str(n) for n in names or ())
+
+
+def target_allowed(target: str, extra: Sequence[str] = ()) -> bool:
+    allowed = (*ALLOWED_PREFIXES, *_extra, *extra)
+    return any(target == a or (a.endswith(".") and target.startswith(a)) for a in allowed)
 
 
 class BuildError(FtexpError):
     """A ``_target_`` that cannot be built; the message names it."""
 
 
-def import_target(target: str) -> type:
-    if not any(target.startswith(p) for p in ALLOWED_PREFIXES):
-        raise BuildError(
-            f"_target_ '{target}' is not allowed: ftexp builds only classes under "
-            f"{', '.join(ALLOWED_PREFIXES)}"
-        )
+def refusal(target: str) -> str:
+    return (f"_target_ '{target}' is not allowed: configs may build classes under "
+            f"{', '.join(ALLOWED_PREFIXES)} or what allowed_targets adds")
+
+
+def import_target(target: str, extra: Sequence[str] = ()) -> type:
+    if not target_allowed(target, extra):
+        raise BuildError(refusal(target))
     module_name, _, attr = target.rpartition(".")
     try:
-        return getattr(importlib.import_module(module_name), attr)
+        obj = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise BuildError(f"_target_ '{target}' cannot be imported: {exc}") from exc
+    if not isinstance(obj, type):  # classes only: a module function is not a component
+        raise BuildError(f"_target_ '{target}' is not a class")
+    return obj
 
 
 def typed(cfg: Any) -> Any:
