@@ -18,17 +18,19 @@ class FiniteLoss(pl.Callback):
         self.stage, self.lr = stage, lr
         self.first_bad: Optional[torch.Tensor] = None  # the stage's step of the first non-finite loss, or -1
         self.last_good: Optional[torch.Tensor] = None  # (step, loss) of the latest finite loss
+        self.step: Optional[torch.Tensor] = None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         loss = outputs["loss"].detach() if isinstance(outputs, dict) else outputs.detach()
-        step = torch.tensor(float(trainer.global_step), device=loss.device)  # 1-based: this batch's step
-        if self.first_bad is None:
+        if self.first_bad is None:  # device tensors: no host-to-device copy (an implicit sync) per step
             self.first_bad = torch.tensor(-1.0, device=loss.device)
             self.last_good = torch.tensor([-1.0, float("nan")], device=loss.device)
+            self.step = torch.tensor(float(trainer.global_step) - 1.0, device=loss.device)
+        self.step += 1.0  # 1-based: this batch's step of the stage
         finite = torch.isfinite(loss)
-        self.first_bad = torch.where(~finite & (self.first_bad < 0), step, self.first_bad)
-        self.last_good = torch.where(finite, torch.stack([step, loss.float()]), self.last_good)
+        self.first_bad = torch.where(~finite & (self.first_bad < 0), self.step, self.first_bad)
+        self.last_good = torch.where(finite, torch.stack([self.step, loss.float()]), self.last_good)
         if (trainer.global_step + 1) % max(1, trainer.log_every_n_steps) == 0:
             self.check()
 
