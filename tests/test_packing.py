@@ -86,3 +86,22 @@ def test_a_packed_stage_takes_the_same_steps_as_a_padded_one():
     assert all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip(packed, padded)), (packed, padded)
     assert math.isclose(val_packed, val_padded, rel_tol=1e-4)
     assert padded[-1] < 0.7 * padded[0]  # and it learned something
+
+
+def test_trainer_packing_runs_a_job_with_the_same_losses(tiny_overrides, tmp_path):
+    """trainer.packing=true through the whole run: same steps and losses as the padded run."""
+    import json
+
+    from ftexp.job import run_job
+
+    out = {}
+    for name, extra in (("padded", []), ("packed", ["trainer.packing=true", "trainer.pack_length=192"])):
+        cfg = compose_config([*tiny_overrides, *extra, "trainer.group_by_length=false", "save_model=false",
+                              f"output_dir={tmp_path / name}"])
+        run_job(cfg)
+        out[name] = json.loads((tmp_path / name / "results.json").read_text())["stages"][0]
+    assert out["packed"]["steps"] == out["padded"]["steps"]
+    assert out["packed"]["effective_tokens"] == out["padded"]["effective_tokens"]  # the same examples
+    assert out["packed"]["tokens"] < 0.8 * out["padded"]["tokens"]  # far fewer computed (padded) tokens
+    for key in ("train/loss", "val/loss"):
+        assert math.isclose(out["packed"][key], out["padded"][key], rel_tol=1e-4), key
