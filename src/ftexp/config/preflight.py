@@ -100,6 +100,7 @@ def check_overrides(overrides: Sequence[str], config_name: str = "config", multi
                 cfg = compose(config_name=config_name, overrides=line)
             except Exception as exc:  # noqa: BLE001 - every composition error is reported the same way
                 raise ConfigError(explain(exc, line, config_name)) from None
+            check_keys(cfg, line, config_name)
             check_values(cfg, line)
 
 
@@ -113,6 +114,16 @@ def _file_sweeps(overrides: Sequence[str], config_name: str) -> List[str]:
         return []
     given = {ov.get_key_element() for ov in OverridesParser.create().parse_overrides(list(overrides))}
     return [f"{key}={value}" for key, value in (params or {}).items() if key not in given]
+
+
+def check_keys(cfg: DictConfig, overrides: Sequence[str] = (), config_name: str = "config") -> None:
+    """Refuse keys that no schema declares (added with ``+key=`` or by a config file)."""
+    from ftexp.config.validate import added_keys
+
+    added = added_keys(cfg)
+    if added:
+        where = _where("", overrides, added[0])
+        raise ConfigError(_explain_unknown_key(added[0], where, overrides, config_name))
 
 
 def check_values(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, List, Tuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -60,6 +61,21 @@ def problems(cfg: DictConfig) -> List[str]:
         if not target_allowed(str(target), extra):
             out.append(f"{key}={target!r}: {refusal(str(target))}")
     return out
+
+
+def added_keys(node: DictConfig, prefix: str = "") -> List[str]:
+    """Keys that no schema declares: Hydra lets ``+key=value`` (or a config file) add them to a typed
+    node, where they would be silently ignored, so a misspelt ``+trainer.max_epoch=3`` is an error."""
+    found: List[str] = []
+    schema = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(schema):
+        declared = {f.name for f in dataclasses.fields(schema)}
+        found += [f"{prefix}{k}" for k in node.keys() if k not in declared]
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            found += added_keys(child, f"{prefix}{key}.")
+    return found
 
 
 def targets(node: Any, prefix: str = "") -> List[Tuple[str, Any]]:
