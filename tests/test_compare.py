@@ -346,6 +346,9 @@ def test_no_completed_job_nested_folder_and_unreviewed_e4(tmp_path):
     text = compare_folder(root).read_text()
     assert "No job completed" in text and "FtexpError: no weights for a" in text and "no weights for b" in text
     assert "python -m ftexp.review import" in text
+    cli = _cli(str(root))  # the report is written, but nothing completed is not a success
+    assert cli.returncode == 1 and "no job of" in cli.stderr and "no weights for a" in cli.stderr
+    assert f"listed with its error in {root / 'compare' / 'report.md'}" in cli.stderr
     nested = _cli(str(tmp_path / "day"))  # a day folder, not a sweep: say which sweeps it holds
     assert nested.returncode == 1 and str(root) in nested.stderr
 

@@ -49,6 +49,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"ftexp.compare: table: {report.parent / 'table.csv'}")
         if args.log_wandb:
             print(f"ftexp.compare: W&B: {log_report(sweep, report)}")
+        if not sweep.completed:  # the report lists why; a caller must not take it for a result
+            raise CompareError(f"no job of {sweep.source} completed, so there is nothing to compare: "
+                               + "; ".join(f"{j.name}: {j.status}, {j.error or 'no error recorded'}"
+                                           for j in sweep.jobs[:5])
+                               + (f"; and {len(sweep.jobs) - 5} more" if len(sweep.jobs) > 5 else "")
+                               + f". Every job is listed with its error in {report}.")
     except CompareError as exc:
         print(f"ftexp.compare: error: {exc}", file=sys.stderr)
         return 1

@@ -37,9 +37,9 @@ class SourcedTask(Task):
         test = self.load(cfg, "test", data_dir)
         pool = [] if cfg.train_file is None else self.load(cfg, "train", data_dir)
         if not test:
-            raise DataError(f"data '{cfg.name}': the test split is empty")
+            raise DataError(f"data '{cfg.name}': the test split is empty ({self._origin('test')})")
         if not pool and not cfg.eval_only:
-            raise DataError(f"data '{cfg.name}': the training split is empty")
+            raise DataError(f"data '{cfg.name}': the training split is empty ({self._origin('train')})")
         self.check_splits(pool, test)
 
         test_keys = text_keys(test)
@@ -153,6 +153,14 @@ class SourcedTask(Task):
                 ex.where = row.where
                 out.append(ex)
         return out
+
+    def _origin(self, split: str) -> str:
+        """Where a split of the primary source was read from, and how many records it held."""
+        for f in self.report["files"]:
+            if f["source"] == self.primary_name and f["split"] == split:
+                where = f.get("path") or f"hub dataset {f.get('hub_id')}"
+                return f"{where}: {f['records']} record(s), none usable" if f["records"] else f"{where} holds no records"
+        return "no file configured"
 
     def drop(self, reason: str, split: str, n: int = 1) -> None:
         entry = self.report["dropped"].setdefault(reason, {})
