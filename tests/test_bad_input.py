@@ -162,7 +162,7 @@ CASES: List[Tuple[str, Callable[[Workspace], Attempt], List[str]]] = [
      ["{toy}/train.jsonl, line 4: not valid JSON"]),
     ("missing field", lambda ws: train_file_with(ws, {"label": "top_up"}),
      ["{toy}/train.jsonl, line 4: field 'text' is missing"]),
-    ("malformed CSV", malformed_csv, ["{toy}/train.csv, line"]),
+    ("malformed CSV", malformed_csv, ["{toy}/train.csv, line 2: malformed CSV", "never closed"]),
     ("empty split", empty_test_split, ["the test split is empty ({toy}/test.jsonl holds no records)"]),
     ("unknown label", lambda ws: train_file_with(ws, {"text": "cancel my card", "label": "cancel_card"},
                                                 "data.labels=[card_arrival,top_up,refund]"),

@@ -76,8 +76,11 @@ def test_a_directory_in_place_of_a_file_is_named(folder):
 
 def test_malformed_csv_and_unknown_format(folder):
     (folder / "train.csv").write_text('text,label\n"unclosed quote,top_up\n')
-    with pytest.raises(DataError, match=r"train.csv, line \d+"):
+    with pytest.raises(DataError, match=r"train.csv, line 2: malformed CSV: .*never closed"):
         load(folder, "data.train_file=train.csv")
+    (folder / "train.csv").write_text('text,label\ncard arrive post,card_arrival\n"two\nlines",top_up\njust text\n')
+    with pytest.raises(DataError, match=r"train.csv, line 5: fewer values than the header"):
+        load(folder, "data.train_file=train.csv")  # the record after a quoted line break: line numbers still right
     (folder / "train.txt").write_text("hello\n")
     with pytest.raises(DataError, match=r"unsupported file type '.txt'"):
         load(folder, "data.train_file=train.txt")

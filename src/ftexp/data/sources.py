@@ -69,15 +69,21 @@ def _read_jsonl(path: Path) -> List[Row]:
 
 def _read_csv(path: Path) -> List[Row]:
     text = "".join(line for _, line in _lines(path))
-    reader = csv.DictReader(text.splitlines(keepends=True))
-    rows = []
+    # strict: an unclosed quote is an error, not a cell that swallows the rest of the file
+    reader = csv.DictReader(text.splitlines(keepends=True), strict=True)
+    rows, start = [], 2  # the line the next record starts on (line 1 is the header)
     try:
         for record in reader:
+            where = f"{path}, line {start}"
             if None in record:  # more cells than header columns
-                raise DataError(f"{path}, line {reader.line_num}: more values than the header has columns")
-            rows.append(Row(f"{path}, line {reader.line_num}", dict(record)))
+                raise DataError(f"{where}: more values than the header has columns")
+            if None in record.values():
+                raise DataError(f"{where}: fewer values than the header has columns")
+            rows.append(Row(where, dict(record)))
+            start = reader.line_num + 1
     except csv.Error as exc:
-        raise DataError(f"{path}, line {reader.line_num}: malformed CSV ({exc})") from None
+        hint = " (a quoted cell that starts in this record is never closed)" if "end of data" in str(exc) else ""
+        raise DataError(f"{path}, line {start}: malformed CSV: {exc}{hint}") from None
     return rows
 
 
