@@ -290,3 +290,17 @@ def test_deduplication_can_be_turned_off_but_the_overlap_is_still_measured(toy):
     assert "top up money question 4" in [e.text for e in task.splits["train"] + task.splits["val"]]
     assert "train_test_duplicates" not in task.report["dropped"]
     assert task.report["checks"]["test_in_train_fraction"] == {"banking77": pytest.approx(1 / 30)}
+
+
+def test_synthetic_pool_keeps_the_good_prefix_of_a_file_cut_by_a_kill(tmp_path):
+    from ftexp.synthesis import Pool
+
+    path = tmp_path / "pool.jsonl"
+    good = [json.dumps({"label": "x", "text": f"sample {i}"}) for i in range(3)]
+    path.write_text("\n".join(good) + '\n{"label": "x", "te')  # the last write was cut
+    with Pool(path) as pool:
+        assert pool.texts == {"x": ["sample 0", "sample 1", "sample 2"]}
+        pool.extend({"x": ["sample 3"]})
+    assert path.read_text().splitlines() == [*good, json.dumps({"label": "x", "text": "sample 3"})]
+    with Pool(path) as again:  # the lock was released; the file reads back whole
+        assert again.texts["x"][-1] == "sample 3"

@@ -4,6 +4,7 @@ as mean ± 95 % CI with n, the plots, and every job that did not complete with i
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -11,6 +12,7 @@ from typing import Dict, List, Optional, Sequence
 from ftexp.compare import plots, select
 from ftexp.compare.collect import CompareError, Sweep
 from ftexp.compare.stats import UNSET, Cell, cells as make_cells, fmt, placed
+from ftexp.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +60,16 @@ def problem_text(cell: Cell) -> str:
 
 
 def write_csv(path: Path, sweep: Sweep, cells: Sequence[Cell], metrics: Sequence[str]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow([*sweep.keys, "n", "not_completed", "seeds", *(f"{m}:{s}" for m in metrics for s in STATS)])
-        for c in cells:
-            row: List[object] = [*c.values, c.n, len(c.problems), " ".join(str(j.seed) for j in c.jobs)]
-            for m in metrics:
-                s = c.summary(m)
-                row += [s.mean, s.std, s.low, s.high, s.n]
-            w.writerow(["" if v is None else v for v in row])
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow([*sweep.keys, "n", "not_completed", "seeds", *(f"{m}:{s}" for m in metrics for s in STATS)])
+    for c in cells:
+        row: List[object] = [*c.values, c.n, len(c.problems), " ".join(str(j.seed) for j in c.jobs)]
+        for m in metrics:
+            s = c.summary(m)
+            row += [s.mean, s.std, s.low, s.high, s.n]
+        w.writerow(["" if v is None else v for v in row])
+    atomic_write_text(path, buf.getvalue())
     return path
 
 
@@ -115,7 +118,7 @@ def write_md(path: Path, sweep: Sweep, cells: Sequence[Cell], metrics: Sequence[
                          f"{md(j.source)} |")
     else:
         lines.append("None: every job completed.")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 

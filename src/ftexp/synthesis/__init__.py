@@ -12,7 +12,7 @@ Imports data, models and training; nothing imports it but the orchestrator.
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import json
 import logging
 import math
@@ -28,6 +28,8 @@ from ftexp.data.checks import normalise, text_keys
 from ftexp.data.mixture import apportion, derived_rng, synthetic_count
 from ftexp.data.pipeline import format_prompt
 from ftexp.synthesis.prompts import clean
+from ftexp.utils.cache import file_lock
+from ftexp.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +50,18 @@ class Pool:
     def __init__(self, path: Optional[Path], persist: bool = True) -> None:
         self.path, self.persist = path, persist
         self.texts: Dict[str, List[str]] = {}
-        self._lock = None
+        self._lock: Optional[contextlib.ExitStack] = None
 
     def __enter__(self) -> "Pool":
         if self.path is not None and self.persist:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock = open(self.path.with_suffix(".lock"), "w")
-            fcntl.flock(self._lock, fcntl.LOCK_EX)
+            self._lock = contextlib.ExitStack()
+            self._lock.enter_context(file_lock(self.path.with_suffix(".lock")))
         if self.path is not None and self.path.is_file():
             self._read()
         return self
 
     def __exit__(self, *exc) -> None:
         if self._lock is not None:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
 
@@ -75,7 +75,7 @@ class Pool:
                 # sample is fixed by its seed, so what is cut is regenerated identically.
                 log.warning("synthetic cache %s, line %d is incomplete; regenerating from there", self.path, n + 1)
                 if self._lock is not None:
-                    self.path.write_text("".join(x + "\n" for x in lines[:n]), encoding="utf-8")
+                    atomic_write_text(self.path, "".join(x + "\n" for x in lines[:n]))
                 return
             self.texts.setdefault(rec["label"], []).append(rec["text"])
 

@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, List, Mapping, Optional
 
+from ftexp.utils.io import atomic_write_text
+
 REDACTED = "<redacted>"
 SECRET_NAME = re.compile(r"(_KEY|_TOKEN|_SECRET|PASSWORD)", re.IGNORECASE)
 ENV_REF = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")
@@ -107,4 +109,4 @@ def scrub_files(folder: Path, secrets: Iterable[str]) -> None:
         text = path.read_text(encoding="utf-8")
         cleaned = redact(text, secrets)
         if cleaned != text:
-            path.write_text(cleaned, encoding="utf-8")
+            atomic_write_text(path, cleaned)
