@@ -122,3 +122,23 @@ def test_build_refuses_targets_outside_ftexp():
         import_target("os.system")
     with pytest.raises(BuildError, match="cannot be imported"):
         import_target("ftexp.models.nope.Nothing")
+
+
+def test_a_local_model_folder_trains_and_trust_remote_code_is_said_aloud(tmp_path, data_dir, cache_dir, caplog):
+    """A hub-model config pointed at a local folder (what users without network do) runs a whole job;
+    trust_remote_code is off unless the run sets it, and a run that sets it warns and records it."""
+    import json
+
+    from ftexp.job import run_job
+
+    cfg, tok, model = small_model(tmp_path, "full")
+    folder = build(cfg.peft).save(model, tok, tmp_path / "saved")
+    base = ["model=smollm2_135m", f"model.path={folder}", "peft=full", "model.dtype=float32", "model.max_length=64",
+            "data.n_train=40", "data.n_test=20", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+            "logger=none", f"data_dir={data_dir}", f"cache_dir={cache_dir}"]
+    assert compose_config(base).model.trust_remote_code is False
+    with caplog.at_level("WARNING", logger="ftexp.models.hub"):
+        run_job(compose_config([*base, "model.trust_remote_code=true", f"output_dir={tmp_path / 'run'}"]))
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["status"] == "completed" and res["model"]["trust_remote_code"] is True
+    assert any("trust_remote_code=true" in r.getMessage() and str(folder) in r.getMessage() for r in caplog.records)

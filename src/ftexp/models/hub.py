@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable, Iterable
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ftexp.models.base import ModelLoadError, ModelSource, torch_dtype
+
+log = logging.getLogger(__name__)
 
 
 class HubModel(ModelSource):
@@ -42,6 +45,9 @@ class HubModel(ModelSource):
                 f"model '{self.cfg.name}': model.path='{self.cfg.path}' is not a folder. Point it at a folder "
                 f"holding config.json, the weights and the tokenizer of {self.cfg.hub_id}."
             )
+        if self.cfg.trust_remote_code:
+            log.warning("model '%s': model.trust_remote_code=true: Python code shipped with %s will run in this "
+                        "process; results.json records it (model.trust_remote_code)", self.cfg.name, self.location)
         try:
             tok = AutoTokenizer.from_pretrained(self.location, **self._common())
         except Exception as exc:  # noqa: BLE001 - hub, network and file errors all get the same advice
