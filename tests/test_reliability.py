@@ -133,3 +133,25 @@ def test_a_target_outside_the_allow_list_is_refused_at_composition():
     assert import_target("torch.optim.AdamW").__name__ == "AdamW"
     assert import_target("collections.OrderedDict", extra=["collections.OrderedDict"]).__name__ == "OrderedDict"
     check_overrides(["allowed_targets=[collections.]"])  # a user's own addition composes
+
+
+@pytest.mark.parametrize("accumulate, where, last", [
+    (1, "at step 3 of the stage", "the last finite loss was 2 at step 2"),
+    (2, "at step 2 (batch 3) of the stage", "the last finite loss was 2 at step 1 (batch 2)"),
+])
+def test_divergence_is_reported_in_optimizer_steps_under_gradient_accumulation(accumulate, where, last):
+    from types import SimpleNamespace
+
+    import torch
+
+    from ftexp.errors import TrainingDiverged
+    from ftexp.training.divergence import FiniteLoss
+
+    trainer = SimpleNamespace(global_step=0, accumulate_grad_batches=accumulate, log_every_n_steps=1000)
+    guard = FiniteLoss("finetune", lr=0.1)
+    for i, loss in enumerate([1.0, 2.0, float("nan"), 3.0]):
+        trainer.global_step = i // accumulate
+        guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(loss)}, None, i)
+    with pytest.raises(TrainingDiverged) as err:
+        guard.on_train_epoch_end(trainer, None)
+    assert where in str(err.value) and last in str(err.value) and "(it is 0.1)" in str(err.value)

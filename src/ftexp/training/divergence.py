@@ -5,6 +5,7 @@ checkpoint, so a checkpoint never holds diverged weights."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import pytorch_lightning as pl
@@ -16,21 +17,26 @@ from ftexp.errors import TrainingDiverged
 class FiniteLoss(pl.Callback):
     def __init__(self, stage: str, lr: Optional[float] = None) -> None:
         self.stage, self.lr = stage, lr
-        self.first_bad: Optional[torch.Tensor] = None  # the stage's step of the first non-finite loss, or -1
-        self.last_good: Optional[torch.Tensor] = None  # (step, loss) of the latest finite loss
-        self.step: Optional[torch.Tensor] = None
+        # Counted in batches (1-based, of the stage); reported as optimizer steps, which differ under
+        # gradient accumulation.
+        self.first_bad: Optional[torch.Tensor] = None  # the batch of the first non-finite loss, or -1
+        self.last_good: Optional[torch.Tensor] = None  # (batch, loss) of the last finite loss before it
+        self.batch: Optional[torch.Tensor] = None
+        self.accumulate = 1
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         loss = outputs["loss"].detach() if isinstance(outputs, dict) else outputs.detach()
         if self.first_bad is None:  # device tensors: no host-to-device copy (an implicit sync) per step
+            self.accumulate = max(1, int(trainer.accumulate_grad_batches))
             self.first_bad = torch.tensor(-1.0, device=loss.device)
             self.last_good = torch.tensor([-1.0, float("nan")], device=loss.device)
-            self.step = torch.tensor(float(trainer.global_step) - 1.0, device=loss.device)
-        self.step += 1.0  # 1-based: this batch's step of the stage
+            self.batch = torch.tensor(float(trainer.global_step * self.accumulate), device=loss.device)
+        self.batch += 1.0
         finite = torch.isfinite(loss)
-        self.first_bad = torch.where(~finite & (self.first_bad < 0), self.step, self.first_bad)
-        self.last_good = torch.where(finite, torch.stack([self.step, loss.float()]), self.last_good)
+        self.first_bad = torch.where(~finite & (self.first_bad < 0), self.batch, self.first_bad)
+        before_bad = finite & (self.first_bad < 0)  # the last finite loss before the divergence
+        self.last_good = torch.where(before_bad, torch.stack([self.batch, loss.float()]), self.last_good)
         if (trainer.global_step + 1) % max(1, trainer.log_every_n_steps) == 0:
             self.check()
 
@@ -40,10 +46,15 @@ class FiniteLoss(pl.Callback):
     def check(self) -> None:
         if self.first_bad is None or float(self.first_bad) < 0:
             return
-        step, loss = (float(x) for x in self.last_good)
-        last = f"the last finite loss was {loss:.4g} at step {int(step)}" if step >= 0 else "no step had a finite loss"
+        batch, loss = (float(x) for x in self.last_good)
+        last = f"the last finite loss was {loss:.4g} at {self._at(batch)}" if batch >= 0 else "no step had a finite loss"
         raise TrainingDiverged(
-            f"stage '{self.stage}': the training loss became NaN or infinite at step {int(self.first_bad)} of the "
-            f"stage; {last}. The stage stopped; earlier checkpoints are kept. Try a lower "
+            f"stage '{self.stage}': the training loss became NaN or infinite at {self._at(float(self.first_bad))} "
+            f"of the stage; {last}. The stage stopped; earlier checkpoints are kept. Try a lower "
             f"learning rate{f' (it is {self.lr:g})' if self.lr is not None else ''}, gradient clipping "
             f"(trainer.gradient_clip_val) or precision=32-true")
+
+    def _at(self, batch: float) -> str:
+        """'step S', or 'step S (batch B)' when several batches make one optimizer step."""
+        step = f"step {math.ceil(batch / self.accumulate)}"
+        return step if self.accumulate == 1 else f"{step} (batch {int(batch)})"
