@@ -155,3 +155,27 @@ def test_divergence_is_reported_in_optimizer_steps_under_gradient_accumulation(a
     with pytest.raises(TrainingDiverged) as err:
         guard.on_train_epoch_end(trainer, None)
     assert where in str(err.value) and last in str(err.value) and "(it is 0.1)" in str(err.value)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_failed_run_keeps_its_checkpoints_and_checkpoints_false_writes_none(tiny_overrides, monkeypatch, keep):
+    """An exception after training (here: in the evaluation of the trained model) keeps the epoch
+    checkpoints for resume=true; trainer.checkpoints=false never writes any."""
+    import ftexp.run
+
+    real, calls = ftexp.run.evaluate_row, []
+
+    def failing_second_row(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("evaluation broke")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ftexp.run, "evaluate_row", failing_second_row)
+    overrides = [*tiny_overrides, "trainer.max_epochs=2", f"trainer.checkpoints={str(keep).lower()}"]
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        _job(overrides)
+    out = Path(compose_config(overrides).output_dir)
+    assert json.loads((out / "results.json").read_text())["status"] == "failed"
+    saved = sorted(p.relative_to(out).as_posix() for p in out.glob("checkpoints/**/*") if p.is_file())
+    assert saved == (["checkpoints/stage1/last.ckpt"] if keep else [])
