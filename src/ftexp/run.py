@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from ftexp.data.base import DataError, Task, encode_split
 from ftexp.data.datamodule import FineTuneDataModule
 from ftexp.eval.base import EvalContext, Evaluator
-from ftexp.eval.continual import continual_metrics, score_matrix
+from ftexp.eval.continual_summary import continual_summary, flat_continual
 from ftexp.mitigation.base import Mitigation, StageContext
 from ftexp.models.base import count_parameters
 from ftexp.synthesis import add_synthetic
@@ -369,41 +369,3 @@ def _short(metrics: Dict[str, Dict[str, float]]) -> str:
         f"{t}: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items() if not k.endswith("/n") and "/slice/" not in k)
         for t, m in metrics.items()
     )
-
-
-# ------------------------------------------------------------------------------- continual metrics
-
-
-def score_key(metrics: Dict[str, float]) -> Optional[str]:
-    """The one score per task that fills the matrix: accuracy (or MC1, or ROUGE-L) where there is
-    one, else the loss."""
-    return next((k for k in ("test/accuracy", "test/mc1", "test/rougeL", "test/loss") if k in metrics), None)
-
-
-def continual_summary(rows, tasks: Dict[str, Task], stage_tasks: List[Task], run_dir: Path,
-                      stage_names: List[str]) -> Dict[str, Any]:
-    """The score matrix over rows and tasks, its continual-learning metrics, and a plot of it."""
-    from ftexp.tracking.plots import plot_matrix
-
-    keys = {name: score_key(rows[0]["metrics"].get(name, {})) for name in tasks}
-    names = [name for name, key in keys.items() if key is not None]
-    first: Dict[str, int] = {}
-    for k, t in enumerate(stage_tasks, start=1):
-        first.setdefault(t.name, k)
-    R = score_matrix(rows, names, keys)
-    metrics = continual_metrics(R, names, first, {n: not keys[n].endswith("loss") for n in names})
-    summary = {"tasks": names, "score": {n: keys[n] for n in names}, "rows": ["base", *stage_names], "R": R,
-               "first_trained": first, **metrics}
-    try:
-        summary["plot"] = str(plot_matrix(R, names, summary["rows"], keys, run_dir / "continual.png"))
-    except Exception as exc:  # noqa: BLE001 - a plot must never fail a finished run
-        log.warning("could not draw the forgetting matrix: %s", exc)
-    return summary
-
-
-def flat_continual(summary: Dict[str, Any]) -> Dict[str, float]:
-    """``cl/acc``, ``cl/bwt``, ``cl/fwt``, ``cl/forgetting/<task>``, ``cl/retention/<task>`` for trackers."""
-    out = {f"cl/{k}": summary[k] for k in ("acc", "bwt", "fwt", "mean_forgetting") if summary.get(k) is not None}
-    for group in ("forgetting", "retention"):
-        out.update({f"cl/{group}/{t}": v for t, v in summary.get(group, {}).items()})
-    return out
