@@ -28,7 +28,7 @@ from ftexp.synthesis import add_synthetic
 from ftexp.training.best_weights import BestWeights
 from ftexp.training.divergence import FiniteLoss
 from ftexp.training.module import FineTuneModule
-from ftexp.training import checkpoints
+from ftexp.training import checkpoints, fsdp
 from ftexp.training.stage_cache import device_count, set_rng_state, stage_entry, stage_key
 from ftexp.training.throughput import Throughput
 from ftexp.training.trainer import build_trainer
@@ -348,8 +348,12 @@ def fit_stage(cfg, stage, index, lr, model, datamodule, task, mitigation, run_di
     if last is not None:
         log.info("resume: stage %d (%s) from %s", index, stage.name, last)
         record.info.setdefault("resumed", {})[f"stage{index}"] = str(last)
+    sharded = cfg.trainer.strategy == "fsdp"
+    if sharded:  # evaluation, the mitigation and the next stage take the plain model, whole
+        callbacks.insert(0, fsdp.Unshard())
     trainer = build_trainer(cfg.trainer, stage, run_dir, tracker.lightning, callbacks=callbacks,
-                            validate=bool(datamodule.val))
+                            validate=bool(datamodule.val),
+                            strategy=fsdp.strategy(cfg.trainer.fsdp, model) if sharded else None)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last else None)
     summary: Dict[str, Any] = {"index": index, "name": stage.name, "data": task.name, "lr": lr,
                                "steps": trainer.global_step, "epochs": trainer.current_epoch,

@@ -197,6 +197,15 @@ class ReplayConfig(MitigationConfig):
 
 
 @dataclass
+class FsdpConfig:
+    """Fully sharded data parallel (``strategy: fsdp``): each decoder layer is one shard unit."""
+
+    sharding_strategy: str = "FULL_SHARD"  # FULL_SHARD | SHARD_GRAD_OP | HYBRID_SHARD | NO_SHARD
+    activation_checkpointing: bool = False  # recompute each layer's activations in backward
+    cpu_offload: bool = False  # keep the shards (and optimizer state) in CPU memory
+
+
+@dataclass
 class TrainerConfig:
     """Lightning Trainer settings (device, strategy, precision, length of a stage)."""
 
@@ -215,14 +224,15 @@ class TrainerConfig:
     # Batch examples of similar length (about 2x fewer padded tokens on Banking77). Turn it off when
     # length predicts the label: same-length batches then hold one label each, which slows learning.
     group_by_length: bool = True
-    # Pack each training step's examples into rows of up to pack_length tokens (None = model.max_length)
-    # with a block-diagonal attention mask: the same examples and loss per step, without the padding.
-    # Needs SDPA or eager attention (a 4-D mask); validation batches stay padded.
     # Checkpoint every epoch and after every stage but the last (resume=true continues from them;
     # a completed job deletes them).
     checkpoints: bool = True
+    # Pack each training step's examples into rows of up to pack_length tokens (None = model.max_length)
+    # with a block-diagonal attention mask: the same examples and loss per step, without the padding.
+    # Needs SDPA or eager attention (a 4-D mask); validation batches stay padded.
     packing: bool = False
     pack_length: Optional[int] = None
+    fsdp: FsdpConfig = field(default_factory=lambda: FsdpConfig())  # used when strategy=fsdp
     deterministic: bool = False
     enable_progress_bar: bool = True
     # Stop a stage when val/loss has not improved for this many validation checks (None = never),

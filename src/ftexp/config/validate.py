@@ -26,6 +26,18 @@ def problems(cfg: DictConfig) -> List[str]:
     )
     need(t.max_epochs >= 1 or t.max_steps > 0, "trainer.max_epochs", t.max_epochs,
          "must be at least 1 (or set trainer.max_steps)")
+    if t.strategy == "fsdp":
+        need(t.accelerator in ("gpu", "cuda"), "trainer.accelerator", t.accelerator,
+             "trainer.strategy=fsdp runs on GPUs only (Lightning's FSDP); use trainer=fsdp on a GPU node, or "
+             "trainer=ddp_cpu to test data parallelism on a CPU")
+        need(t.fsdp.sharding_strategy in ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"),
+             "trainer.fsdp.sharding_strategy", t.fsdp.sharding_strategy,
+             "must be FULL_SHARD, SHARD_GRAD_OP, HYBRID_SHARD or NO_SHARD")
+        need(cfg.mitigation.get("_target_") != "ftexp.mitigation.ewc.EWC", "mitigation", "ewc",
+             "EWC's penalty needs every parameter whole in each step, which FSDP shards; use trainer=ddp with "
+             "mitigation=ewc, or mitigation=replay / lwf with trainer=fsdp")
+        need(t.early_stopping_patience is None, "trainer.early_stopping_patience", t.early_stopping_patience,
+             "early stopping keeps a copy of the best weights, which FSDP shards; not supported with trainer=fsdp")
     need(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", t.accumulate_grad_batches, "must be >= 1")
     need(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     need(o.batch_size >= 1, "optim.batch_size", o.batch_size, "must be >= 1")

@@ -13,7 +13,8 @@ from ftexp.training.best_weights import BestWeights
 
 
 def build_trainer(cfg: Any, stage: Any, out_dir: Path, logger: Optional[Any], callbacks: List[Any] = (),
-                  validate: bool = True) -> pl.Trainer:
+                  validate: bool = True, strategy: Optional[Any] = None) -> pl.Trainer:
+    """``strategy``: a built Lightning strategy (FSDP's depends on the model) instead of ``cfg.strategy``."""
     max_epochs = stage.max_epochs if stage.max_epochs is not None else cfg.max_epochs
     max_steps = stage.max_steps if stage.max_steps is not None else cfg.max_steps
     callbacks = list(callbacks)
@@ -26,7 +27,7 @@ def build_trainer(cfg: Any, stage: Any, out_dir: Path, logger: Optional[Any], ca
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
+        strategy=strategy if strategy is not None else cfg.strategy,
         precision=cfg.precision,
         max_epochs=max_epochs,
         max_steps=max_steps,

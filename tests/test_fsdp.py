@@ -1,0 +1,124 @@
+"""trainer=fsdp. Lightning runs FSDP on GPUs only, so on a CPU the config, its refusals and the
+strategy it builds are checked, and the step ftexp adds after a sharded stage (gather the weights,
+unwrap the FSDP units) runs under torch's FSDP itself on two gloo processes."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import socket
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from ftexp.config.preflight import ConfigError, check_overrides, compose_config
+
+
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=1))
+
+
+class Holder(nn.Module):  # stands for the LightningModule that holds the model as .model
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch):
+        return self.model(**batch)
+
+
+def sgd_step(module: nn.Module, data: torch.Tensor) -> None:
+    opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.5)
+    module(input_ids=data, labels=data).loss.backward()
+    opt.step()
+
+
+def test_trainer_fsdp_composes_and_builds_one_unit_per_decoder_layer():
+    from pytorch_lightning.strategies import FSDPStrategy
+    from torch.distributed.fsdp import ShardingStrategy
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    from ftexp.training.fsdp import layer_classes, strategy
+
+    cfg = compose_config(["trainer=fsdp", "trainer.fsdp.activation_checkpointing=true",
+                          "trainer.fsdp.sharding_strategy=SHARD_GRAD_OP"])
+    check_overrides(["trainer=fsdp", "model=llama3_8b", "peft=full"])
+    built = strategy(cfg.trainer.fsdp, tiny_llama())
+    assert isinstance(built, FSDPStrategy) and built.sharding_strategy == ShardingStrategy.SHARD_GRAD_OP
+    assert built.kwargs["use_orig_params"] is True  # LoRA mixes frozen and trainable parameters
+    assert built.kwargs["auto_wrap_policy"]._module_classes == {LlamaDecoderLayer}
+    assert built._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == {LlamaDecoderLayer}
+    assert layer_classes(Holder(tiny_llama())) == {LlamaDecoderLayer}
+    with pytest.raises(ValueError, match="names no layer class"):
+        layer_classes(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["trainer=fsdp", "trainer.accelerator=cpu"], "runs on GPUs only"),
+    (["trainer=fsdp", "mitigation=ewc"], "EWC's penalty needs every parameter whole"),
+    (["trainer=fsdp", "trainer.early_stopping_patience=2"], "not supported with trainer=fsdp"),
+    (["trainer=fsdp", "trainer.fsdp.sharding_strategy=FULL"], "must be FULL_SHARD, SHARD_GRAD_OP"),
+])
+def test_what_fsdp_cannot_do_is_refused_at_composition(overrides, words):
+    with pytest.raises(ConfigError, match=words):
+        check_overrides(overrides)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    from ftexp.training.fsdp import layer_classes, unshard_in_place
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        holder = Holder(tiny_llama())
+        holder.model.model.embed_tokens.weight.requires_grad_(False)  # a frozen parameter, as under LoRA
+        reference = copy.deepcopy(holder)
+        batch = torch.randint(0, 100, (4, 8), generator=torch.Generator().manual_seed(1))
+        policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=layer_classes(holder))
+        root = FSDP(holder, auto_wrap_policy=policy, use_orig_params=True, device_id=torch.device("cpu"))
+        sgd_step(root, batch[2 * rank:2 * rank + 2])  # each rank its half; FSDP averages the gradients
+        sgd_step(reference, batch)  # one process, the whole batch
+        unshard_in_place(root, holder)
+        left = [type(m).__name__ for m in holder.modules() if isinstance(m, FSDP)]
+        diff = max(float((a - b).detach().abs().max()) for a, b in zip(holder.parameters(), reference.parameters()))
+        frozen = [n for n, p in holder.named_parameters() if not p.requires_grad]
+        logits = holder.model(input_ids=batch).logits
+        same_logits = float((logits - reference.model(input_ids=batch).logits).detach().abs().max())
+        json.dump({"fsdp_left": left, "max_diff": diff, "frozen": frozen, "logits_diff": same_logits,
+                   "shapes_ok": all(a.shape == b.shape for a, b in zip(holder.parameters(), reference.parameters()))},
+                  open(f"{out}/rank{rank}.json", "w"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_after_a_sharded_step_the_model_is_whole_plain_and_equal_to_one_process(tmp_path):
+    """Two gloo ranks train one SGD step under FSDP (one unit per decoder layer, a frozen embedding)
+    on halves of a batch; after unshard_in_place each rank holds a plain model with exactly the
+    weights and logits of one process trained on the whole batch."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank, args=(_free_port(), str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got["fsdp_left"] == [] and got["shapes_ok"]
+        assert got["frozen"] == ["model.model.embed_tokens.weight"]
+        assert got["max_diff"] < 1e-5 and got["logits_diff"] < 1e-4, got
