@@ -179,3 +179,27 @@ def test_a_failed_run_keeps_its_checkpoints_and_checkpoints_false_writes_none(ti
     assert json.loads((out / "results.json").read_text())["status"] == "failed"
     saved = sorted(p.relative_to(out).as_posix() for p in out.glob("checkpoints/**/*") if p.is_file())
     assert saved == (["checkpoints/stage1/last.ckpt"] if keep else [])
+
+
+def test_a_resumed_job_continues_its_own_wandb_run(tiny_overrides, monkeypatch):
+    import ftexp.run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    real, calls = ftexp.run.evaluate_row, []
+
+    def failing_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the first job dies after training; the resumed one goes through
+            raise RuntimeError("evaluation broke")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ftexp.run, "evaluate_row", failing_once)
+    overrides = [o for o in tiny_overrides if not o.startswith("logger=")] + ["logger=wandb"]
+    with pytest.raises(RuntimeError):
+        _job(overrides)
+    cfg, _ = _job([*overrides, "resume=true"])
+    out = Path(cfg.output_dir)
+    runs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[-1] for r in runs}) == 1, runs  # one run id
+    assert json.loads((out / "results.json").read_text())["status"] == "completed"

@@ -94,6 +94,13 @@ class CSVLogger(NoLogger):
         return self.lightning.log_dir if self.lightning is not None else None
 
 
+def previous_run_id(run_dir: Path) -> Optional[str]:
+    """The id of the newest W&B run this job folder holds (``wandb/[offline-]run-<time>-<id>``)."""
+    runs = sorted((Path(run_dir) / "wandb").glob("*run-*-*"), key=lambda p: p.stat().st_mtime)
+    runs = [p for p in runs if p.is_dir() and p.name.split("-", 1)[0] in ("run", "offline")]
+    return runs[-1].name.rsplit("-", 1)[-1] if runs else None
+
+
 class WandbLogger(NoLogger):
     """``logger=wandb``: one W&B run per job, offline unless ``logger.mode``/``WANDB_MODE`` say
     otherwise. Jobs of a sweep share a group (``logger.group``, else the sweep's folder)."""
@@ -105,7 +112,10 @@ class WandbLogger(NoLogger):
         # A previous job of the same process (multirun) must not leak its run into this one.
         if wandb.run is not None:
             wandb.finish()
+        # A resumed job continues its own W&B run (same id) instead of starting a second one.
+        previous = previous_run_id(run_dir) if config.get("resume") else None
         self.lightning = OffsetWandbLogger(
+            **({"id": previous, "resume": "allow"} if previous else {}),
             project=c.project,
             entity=c.entity,
             group=c.group or identity.group,
