@@ -39,6 +39,7 @@ def sgd_step(module: nn.Module, data: torch.Tensor) -> None:
     opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.5)
     module(input_ids=data, labels=data).loss.backward()
     opt.step()
+    opt.zero_grad(set_to_none=True)
 
 
 def test_trainer_fsdp_composes_and_builds_one_unit_per_decoder_layer():
@@ -63,7 +64,8 @@ def test_trainer_fsdp_composes_and_builds_one_unit_per_decoder_layer():
 
 @pytest.mark.parametrize("overrides, words", [
     (["trainer=fsdp", "trainer.accelerator=cpu"], "runs on GPUs only"),
-    (["trainer=fsdp", "mitigation=ewc"], "EWC's penalty needs every parameter whole"),
+    (["trainer=fsdp", "mitigation=ewc"], "mitigation='ewc': EWC's penalty and LwF's teacher need every"),
+    (["trainer=fsdp", "mitigation=lwf"], "mitigation='lwf'"),
     (["trainer=fsdp", "trainer.early_stopping_patience=2"], "not supported with trainer=fsdp"),
     (["trainer=fsdp", "trainer.fsdp.sharding_strategy=FULL"], "must be FULL_SHARD, SHARD_GRAD_OP"),
 ])
@@ -80,10 +82,10 @@ def _free_port() -> int:
 
 def _rank(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP, MixedPrecision
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
-    from ftexp.training.fsdp import layer_classes, unshard_in_place
+    from ftexp.training.fsdp import layer_classes, saved_buffers, unshard_in_place
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -93,32 +95,69 @@ def _rank(rank: int, port: int, out: str) -> None:
         reference = copy.deepcopy(holder)
         batch = torch.randint(0, 100, (4, 8), generator=torch.Generator().manual_seed(1))
         policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=layer_classes(holder))
-        root = FSDP(holder, auto_wrap_policy=policy, use_orig_params=True, device_id=torch.device("cpu"))
-        sgd_step(root, batch[2 * rank:2 * rank + 2])  # each rank its half; FSDP averages the gradients
-        sgd_step(reference, batch)  # one process, the whole batch
-        unshard_in_place(root, holder)
-        left = [type(m).__name__ for m in holder.modules() if isinstance(m, FSDP)]
-        diff = max(float((a - b).detach().abs().max()) for a, b in zip(holder.parameters(), reference.parameters()))
-        frozen = [n for n, p in holder.named_parameters() if not p.requires_grad]
+        report = {}
+        for stage in (1, 2):  # two stages: the unsharded model is sharded again by the next one
+            buffers = saved_buffers(holder)
+            root = FSDP(holder, auto_wrap_policy=policy, use_orig_params=True, device_id=torch.device("cpu"),
+                        mixed_precision=MixedPrecision(buffer_dtype=torch.bfloat16))  # casts the buffers
+            units = [m for m in root.modules() if isinstance(m, FSDP)]
+            report[f"units_{stage}"] = len(units)
+            report[f"handles_{stage}"] = all(u._handle is not None for u in units)
+            sgd_step(root, batch[2 * rank:2 * rank + 2])  # each rank its half; FSDP averages the gradients
+            sgd_step(reference, batch)  # one process, the whole batch
+            unshard_in_place(root, holder, buffers)
+        report["fsdp_left"] = [type(m).__name__ for m in holder.modules() if isinstance(m, FSDP)]
+        report["fsdp_marks"] = [n for n, p in holder.named_parameters() if any(a.startswith("_fsdp") for a in vars(p))]
+        report["max_diff"] = max(float((a - b).detach().abs().max())
+                                 for a, b in zip(holder.parameters(), reference.parameters()))
+        report["shapes_ok"] = all(a.shape == b.shape for a, b in zip(holder.parameters(), reference.parameters()))
+        report["frozen"] = [n for n, p in holder.named_parameters() if not p.requires_grad]
+        report["buffers"] = {n: [str(b.dtype), bool(torch.equal(b, dict(reference.named_buffers())[n]))]
+                             for n, b in holder.named_buffers()}
         logits = holder.model(input_ids=batch).logits
-        same_logits = float((logits - reference.model(input_ids=batch).logits).detach().abs().max())
-        json.dump({"fsdp_left": left, "max_diff": diff, "frozen": frozen, "logits_diff": same_logits,
-                   "shapes_ok": all(a.shape == b.shape for a, b in zip(holder.parameters(), reference.parameters()))},
-                  open(f"{out}/rank{rank}.json", "w"))
+        report["logits_diff"] = float((logits - reference.model(input_ids=batch).logits).detach().abs().max())
+        json.dump(report, open(f"{out}/rank{rank}.json", "w"))
     finally:
         dist.destroy_process_group()
 
 
+def test_weight_decay_follows_the_shapes_before_sharding():
+    """FSDP hands configure_optimizers 1-D shards named with wrapper prefixes; weight decay must still
+    go to the matrices, as without sharding."""
+    from types import SimpleNamespace
+
+    from ftexp.training.module import FineTuneModule
+
+    cfg = compose_config([])
+    module = FineTuneModule(tiny_llama(), cfg.optim, lr=1e-3)
+    def decayed():
+        view = SimpleNamespace(model=module.model, optim_cfg=cfg.optim, lr=1e-3, _ndim=module._ndim,
+                               trainer=SimpleNamespace(estimated_stepping_batches=10))
+        return {id(p) for p in FineTuneModule.configure_optimizers(view)["optimizer"].param_groups[0]["params"]}
+
+    plain = decayed()
+    layer = module.model.model.layers[0]
+    module.model.model.layers[0] = nn.Module()
+    module.model.model.layers[0]._fsdp_wrapped_module = layer  # the name FSDP gives it
+    for p in module.model.parameters():
+        p.data = p.data.flatten()  # what a shard looks like
+    sharded = decayed()
+    assert plain and sharded == plain
+
+
 @pytest.mark.slow
 def test_after_a_sharded_step_the_model_is_whole_plain_and_equal_to_one_process(tmp_path):
-    """Two gloo ranks train one SGD step under FSDP (one unit per decoder layer, a frozen embedding)
-    on halves of a batch; after unshard_in_place each rank holds a plain model with exactly the
-    weights and logits of one process trained on the whole batch."""
+    """Two stages on two gloo ranks: each shards the model (one unit per decoder layer, a frozen
+    embedding, buffers cast to bf16), trains one SGD step on halves of a batch and unshards it. The
+    second stage shards the unsharded model again; at the end each rank holds a plain model with
+    the weights, buffers and logits of one process trained on the whole batch."""
     import torch.multiprocessing as mp
 
     mp.spawn(_rank, args=(_free_port(), str(tmp_path)), nprocs=2)
     for rank in (0, 1):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert got["fsdp_left"] == [] and got["shapes_ok"]
+        assert got["units_1"] == got["units_2"] == 3 and got["handles_1"] and got["handles_2"], got  # sharded again
+        assert got["fsdp_left"] == [] and got["fsdp_marks"] == [] and got["shapes_ok"]
         assert got["frozen"] == ["model.model.embed_tokens.weight"]
         assert got["max_diff"] < 1e-5 and got["logits_diff"] < 1e-4, got
+        assert got["buffers"] and all(v == ["torch.float32", True] for v in got["buffers"].values()), got

@@ -349,12 +349,13 @@ def fit_stage(cfg, stage, index, lr, model, datamodule, task, mitigation, run_di
         log.info("resume: stage %d (%s) from %s", index, stage.name, last)
         record.info.setdefault("resumed", {})[f"stage{index}"] = str(last)
     sharded = cfg.trainer.strategy == "fsdp"
-    if sharded:  # evaluation, the mitigation and the next stage take the plain model, whole
-        callbacks.insert(0, fsdp.Unshard())
+    buffers = fsdp.saved_buffers(module) if sharded else {}
     trainer = build_trainer(cfg.trainer, stage, run_dir, tracker.lightning, callbacks=callbacks,
                             validate=bool(datamodule.val),
                             strategy=fsdp.strategy(cfg.trainer.fsdp, model) if sharded else None)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last else None)
+    if sharded:  # evaluation, the mitigation and the next stage take the plain model, whole
+        fsdp.unshard_in_place(trainer.strategy.model, module, buffers)  # (FSDP's teardown leaves it wrapped)
     summary: Dict[str, Any] = {"index": index, "name": stage.name, "data": task.name, "lr": lr,
                                "steps": trainer.global_step, "epochs": trainer.current_epoch,
                                "world_size": trainer.world_size}

@@ -33,9 +33,11 @@ def problems(cfg: DictConfig) -> List[str]:
         need(t.fsdp.sharding_strategy in ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"),
              "trainer.fsdp.sharding_strategy", t.fsdp.sharding_strategy,
              "must be FULL_SHARD, SHARD_GRAD_OP, HYBRID_SHARD or NO_SHARD")
-        need(cfg.mitigation.get("_target_") != "ftexp.mitigation.ewc.EWC", "mitigation", "ewc",
-             "EWC's penalty needs every parameter whole in each step, which FSDP shards; use trainer=ddp with "
-             "mitigation=ewc, or mitigation=replay / lwf with trainer=fsdp")
+        sharded_off = {"ftexp.mitigation.ewc.EWC": "ewc", "ftexp.mitigation.lwf.LwF": "lwf"}
+        name = sharded_off.get(cfg.mitigation.get("_target_"))
+        need(name is None, "mitigation", name,
+             "EWC's penalty and LwF's teacher need every parameter whole in each step, which FSDP shards; "
+             "use trainer=ddp with this mitigation, or mitigation=replay with trainer=fsdp")
         need(t.early_stopping_patience is None, "trainer.early_stopping_patience", t.early_stopping_patience,
              "early stopping keeps a copy of the best weights, which FSDP shards; not supported with trainer=fsdp")
     need(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", t.accumulate_grad_batches, "must be >= 1")

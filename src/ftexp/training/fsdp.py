@@ -5,16 +5,16 @@ FSDP unit, so parameters, gradients and optimizer state are split over the ranks
 stage in ftexp (its evaluation row, the mitigation's ``after_stage``, the next stage's Trainer,
 saving) expects a plain model, so after ``fit`` the full weights are gathered on every rank and the
 FSDP units are replaced by the modules they wrap (:func:`unshard_in_place`). Evaluation therefore
-needs the *weights* of the model to fit one device; FSDP's saving is in the optimizer state and the
+needs the *weights* of the model to fit one device (and rank 0's host memory to hold one copy); FSDP's saving is in the optimizer state and the
 gradients (a full fine-tune with AdamW needs about 16 bytes per parameter while training, 2 for
 bf16 weights at evaluation).
 """
 
 from __future__ import annotations
 
+import gc
 from typing import Any, Dict, Set, Type
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 
@@ -48,44 +48,64 @@ def strategy(fsdp_cfg: Any, model: nn.Module):
     )
 
 
-class Unshard(pl.Callback):
-    """At the end of ``fit``, before Lightning tears the strategy down (and moves the module to the
-    CPU), turn the sharded LightningModule back into a plain one holding the full weights."""
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        unshard_in_place(trainer.strategy.model, pl_module)
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
 
 
-def full_state(root: nn.Module) -> Dict[str, torch.Tensor]:
-    """Every parameter and buffer of an FSDP-wrapped ``root``, unsharded, on every rank (a collective)."""
+def clean_name(name: str) -> str:
+    """A parameter's name as the unwrapped model knows it (FSDP and activation checkpointing insert
+    wrapper modules into the names while the model is sharded)."""
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def saved_buffers(module: nn.Module) -> Dict[str, torch.Tensor]:
+    """Copies of the buffers before sharding: mixed precision casts them (RoPE's inv_freq to bf16),
+    and non-persistent ones are in no state dict, so :func:`unshard_in_place` puts these back."""
+    return {name: buf.detach().clone() for name, buf in module.named_buffers()}
+
+
+def unshard_in_place(root: nn.Module, module: nn.Module, buffers: Dict[str, torch.Tensor]) -> nn.Module:
+    """Turn ``module`` (the LightningModule that ``root``, its FSDP wrapper, shards) back into a plain
+    module with the full weights, on every rank (a collective: call it on all of them).
+
+    Rank 0 gathers the full state dict in host memory (one copy on the node, not one per rank) and
+    broadcasts it tensor by tensor; every FSDP unit (and activation-checkpoint wrapper) is replaced
+    by the module it wraps; every parameter gets its full tensor and loses FSDP's marks and its
+    sharded gradient, so the next stage's Trainer can shard it again; buffers get back their values
+    from before the stage (``buffers``, from :func:`saved_buffers`)."""
+    import torch.distributed as dist
     from torch.distributed.fsdp import FullStateDictConfig, FullyShardedDataParallel as FSDP, StateDictType
 
-    on_gpu = getattr(root, "compute_device", torch.device("cpu")).type != "cpu"
-    # offloaded on GPUs: the gathered copy waits in host memory, so a GPU never holds two full copies
-    config = FullStateDictConfig(offload_to_cpu=on_gpu, rank0_only=False)
+    device = getattr(root, "compute_device", None) or torch.device("cpu")
+    on_gpu = device.type != "cpu"
+    config = FullStateDictConfig(offload_to_cpu=on_gpu, rank0_only=True)
     with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT, config):
-        return root.state_dict()
-
-
-def unshard_in_place(root: nn.Module, module: nn.Module) -> nn.Module:
-    """Gather the full weights of ``root`` (the FSDP wrapper around ``module``) and turn ``module``
-    back into a plain module holding them: every FSDP unit inside it is replaced by the module it
-    wraps, and every parameter gets its full tensor (``requires_grad`` kept). Call on every rank."""
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-    state = full_state(root)
-    device = getattr(root, "compute_device", None)  # where FSDP ran the shards
+        state = root.state_dict()  # full on rank 0, empty elsewhere
+    rank = dist.get_rank()
+    shapes = [[(name, tuple(t.shape), t.dtype) for name, t in state.items()] if rank == 0 else None]
+    dist.broadcast_object_list(shapes, src=0)
     _replace_units(module, FSDP)
-    names = dict(module.named_parameters())
-    missing = [n for n in names if n not in state]
+    params = dict(module.named_parameters())
+    missing = [n for n in params if n not in {name for name, _, _ in shapes[0]}]
     if missing:
         raise RuntimeError(f"FSDP's full state dict lacks {missing[:3]}; cannot unshard the model")
-    for name, param in names.items():
-        full = state[name]
-        param.data = full.to(device or full.device, dtype=param.dtype)
+    for name, shape, dtype in shapes[0]:
+        full = state[name].to(device) if rank == 0 else torch.empty(shape, dtype=dtype, device=device)
+        dist.broadcast(full, src=0)
+        if name in params:
+            param = params[name]
+            param.data = full.to(dtype=param.dtype)
+            param.grad = None
+            for attr in [a for a in vars(param) if a.startswith("_fsdp")]:
+                delattr(param, attr)  # FSDP skips parameters it marked as already flattened
     for name, buf in module.named_buffers():
-        if name in state:
-            buf.data = state[name].to(buf.device, dtype=buf.dtype)
+        if name in buffers:
+            buf.data = buffers[name].to(device)
+    del state
+    gc.collect()
+    if on_gpu:
+        torch.cuda.empty_cache()
     return module
 
 

@@ -10,6 +10,7 @@ import torch
 
 from ftexp.data.packing import model_inputs
 from ftexp.mitigation.base import Mitigation, NoMitigation
+from ftexp.training.fsdp import clean_name
 from ftexp.training.stage_cache import rng_state, set_rng_state
 
 
@@ -60,13 +61,16 @@ class FineTuneModule(pl.LightningModule):
         self._window_batches = 0
         self._window_end = 0  # global step at which the current window began
         self.strict_loading = False  # checkpoints hold the trainable weights only (see on_save_checkpoint)
+        # Sharding (FSDP) flattens parameters to 1-D before configure_optimizers: decide weight decay
+        # on their shapes now.
+        self._ndim = {n: p.ndim for n, p in model.named_parameters()}
 
     # --------------------------------------------------------------------------- checkpoints
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         """Frozen base weights never change: leave them out (a LoRA checkpoint is the adapter's size).
         The random state goes in, so a resumed run draws what an uninterrupted one would."""
-        frozen = {f"model.{n}" for n, p in self.model.named_parameters() if not p.requires_grad}
+        frozen = {f"model.{clean_name(n)}" for n, p in self.model.named_parameters() if not p.requires_grad}
         for key in frozen & checkpoint["state_dict"].keys():
             del checkpoint["state_dict"][key]
         checkpoint["ftexp_rng"] = rng_state()
@@ -137,7 +141,8 @@ class FineTuneModule(pl.LightningModule):
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             if p.requires_grad:
-                (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+                ndim = self._ndim.get(clean_name(name), p.ndim)
+                (no_decay if ndim < 2 or "norm" in name.lower() else decay).append(p)
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=tuple(cfg.betas))
         total = max(1, int(self.trainer.estimated_stepping_batches))
