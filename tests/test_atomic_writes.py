@@ -1,9 +1,9 @@
 """A kill in the middle of a write never leaves a half-written results.json, review file or compare
 report that a reader would take as valid: each is written to a temporary file and renamed into place.
 
-Each writer runs in a child process whose ``os.replace`` (the rename that publishes a file) blocks;
-the child is killed with SIGKILL there, and every file the writer targets must still hold exactly
-what it held before.
+Each writer runs in a child process whose ``os.replace`` (the rename that publishes a file) blocks
+when it publishes the target under test; the child is killed with SIGKILL there, and that target
+must still hold exactly what it held before.
 """
 
 from __future__ import annotations
@@ -24,9 +24,12 @@ CHILD = """
 import os, sys, time
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-folder, flag = Path({folder!r}), Path({flag!r})
+folder, flag, target = Path({folder!r}), Path({flag!r}), Path({target!r})
+real_replace = os.replace
 
 def stalled_replace(src, dst):
+    if Path(dst) != target:
+        return real_replace(src, dst)
     flag.write_text(str(dst))
     time.sleep(600)
 
@@ -49,27 +52,29 @@ WRITERS = {
 }
 
 
-@pytest.mark.parametrize("writer", list(WRITERS))
-def test_a_kill_mid_write_leaves_every_target_as_it_was(writer, tmp_path):
+CASES = [(writer, target) for writer, (_, targets) in WRITERS.items() for target in targets]
+
+
+@pytest.mark.parametrize("writer, target", CASES, ids=[f"{w}: {t}" for w, t in CASES])
+def test_a_kill_mid_write_leaves_the_target_as_it_was(writer, target, tmp_path):
     body, targets = WRITERS[writer]
     folder, flag = tmp_path / "out", tmp_path / "flag"
-    old = {}
     for name in targets:  # what a reader sees now, from an earlier write
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(f"earlier {name}\n")
-        old[name] = (folder / name).read_bytes()
-    script = CHILD.format(repo=str(REPO), folder=str(folder), flag=str(flag), body=body)
+    old = (folder / target).read_bytes()
+    script = CHILD.format(repo=str(REPO), folder=str(folder), flag=str(flag), target=str(folder / target), body=body)
     child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not flag.exists() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     finished = child.poll() is not None
     child.send_signal(signal.SIGKILL)
     _, err = child.communicate()
-    assert not finished, f"{writer}: the writer finished without ever renaming a file into place: {err[-2000:]}"
-    assert flag.read_text().startswith(str(folder)), flag.read_text()
-    for name in targets:
-        assert (folder / name).read_bytes() == old[name], f"{writer}: {name} changed before its rename"
+    assert not finished, f"{writer}: {target} was written without being renamed into place: {err[-2000:]}"
+    assert flag.exists(), f"{writer}: the child never reached the rename of {target} in 300 s"
+    assert flag.read_text() == str(folder / target)
+    assert (folder / target).read_bytes() == old, f"{writer}: {target} changed before its rename"
     leftovers = [p.name for p in folder.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
     assert all(n.startswith(".") for n in leftovers), leftovers  # hidden temporary files only
 
@@ -85,3 +90,11 @@ def test_a_reader_skips_the_temporary_files_a_kill_leaves(tmp_path):
     assert completed_results(job) is None
     sweep = read_multirun(tmp_path / "sweep")
     assert [j.status for j in sweep.jobs] == ["unreadable"] and not sweep.completed
+
+
+def test_an_atomically_written_file_gets_a_normal_file_mode(tmp_path):
+    from ftexp.utils.io import atomic_write_text
+
+    (tmp_path / "plain.txt").write_text("x")
+    atomic_write_text(tmp_path / "atomic.txt", "x")
+    assert (tmp_path / "atomic.txt").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode

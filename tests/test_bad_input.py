@@ -35,11 +35,11 @@ class Workspace:
     base: List[str]  # overrides of a small job writing into root/run
 
 
-def cli(*args: str) -> Attempt:
-    def attempt():
-        env = {**os.environ, "WANDB_MODE": "disabled"}
+def cli(ws: "Workspace", *args: str) -> Attempt:
+    def attempt():  # in the workspace: whatever a broken check would write lands where it is looked for
+        env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
         proc = subprocess.run([sys.executable, "-m", "ftexp", *args], capture_output=True, text=True, timeout=300,
-                              env=env)
+                              env=env, cwd=ws.root)
         return proc.returncode, proc.stderr
     return attempt
 
@@ -145,17 +145,17 @@ def no_hub(monkeypatch):
 # (name, makes the attempt, words of the message: {root} = the workspace, {toy} = the toy dataset)
 CASES: List[Tuple[str, Callable[[Workspace], Attempt], List[str]]] = [
     # command line: refused before anything runs
-    ("unknown group option", lambda ws: cli("model=mistral8b"),
+    ("unknown group option", lambda ws: cli(ws, "model=mistral8b"),
      ["'mistral8b' is not an option of the config group 'model'", "Did you mean 'mistral7b'?"]),
-    ("misspelt key", lambda ws: cli("trainer.max_epoch=3"),
+    ("misspelt key", lambda ws: cli(ws, "trainer.max_epoch=3"),
      ["override 'trainer.max_epoch=3'", "'max_epoch' is not a key of trainer", "Did you mean 'max_epochs'?"]),
-    ("misspelt key added with +", lambda ws: cli("+optim.learning_rate=1e-4"),
+    ("misspelt key added with +", lambda ws: cli(ws, "+optim.learning_rate=1e-4"),
      ["override '+optim.learning_rate=1e-4'", "'learning_rate' is not a key of optim", "Valid keys: lr,"]),
-    ("wrong type", lambda ws: cli("optim.lr=fast"), ["override 'optim.lr=fast'", "optim.lr must be a float, got 'fast'"]),
-    ("out-of-range value in a sweep", lambda ws: cli("-m", "data.n_train=100,0"),
+    ("wrong type", lambda ws: cli(ws, "optim.lr=fast"), ["override 'optim.lr=fast'", "optim.lr must be a float, got 'fast'"]),
+    ("out-of-range value in a sweep", lambda ws: cli(ws, "-m", "data.n_train=100,0"),
      ["data.n_train=0", "must be >= 1"]),
-    ("malformed argument", lambda ws: cli("trainer.max_epochs"), ["override 'trainer.max_epochs'", "missing EQUAL"]),
-    ("refused _target_", lambda ws: cli("model._target_=os.system"),
+    ("malformed argument", lambda ws: cli(ws, "trainer.max_epochs"), ["override 'trainer.max_epochs'", "missing EQUAL"]),
+    ("refused _target_", lambda ws: cli(ws, "model._target_=os.system"),
      ["model._target_='os.system'", "is not allowed", "allowed_targets"]),
     # data files
     ("malformed JSONL", lambda ws: train_file_with(ws, '{"text": "broken", "label": '),
@@ -191,10 +191,19 @@ CASES: List[Tuple[str, Callable[[Workspace], Attempt], List[str]]] = [
 ]
 
 
+# Cases that read the real datasets (FTEXP_DATA_DIR); the others run anywhere.
+NEEDS_DATA = {"n_train too large", "training on an evaluation-only dataset", "missing model path", "NaN loss"}
+
+
 @pytest.fixture
-def workspace(tmp_path, data_dir, cache_dir, toy_data, monkeypatch) -> Workspace:
+def workspace(request, tmp_path, cache_dir, toy_data, monkeypatch) -> Workspace:
+    from tests.conftest import _data_dir
     from tests.test_review import export, fixture_outputs
 
+    data_dir = _data_dir()
+    if data_dir is None and request.node.callspec.params["name"] in NEEDS_DATA:
+        pytest.skip("real datasets not found: set FTEXP_DATA_DIR to the folder holding banking77/")
+    data_dir = data_dir or tmp_path / "no_data"
     no_hub(monkeypatch)
     monkeypatch.setenv("WANDB_MODE", "disabled")
     review_run = tmp_path / "review_run"

@@ -90,3 +90,12 @@ def test_prompt_template_with_an_unknown_field_names_the_record(folder):
     (folder / "train.jsonl").write_text(lines(GOOD))
     with pytest.raises(DataError, match=r"test.jsonl, line 1: data.prompt_template .* uses 'query'"):
         load(folder, "data.prompt_template='{query}'")
+
+
+def test_csv_line_numbers_survive_blank_lines_and_odd_characters_in_cells(folder):
+    """Records are numbered by the file's own lines: a blank line, a quoted line break and a form feed
+    or line separator inside a cell shift nothing."""
+    (folder / "train.csv").write_text('text,label\ncard arrive\x0cpost,card_arrival\n\n"two\nlines\u2028x",top_up\n'
+                                      'only text\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"train.csv, line 6: fewer values than the header"):
+        load(folder, "data.train_file=train.csv")

@@ -150,7 +150,9 @@ def test_divergence_is_reported_in_optimizer_steps_under_gradient_accumulation(a
     trainer = SimpleNamespace(global_step=0, accumulate_grad_batches=accumulate, log_every_n_steps=1000)
     guard = FiniteLoss("finetune", lr=0.1)
     for i, loss in enumerate([1.0, 2.0, float("nan"), 3.0]):
-        trainer.global_step = i // accumulate
+        trainer.global_step = i // accumulate  # before the batch
+        guard.on_train_batch_start(trainer, None, None, i)
+        trainer.global_step = (i + 1) // accumulate  # a step is taken after every accumulate-th batch
         guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(loss)}, None, i)
     with pytest.raises(TrainingDiverged) as err:
         guard.on_train_epoch_end(trainer, None)

@@ -68,22 +68,34 @@ def _read_jsonl(path: Path) -> List[Row]:
 
 
 def _read_csv(path: Path) -> List[Row]:
-    text = "".join(line for _, line in _lines(path))
+    pulled: List[Tuple[int, bool]] = []  # (line number, blank) of every line the reader has taken
+
+    def lines():
+        for n, line in _lines(path):
+            pulled.append((n, not line.strip()))
+            yield line
+
+    def first_line(since: int) -> int:  # where the record that began after pulled[since - 1] starts
+        taken = pulled[since:] or pulled[-1:] or [(1, False)]
+        return next((n for n, blank in taken if not blank), taken[0][0])
+
     # strict: an unclosed quote is an error, not a cell that swallows the rest of the file
-    reader = csv.DictReader(text.splitlines(keepends=True), strict=True)
-    rows, start = [], 2  # the line the next record starts on (line 1 is the header)
+    reader = csv.DictReader(lines(), strict=True)
+    rows, mark = [], 0
     try:
+        reader.fieldnames  # the header
+        mark = len(pulled)
         for record in reader:
-            where = f"{path}, line {start}"
+            where = f"{path}, line {first_line(mark)}"
+            mark = len(pulled)
             if None in record:  # more cells than header columns
                 raise DataError(f"{where}: more values than the header has columns")
             if None in record.values():
                 raise DataError(f"{where}: fewer values than the header has columns")
             rows.append(Row(where, dict(record)))
-            start = reader.line_num + 1
     except csv.Error as exc:
         hint = " (a quoted cell that starts in this record is never closed)" if "end of data" in str(exc) else ""
-        raise DataError(f"{path}, line {start}: malformed CSV: {exc}{hint}") from None
+        raise DataError(f"{path}, line {first_line(mark)}: malformed CSV: {exc}{hint}") from None
     return rows
 
 

@@ -96,8 +96,9 @@ class CSVLogger(NoLogger):
 
 def previous_run_id(run_dir: Path) -> Optional[str]:
     """The id of the newest W&B run this job folder holds (``wandb/[offline-]run-<time>-<id>``)."""
-    runs = sorted((Path(run_dir) / "wandb").glob("*run-*-*"), key=lambda p: p.stat().st_mtime)
-    runs = [p for p in runs if p.is_dir() and p.name.split("-", 1)[0] in ("run", "offline")]
+    runs = [p for p in (Path(run_dir) / "wandb").glob("*run-*-*")
+            if p.is_dir() and not p.is_symlink() and p.name.split("-", 1)[0] in ("run", "offline")]
+    runs.sort(key=lambda p: p.name.split("-")[-2])  # by the start time in the name (YYYYMMDD_HHMMSS)
     return runs[-1].name.rsplit("-", 1)[-1] if runs else None
 
 

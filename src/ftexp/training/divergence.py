@@ -5,8 +5,7 @@ checkpoint, so a checkpoint never holds diverged weights."""
 
 from __future__ import annotations
 
-import math
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -17,21 +16,28 @@ from ftexp.errors import TrainingDiverged
 class FiniteLoss(pl.Callback):
     def __init__(self, stage: str, lr: Optional[float] = None) -> None:
         self.stage, self.lr = stage, lr
-        # Counted in batches (1-based, of the stage); reported as optimizer steps, which differ under
-        # gradient accumulation.
+        # Counted in batches of this fit (1-based); reported as the optimizer steps they belong to, which
+        # differ under gradient accumulation: the global step before and after each batch (host ints).
         self.first_bad: Optional[torch.Tensor] = None  # the batch of the first non-finite loss, or -1
         self.last_good: Optional[torch.Tensor] = None  # (batch, loss) of the last finite loss before it
         self.batch: Optional[torch.Tensor] = None
+        self.steps_before: List[int] = []
+        self.steps_after: List[int] = []
         self.accumulate = 1
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self.steps_before.append(trainer.global_step)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        self.steps_after.append(trainer.global_step)
         loss = outputs["loss"].detach() if isinstance(outputs, dict) else outputs.detach()
         if self.first_bad is None:  # device tensors: no host-to-device copy (an implicit sync) per step
             self.accumulate = max(1, int(trainer.accumulate_grad_batches))
             self.first_bad = torch.tensor(-1.0, device=loss.device)
             self.last_good = torch.tensor([-1.0, float("nan")], device=loss.device)
-            self.batch = torch.tensor(float(trainer.global_step * self.accumulate), device=loss.device)
+            self.batch = torch.tensor(0.0, device=loss.device)
         self.batch += 1.0
         finite = torch.isfinite(loss)
         self.first_bad = torch.where(~finite & (self.first_bad < 0), self.batch, self.first_bad)
@@ -56,5 +62,7 @@ class FiniteLoss(pl.Callback):
 
     def _at(self, batch: float) -> str:
         """'step S', or 'step S (batch B)' when several batches make one optimizer step."""
-        step = f"step {math.ceil(batch / self.accumulate)}"
+        b = int(batch) - 1
+        before, after = self.steps_before[b], self.steps_after[b]
+        step = f"step {after if after > before else before + 1}"  # the step this batch took or feeds
         return step if self.accumulate == 1 else f"{step} (batch {int(batch)})"
