@@ -180,6 +180,11 @@ def pareto(sweep: Sweep, cells: Sequence[Cell], metric: str, path: Path) -> Path
             xs = sorted({sx.mean for _, sx, _ in pts})
             ax.set_xticks(xs, [_count(x) for x in xs], fontsize=8)
             ax.minorticks_off()
+        else:  # costs like 0.0004: at most 5 ticks, in compact notation, so the labels do not run together
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
         ax.margins(x=0.1, y=0.08)
         ax.set_title(f"vs {title}: nothing on the front is beaten by\na point both {better} and better"
                      f"{'' if sign > 0 else ' (lower)'}", fontsize=8)
