@@ -166,7 +166,9 @@ def pareto(sweep: Sweep, cells: Sequence[Cell], metric: str, path: Path) -> Path
         sign = 1 if higher_better(metric) else -1
         front = [pts[i] for i in pareto_front([(sx.mean, sign * sy.mean) for _, sx, sy in pts])]
         for c, sx, sy in pts:
-            ax.errorbar(sx.mean, sy.mean, xerr=sx.half, yerr=sy.half, marker="o", capsize=3, color=colour[id(c)],
+            # costs, latencies and sizes are never negative: a wide interval (n = 2) stops at zero
+            xerr = None if sx.half is None else [[min(sx.half, sx.mean)], [sx.half]]
+            ax.errorbar(sx.mean, sy.mean, xerr=xerr, yerr=sy.half, marker="o", capsize=3, color=colour[id(c)],
                         label=c.label(sweep.keys, True))
             if crowded and any(c is f[0] for f in front):
                 ax.annotate(", ".join(c.values), (sx.mean, sy.mean), xytext=(4, 4), textcoords="offset points",
