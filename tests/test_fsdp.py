@@ -57,6 +57,9 @@ def test_trainer_fsdp_composes_and_builds_one_unit_per_decoder_layer():
     assert built.kwargs["use_orig_params"] is True  # LoRA mixes frozen and trainable parameters
     assert built.kwargs["auto_wrap_policy"]._module_classes == {LlamaDecoderLayer}
     assert built._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == {LlamaDecoderLayer}
+    assert built.cpu_offload.offload_params is False
+    offloaded = strategy(compose_config(["trainer=fsdp", "trainer.fsdp.cpu_offload=true"]).trainer.fsdp, tiny_llama())
+    assert offloaded.cpu_offload.offload_params is True and offloaded._activation_checkpointing_kwargs == {}
     assert layer_classes(Holder(tiny_llama())) == {LlamaDecoderLayer}
     with pytest.raises(ValueError, match="names no layer class"):
         layer_classes(nn.Linear(2, 2))
