@@ -144,8 +144,7 @@ def test_the_evaluator_reports_every_metric_with_sane_values(toy_data, cache_dir
         for mode in ("b1", "batched"):
             assert qa[f"efficiency/{kind}_{mode}_p95_ms"] >= qa[f"efficiency/{kind}_{mode}_p50_ms"] > 0
             assert qa[f"efficiency/cost_per_1k_{kind}_{mode}"] > 0
-    # decoding 4 tokens costs more than one forward pass over the prompt
-    assert qa["efficiency/generate_b1_p50_ms"] > qa["efficiency/score_b1_p50_ms"]
+    # (No ordering of two measured durations here: on a shared CPU a 3-repeat median can invert them.)
 
     with caplog.at_level(logging.WARNING):  # an unpriced device: no costs, one warning
         ctx.device_name = "cpu"
