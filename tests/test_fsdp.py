@@ -9,7 +9,6 @@ import functools
 import json
 import os
 import socket
-import sys
 
 import pytest
 import torch
