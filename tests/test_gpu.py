@@ -54,3 +54,31 @@ def test_hub_model_from_a_local_folder_trains_lora_on_the_gpu(tiny_overrides, tm
     assert res["status"] == "completed"
     assert res["model"]["parameters"]["trainable"] < res["model"]["parameters"]["total"] / 10
     assert (Path(cfg.output_dir) / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("impl", ["flash_attention_2", "flex_attention"])
+def test_flattened_packing_keeps_examples_apart_in_varlen_attention_on_the_gpu(impl):
+    """The layout packing gives these kernels (one unpadded row, no mask): each example's logits
+    equal those of the example alone under sdpa, and the loss equals the padded batch's."""
+    if impl == "flash_attention_2":
+        pytest.importorskip("flash_attn")
+    from ftexp.data.datamodule import pad_batch
+    from ftexp.data.packing import flatten_batch
+    from ftexp.training.module import completion_loss
+    from tests.test_packing import varied_rows
+
+    rows = varied_rows(12)
+    flat, padded = flatten_batch(rows), pad_batch(rows, pad_id=0)
+    ref = tiny_lm().cuda().to(torch.bfloat16)
+    model = tiny_lm(impl).cuda().to(torch.bfloat16)
+    with torch.no_grad():
+        flat = {k: v.cuda() for k, v in flat.items()}
+        padded = {k: v.cuda() for k, v in padded.items()}
+        assert abs(float(completion_loss(model, flat)) - float(completion_loss(ref, padded))) < 2e-2
+        logits = model(input_ids=flat["input_ids"], position_ids=flat["position_ids"], use_cache=False).logits[0]
+        at = 0
+        for r in rows:
+            n = len(r["input_ids"])
+            alone = ref(input_ids=torch.tensor([r["input_ids"]], device="cuda")).logits[0]
+            assert torch.allclose(logits[at:at + n].float(), alone.float(), atol=3e-2)
+            at += n

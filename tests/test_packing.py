@@ -9,7 +9,7 @@ import torch
 
 from ftexp.config.preflight import compose_config
 from ftexp.data.datamodule import FineTuneDataModule, pad_batch
-from ftexp.data.packing import first_fit_decreasing, pack_batch, real_tokens
+from ftexp.data.packing import first_fit_decreasing, flatten_batch, pack_batch, real_tokens
 from ftexp.training.module import FineTuneModule, completion_loss
 from tests.test_eval import tiny_lm
 
@@ -58,6 +58,44 @@ def test_packed_logits_and_loss_equal_the_padded_batch():
         assert checked == len(rows)
 
 
+def test_a_flattened_batch_keeps_each_example_apart_through_position_ids_alone():
+    """The layout for varlen attention kernels: one unpadded row, no mask. transformers reads the
+    example boundaries from where position_ids restart, for sdpa (a block mask it builds) as for
+    flash-attention (cu_seqlens): the logits of each example equal those of the example alone."""
+    from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+
+    model = tiny_lm()
+    rows = varied_rows(12)
+    flat, padded = flatten_batch(rows), pad_batch(rows, pad_id=0)
+    lengths = [len(r["input_ids"]) for r in rows]
+    assert flat["input_ids"].shape == (1, sum(lengths)) and "attention_mask" not in flat
+    assert real_tokens(flat) == real_tokens(padded)
+    (cu_seqlens, _), (longest, _) = prepare_fa_kwargs_from_position_ids(flat["position_ids"])
+    assert cu_seqlens.tolist() == [0, *torch.tensor(lengths).cumsum(0).tolist()] and int(longest) == max(lengths)
+    with torch.no_grad():
+        assert math.isclose(float(completion_loss(model, flat)), float(completion_loss(model, padded)), rel_tol=1e-5)
+        logits = model(input_ids=flat["input_ids"], position_ids=flat["position_ids"], use_cache=False).logits[0]
+        at = 0
+        for r in rows:
+            n = len(r["input_ids"])
+            alone = model(input_ids=torch.tensor([r["input_ids"]])).logits[0]
+            assert torch.allclose(logits[at:at + n], alone, atol=1e-5)
+            at += n
+
+
+def test_packing_flattens_batches_for_attention_that_reads_position_ids():
+    """flash-attention and flex attention get the flat layout (through a LoRA wrapper too); sdpa and
+    eager the 4-D mask."""
+    from peft import LoraConfig, get_peft_model
+
+    from ftexp.models.attention import takes_flat_batches
+
+    assert not takes_flat_batches(tiny_lm("sdpa")) and not takes_flat_batches(tiny_lm("eager"))
+    flex = tiny_lm("flex_attention")
+    assert takes_flat_batches(flex)
+    assert takes_flat_batches(get_peft_model(flex, LoraConfig(r=2, target_modules=["q_proj"])))
+
+
 class StepLosses(pl.Callback):
     def __init__(self):
         self.losses = []
@@ -66,12 +104,12 @@ class StepLosses(pl.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-def _train(pack_length):
+def _train(pack_length, pack_flat=False):
     pl.seed_everything(0, verbose=False)
     model = tiny_lm()
     rows = varied_rows(96, seed=1)
     dm = FineTuneDataModule(rows, rows[:16], pad_id=0, batch_size=16, seed=0, group_by_length=False,
-                            pack_length=pack_length)
+                            pack_length=pack_length, pack_flat=pack_flat)
     steps = StepLosses()
     trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[steps])
@@ -86,6 +124,9 @@ def test_a_packed_stage_takes_the_same_steps_as_a_padded_one():
     assert all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip(packed, padded)), (packed, padded)
     assert math.isclose(val_packed, val_padded, rel_tol=1e-4)
     assert padded[-1] < 0.7 * padded[0]  # and it learned something
+    flat, val_flat = _train(None, pack_flat=True)
+    assert all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip(flat, padded)), (flat, padded)
+    assert math.isclose(val_flat, val_padded, rel_tol=1e-4)
 
 
 def test_trainer_packing_runs_a_job_with_the_same_losses(tiny_overrides, tmp_path):

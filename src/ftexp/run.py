@@ -23,6 +23,7 @@ from ftexp.data.datamodule import FineTuneDataModule
 from ftexp.eval.base import EvalContext, Evaluator
 from ftexp.eval.continual_summary import continual_summary, flat_continual
 from ftexp.mitigation.base import Mitigation, StageContext
+from ftexp.models.attention import takes_flat_batches
 from ftexp.models.base import count_parameters
 from ftexp.synthesis import add_synthetic
 from ftexp.training.best_weights import BestWeights
@@ -285,6 +286,7 @@ def train_stage(cfg, stage, index, model, tokenizer, task, earlier, mitigation, 
         num_workers=cfg.trainer.num_workers,
         group_by_length=cfg.trainer.group_by_length,
         pack_length=(cfg.trainer.pack_length or max_length) if cfg.trainer.packing else None,
+        pack_flat=cfg.trainer.packing and takes_flat_batches(model),
     )
     ctx = StageContext(index=index, name=stage.name, model=model, datamodule=datamodule, task=task,
                        tokenizer=tokenizer, encode=encode, earlier=list(earlier), seed=cfg.seed,
@@ -321,7 +323,7 @@ def cached_stage_key(cfg, stage, index, lr, model, datamodule, mitigation, ctx) 
                 "batches": {"pad_id": dm.pad_id, "batch_size": dm.batch_size, "seed": dm.seed,
                             "group_by_length": dm.group_by_length, "val_batch_size": dm.val_batch_size,
                             "replay_ratio": dm.replay_ratio, "replay_mode": dm.replay_mode,
-                            "pack_length": dm.pack_length}}
+                            "pack_length": dm.pack_length, "pack_flat": dm.pack_flat}}
     for ignored in ("num_workers", "enable_progress_bar", "log_every_n_steps"):  # no effect on the weights
         settings["trainer"].pop(ignored, None)
     return stage_key(model, rows, settings)

@@ -65,7 +65,7 @@ class HubModelConfig(ModelConfig):
     path: Optional[str] = None  # local folder with config.json + weights; used instead of hub_id
     revision: Optional[str] = None  # hub revision (branch, tag or commit) to pin
     trust_remote_code: bool = False  # run modelling code shipped with the weights (off by default)
-    attn_implementation: Optional[str] = "sdpa"  # sdpa | eager | flash_attention_2
+    attn_implementation: Optional[str] = "sdpa"  # sdpa | eager | flash_attention_2 | flex_attention
 
 
 @dataclass

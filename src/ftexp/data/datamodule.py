@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ftexp.data.packing import pack_batch
+from ftexp.data.packing import flatten_batch, pack_batch
 from ftexp.data.replay_batches import ReplayBatches
 
 Encoded = Dict[str, List[int]]
@@ -121,10 +121,12 @@ class FineTuneDataModule(pl.LightningDataModule):
         val_batch_size: Optional[int] = None,
         group_by_length: bool = True,
         pack_length: Optional[int] = None,
+        pack_flat: bool = False,
     ) -> None:
         super().__init__()
         self.group_by_length = group_by_length
         self.pack_length = pack_length  # pack each training step's examples into rows of this many tokens
+        self.pack_flat = pack_flat  # ... or into one unpadded row (position_ids mark the examples)
         self.train, self.val = train, val
         self.pad_id, self.batch_size, self.seed = pad_id, batch_size, seed
         self.num_workers = num_workers
@@ -137,6 +139,8 @@ class FineTuneDataModule(pl.LightningDataModule):
         self.replay, self.replay_ratio, self.replay_mode = list(rows), ratio, mode
 
     def _collate(self, rows: List[Encoded]) -> Dict[str, torch.Tensor]:
+        if self.pack_flat:
+            return flatten_batch(rows)
         if self.pack_length:
             return pack_batch(rows, self.pad_id, self.pack_length)
         return pad_batch(rows, self.pad_id)

@@ -6,6 +6,10 @@ same number: only padding is dropped. Within a row every example sees only itsel
 causal mask, 4-D, which transformers' SDPA and eager attention take as given), its positions start
 at 0, and the first token of each example is never a target (it would be predicted from the end of
 the previous one). Rows are filled first-fit-decreasing up to ``capacity`` tokens.
+
+Attention kernels that read example boundaries from ``position_ids`` (flash-attention's varlen
+kernels, flex attention) need no mask at all: :func:`flatten_batch` puts the step's examples in
+one row without padding, and transformers derives the boundaries from where positions restart.
 """
 
 from __future__ import annotations
@@ -62,6 +66,16 @@ def pack_batch(rows: List[Encoded], pad_id: int, capacity: int) -> Dict[str, tor
     mask = (same & causal) | torch.eye(width, dtype=torch.bool)
     return {"input_ids": ids, "labels": labels, "position_ids": positions, "attention_mask": mask[:, None],
             "token_mask": real}
+
+
+def flatten_batch(rows: List[Encoded]) -> Dict[str, torch.Tensor]:
+    """``rows`` end to end in a single row with no padding and no attention mask: input_ids, labels
+    and position_ids (restarting at 0 for each example) of shape 1 x total, and ``token_mask``."""
+    ids = torch.tensor([t for r in rows for t in r["input_ids"]], dtype=torch.long)[None]
+    labels = torch.tensor([t if k else -100 for r in rows for k, t in enumerate(r["labels"])], dtype=torch.long)[None]
+    positions = torch.tensor([k for r in rows for k in range(len(r["input_ids"]))], dtype=torch.long)[None]
+    return {"input_ids": ids, "labels": labels, "position_ids": positions,
+            "token_mask": torch.ones_like(ids, dtype=torch.bool)}
 
 
 def model_inputs(batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

@@ -8,8 +8,19 @@ from typing import Iterator
 import torch
 
 
+# Attention implementations that take a flattened batch's example boundaries from position_ids
+# (transformers' varlen flash-attention path, flex attention's block mask); others get a 4-D mask.
+POSITION_ID_ATTENTION = ("flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def takes_flat_batches(model: torch.nn.Module) -> bool:
+    """Whether packing should give ``model`` one unpadded row per step (see ``flatten_batch``)."""
+    return attention_implementation(model) in POSITION_ID_ATTENTION
+
+
 def attention_implementation(model: torch.nn.Module) -> str:
-    return getattr(getattr(model, "config", None), "_attn_implementation", None) or "sdpa"
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # through a peft wrapper
+    return getattr(getattr(base, "config", None), "_attn_implementation", None) or "sdpa"
 
 
 @contextmanager

@@ -20,8 +20,10 @@ def completion_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor]) -> t
 
 
 def forward(model: torch.nn.Module, batch: Dict[str, torch.Tensor]):
-    """The model's outputs for a batch, with ``loss`` = mean cross-entropy over the target tokens."""
-    return model(**model_inputs(batch), labels=batch["labels"])
+    """The model's outputs for a batch, with ``loss`` = mean cross-entropy over the target tokens.
+    No KV cache: training never decodes, and with a cache transformers ignores the example
+    boundaries that a flattened batch's position_ids mark."""
+    return model(**model_inputs(batch), labels=batch["labels"], use_cache=False)
 
 
 def global_token_mean(local_mean: torch.Tensor, labels: torch.Tensor, world_size: int) -> torch.Tensor:
