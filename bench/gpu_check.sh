@@ -14,3 +14,5 @@ python3 -m pytest -p no:cacheprovider -m gpu tests/test_gpu.py -q -o addopts="" 
 cp "$OUT/demo_gpu/results.json" "$OUT/demo_gpu_results.json" 2>/dev/null; rm -rf "$OUT/demo_gpu"
 # Issue 7's (b) and (c): 7B LoRA and 1B full fine-tuning, ftexp against a plain loop, same run.
 python3 bench/gpu_throughput.py 2>&1 | tail -7 | tee "$OUT/gpu_throughput.txt"
+# Compiled sides last (compile time is minutes on a 1B model): trainer.compile=true against plain + compile.
+python3 bench/gpu_throughput.py --case full1b --compile 2>&1 | tail -6 | tee "$OUT/gpu_throughput_compile.txt"

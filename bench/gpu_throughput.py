@@ -1,6 +1,6 @@
 """GPU training throughput: ftexp (FineTuneModule under Lightning) against a plain PyTorch loop.
 
-    python bench/gpu_throughput.py [--case lora7b full1b] [--steps 30] [--warmup 10] [--peak-tflops 788]
+    python bench/gpu_throughput.py [--case lora7b full1b] [--steps 30] [--warmup 10] [--peak-tflops 788] [--compile]
     python bench/gpu_throughput.py --tiny       # CPU-sized shapes: checks the script itself, no GPU
 
 (b) lora7b: Mistral-7B architecture, random bf16 weights, LoRA r16 on every linear layer (adapters
@@ -11,6 +11,8 @@ Both sides get the same weights, random-token batches, AdamW and gradient clippi
 process; time per step is the median over steps after the warm-up (CUDA-synchronised). Printed per
 case: card, tokens/s, MFU (4N + 2N_trainable FLOPs per token against the card's peak: --peak-tflops,
 else the bf16 data-sheet figure by name), peak memory, and the ratio ftexp / plain (goal <= 1.05).
+--compile adds both sides under torch.compile (``trainer.compile=true`` for ftexp), each compared
+with the compiled plain loop; the compile time falls in the warm-up steps.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def plain_loop(model, data, precision: str, device, warmup: int) -> List[float]:
+def plain_loop(model, data, precision: str, device, warmup: int, compile: bool = False) -> List[float]:
+    step_forward = torch.compile(model) if compile else model
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.95), weight_decay=0.0)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
@@ -84,7 +87,7 @@ def plain_loop(model, data, precision: str, device, warmup: int) -> List[float]:
         sync(device)
         t = time.perf_counter()
         with autocast:
-            loss = model(**batch).loss
+            loss = step_forward(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -109,13 +112,13 @@ class StepTimes(pl.Callback):
             self.times.append(time.perf_counter() - self._t)
 
 
-def ftexp_loop(model, data, precision: str, device, warmup: int) -> List[float]:
+def ftexp_loop(model, data, precision: str, device, warmup: int, compile: bool = False) -> List[float]:
     clock = StepTimes(warmup, device)
     trainer = pl.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=1,
                          precision=precision if device.type == "cuda" else "32-true", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          gradient_clip_val=1.0, callbacks=[clock], limit_val_batches=0)
-    trainer.fit(FineTuneModule(model, OPTIM, lr=1e-5), train_dataloaders=DataLoader(data, batch_size=None))
+    trainer.fit(FineTuneModule(model, OPTIM, lr=1e-5, compile=compile), train_dataloaders=DataLoader(data, batch_size=None))
     return clock.times
 
 
@@ -125,6 +128,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--compile", action="store_true", help="also both sides under torch.compile")
     ap.add_argument("--tiny", action="store_true", help="CPU-sized shapes, to check the script without a GPU")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
@@ -138,12 +142,15 @@ def main() -> None:
         counts = (sum(p.numel() for p in base.parameters()),
                   sum(p.numel() for p in base.parameters() if p.requires_grad))
         data = batches(base.config.vocab_size, args.steps, b, s, device)
-        for side, loop in (("plain", plain_loop), ("ftexp", ftexp_loop)):
+        sides = [("plain", plain_loop, False), ("ftexp", ftexp_loop, False)]
+        if args.compile:
+            sides += [("plain+c", plain_loop, True), ("ftexp+c", ftexp_loop, True)]
+        for side, loop, compile in sides:
             model = copy.deepcopy(base)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
-            times = loop(model, data, case["precision"], device, args.warmup)
+            times = loop(model, data, case["precision"], device, args.warmup, compile)
             tok_s = b * s / statistics.median(times)
             mfu = tok_s * (4 * counts[0] + 2 * counts[1]) / (peak * 1e12) if peak else float("nan")
             memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
@@ -153,7 +160,7 @@ def main() -> None:
     print(f"card: {card}   peak {peak or 'unknown'} TFLOP/s   steps {args.steps} ({args.warmup} warm-up)")
     print(f"{'case':8s} {'side':6s} {'tok/s':>10s} {'MFU':>6s} {'peak GB':>8s} {'ftexp/plain time':>17s}")
     for i, (name, side, tok_s, mfu, memory) in enumerate(rows):
-        ratio = f"{rows[i - 1][2] / tok_s:.3f}" if side == "ftexp" else ""
+        ratio = f"{rows[i - 1][2] / tok_s:.3f}" if side.startswith("ftexp") else ""  # against the row above
         print(f"{name:8s} {side:6s} {tok_s:10.0f} {mfu:6.3f} {memory:8.1f} {ratio:>17s}")
 
 

@@ -53,9 +53,13 @@ class FineTuneModule(pl.LightningModule):
         optim_cfg: Any,
         lr: float,
         mitigation: Optional[Mitigation] = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
+        # The compiled function, not the module: the model's parameter names (checkpoints, the stage
+        # cache, saved weights) stay as they are, and evaluation runs the eager model.
+        self._train_forward = torch.compile(forward) if compile else forward
         self.optim_cfg = optim_cfg
         self.lr = lr
         self.mitigation = mitigation or NoMitigation()
@@ -92,7 +96,7 @@ class FineTuneModule(pl.LightningModule):
     # ----------------------------------------------------------------------------- steps
 
     def training_step(self, batch: Dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        outputs = forward(self.model, batch)
+        outputs = self._train_forward(self.model, batch)
         task_loss = outputs.loss
         if self.trainer.world_size > 1:
             task_loss = global_token_mean(task_loss, batch["labels"], self.trainer.world_size)
