@@ -150,6 +150,22 @@ def test_known_means_cis_failed_and_unreadable(size_sweep):
     assert (out / "learning_curve.png").read_bytes()[:8] == PNG
 
 
+def test_a_sweep_resumed_part_way_keeps_its_cells_whole(tmp_path):
+    """Jobs run after `resume=true` (or with another logger) carry that override; it steers the
+    run, not the result, so it neither becomes a swept key nor splits a cell."""
+    jobs = []
+    for n, accs in ACC.items():
+        for seed, acc in enumerate(accs):
+            steer = ["resume=true", "trainer.enable_progress_bar=false", "logger.project=p"] if seed == 2 else []
+            jobs.append(results([f"data.n_train={n}", *steer], seed, {"test/accuracy": acc}, ["E2"], "dataset_size"))
+    root = write_multirun(tmp_path / "m", jobs, {"data.n_train": "500,null"})
+    assert read_multirun(root).keys == ["data.n_train"]
+    compare_folder(root)
+    rows = read_table(root / "compare" / "table.csv")
+    assert [(r["data.n_train"], r["n"], r["seeds"]) for r in rows] == [("500", "3", "0 1 2"), ("null", "3", "0 1 2")]
+    assert float(rows[0]["test/accuracy:mean"]) == pytest.approx(sum(ACC["500"]) / 3)
+
+
 def test_incomplete_and_missing_results_are_listed(tmp_path):
     tags = ["custom"]
     jobs = [results(["lr=1"], 0, {"test/accuracy": 0.5}, tags), results(["lr=2"], 0, {"test/accuracy": 0.6}, tags),

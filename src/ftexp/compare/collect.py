@@ -3,7 +3,8 @@
 A job is ``completed`` (its metrics count), ``failed`` (listed with its error), ``incomplete``
 (``status: running``: stopped before it finished) or ``unreadable`` (no results.json, a truncated or
 otherwise invalid one). Nothing is dropped: every job found is in :attr:`Sweep.jobs`. The swept keys
-are the override keys whose values differ across jobs; ``seed`` is the replicate axis, never a key.
+are the override keys whose values differ across jobs; ``seed`` is the replicate axis, never a key,
+and neither are overrides that only steer the run (``resume=true``, the logger, progress bars).
 Reads JSON and YAML only: no training code, torch or Lightning.
 """
 
@@ -18,6 +19,15 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 RESULTS_FILE = "results.json"  # as ftexp.tracking.results writes it (not imported: it pulls in ftexp.utils)
 REPLICATE = "seed"
+# Overrides that change how a job runs, not what it computes: never a swept key. (A sweep resumed
+# with resume=true carries it on the jobs that ran after the resume only; cells must not split there.)
+RUN_CONTROL = ("resume", "output_dir", "cache_dir", "logger", "trainer.enable_progress_bar", "trainer.num_workers",
+               "trainer.log_every_n_steps")
+
+
+def run_control(key: str) -> bool:
+    key = key.lstrip("+~")
+    return key in RUN_CONTROL or key.startswith("logger.")
 QUESTIONS = {  # DESIGN.md's table, for a sweep whose files cannot be found
     "E1": "Does synthetic data help or hurt?", "E2": "How many examples are enough?",
     "E3": "How much does iterative fine-tuning forget, and what stops it?",
@@ -240,7 +250,7 @@ def finish(sweep: Sweep) -> Sweep:
     """Swept keys, tags and the question, from what the jobs say."""
     keys: List[str] = []
     for job in sweep.jobs:
-        keys += [k for k in job.overrides if k not in keys and k != REPLICATE]
+        keys += [k for k in job.overrides if k not in keys and k != REPLICATE and not run_control(k)]
     known = [j for j in sweep.jobs if j.overrides]
     swept = [k for k in keys if len({j.overrides.get(k) for j in known}) > 1]
     first = [k for k in sweep.order if k in swept]
