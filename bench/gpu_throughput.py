@@ -87,7 +87,7 @@ def plain_loop(model, data, precision: str, device, warmup: int, compile: bool =
         sync(device)
         t = time.perf_counter()
         with autocast:
-            loss = step_forward(**batch).loss
+            loss = step_forward(**batch, use_cache=False).loss  # as ftexp's step: no KV cache
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

@@ -87,7 +87,7 @@ def run_plain(model, batches, optim_cfg, lr: float, warmup: int) -> float:
     for i, batch in enumerate(batches):
         if i == warmup:
             start = time.perf_counter()
-        loss = model(**batch).loss
+        loss = model(**batch, use_cache=False).loss  # as ftexp's step: no KV cache
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

@@ -35,6 +35,7 @@ def test_a_compiled_stage_takes_the_same_steps_as_an_eager_one():
     assert not counters["frames"]["ok"]
     compiled, compiled_module = _train(compile=True)
     assert counters["frames"]["ok"] > 0  # dynamo did compile the step
+    # dropout-free model: the same draws, so the same losses (with dropout the masks differ)
     assert len(compiled) == len(eager) == 6
     assert all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip(compiled, eager)), (compiled, eager)
     # the module itself is not wrapped: its parameter names (checkpoints, saved weights) are unchanged

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import pytorch_lightning as pl
 import torch
 
-from ftexp.config.preflight import compose_config
+from ftexp.config.preflight import ConfigError, check_overrides, compose_config
 from ftexp.data.datamodule import FineTuneDataModule, pad_batch
 from ftexp.data.packing import first_fit_decreasing, flatten_batch, pack_batch, real_tokens
 from ftexp.training.module import FineTuneModule, completion_loss
@@ -72,6 +73,9 @@ def test_a_flattened_batch_keeps_each_example_apart_through_position_ids_alone()
     assert real_tokens(flat) == real_tokens(padded)
     (cu_seqlens, _), (longest, _) = prepare_fa_kwargs_from_position_ids(flat["position_ids"])
     assert cu_seqlens.tolist() == [0, *torch.tensor(lengths).cumsum(0).tolist()] and int(longest) == max(lengths)
+    # the varlen arguments the batch carries (so that no layer derives them) are the same
+    assert flat["cu_seq_lens_q"].tolist() == flat["cu_seq_lens_k"].tolist() == cu_seqlens.tolist()
+    assert flat["cu_seq_lens_q"].dtype == torch.int32 and flat["max_length_q"] == flat["max_length_k"] == max(lengths)
     with torch.no_grad():
         assert math.isclose(float(completion_loss(model, flat)), float(completion_loss(model, padded)), rel_tol=1e-5)
         logits = model(input_ids=flat["input_ids"], position_ids=flat["position_ids"], use_cache=False).logits[0]
@@ -88,12 +92,25 @@ def test_packing_flattens_batches_for_attention_that_reads_position_ids():
     eager the 4-D mask."""
     from peft import LoraConfig, get_peft_model
 
-    from ftexp.models.attention import takes_flat_batches
+    from ftexp.models.attention import reads_position_ids, takes_flat_batches
 
     assert not takes_flat_batches(tiny_lm("sdpa")) and not takes_flat_batches(tiny_lm("eager"))
+    assert all(reads_position_ids(k) for k in ("flash_attention_2", "flash_attention_4", "kernels-community/flash-attn2"))
+    assert not reads_position_ids("paged|sdpa")
     flex = tiny_lm("flex_attention")
     assert takes_flat_batches(flex)
     assert takes_flat_batches(get_peft_model(flex, LoraConfig(r=2, target_modules=["q_proj"])))
+
+
+@pytest.mark.parametrize("impl, ok", [("sdpa", True), ("eager", True), ("flash_attention_2", True),
+                                      ("flex_attention", True), ("paged|sdpa", False)])
+def test_packing_with_attention_that_takes_neither_layout_is_refused_at_composition(impl, ok):
+    overrides = ["model=smollm2_135m", f"model.attn_implementation={impl}", "trainer.packing=true"]
+    if ok:
+        check_overrides(overrides)
+    else:
+        with pytest.raises(ConfigError, match=r"model.attn_implementation='paged\|sdpa': trainer.packing needs"):
+            check_overrides(overrides)
 
 
 class StepLosses(pl.Callback):

@@ -40,6 +40,13 @@ def problems(cfg: DictConfig) -> List[str]:
              "use trainer=ddp with this mitigation, or mitigation=replay with trainer=fsdp")
         need(t.early_stopping_patience is None, "trainer.early_stopping_patience", t.early_stopping_patience,
              "early stopping keeps a copy of the best weights, which FSDP shards; not supported with trainer=fsdp")
+    impl = m.get("attn_implementation")
+    if t.packing and impl not in (None, "sdpa", "eager"):
+        from ftexp.models.attention import reads_position_ids
+
+        need(reads_position_ids(str(impl)), "model.attn_implementation", impl,
+             "trainer.packing needs attention that takes a 4-D mask (sdpa, eager) or reads example boundaries "
+             "from position_ids (flash-attention kernels, flex_attention); turn packing off for this one")
     need(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", t.accumulate_grad_batches, "must be >= 1")
     need(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     need(o.batch_size >= 1, "optim.batch_size", o.batch_size, "must be >= 1")

@@ -14,7 +14,7 @@ one row without padding, and transformers derives the boundaries from where posi
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 import torch
 
@@ -68,19 +68,27 @@ def pack_batch(rows: List[Encoded], pad_id: int, capacity: int) -> Dict[str, tor
             "token_mask": real}
 
 
-def flatten_batch(rows: List[Encoded]) -> Dict[str, torch.Tensor]:
+def flatten_batch(rows: List[Encoded]) -> Dict[str, Any]:
     """``rows`` end to end in a single row with no padding and no attention mask: input_ids, labels
-    and position_ids (restarting at 0 for each example) of shape 1 x total, and ``token_mask``."""
+    and position_ids (restarting at 0 for each example) of shape 1 x total, and ``token_mask``.
+    The example boundaries also go in as flash-attention's varlen arguments (``cu_seq_lens_*``,
+    ``max_length_*``), so no layer has to derive them from position_ids (a device sync each);
+    other attention implementations ignore them."""
     ids = torch.tensor([t for r in rows for t in r["input_ids"]], dtype=torch.long)[None]
     labels = torch.tensor([t if k else -100 for r in rows for k, t in enumerate(r["labels"])], dtype=torch.long)[None]
     positions = torch.tensor([k for r in rows for k in range(len(r["input_ids"]))], dtype=torch.long)[None]
+    lengths = [len(r["input_ids"]) for r in rows]
+    bounds = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
     return {"input_ids": ids, "labels": labels, "position_ids": positions,
-            "token_mask": torch.ones_like(ids, dtype=torch.bool)}
+            "token_mask": torch.ones_like(ids, dtype=torch.bool),
+            "cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds, "max_length_q": max(lengths),
+            "max_length_k": max(lengths)}
 
 
 def model_inputs(batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """The keys of a (padded or packed) batch that the model takes, labels aside."""
-    keys = ("input_ids", "attention_mask", "position_ids")
+    keys = ("input_ids", "attention_mask", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q",
+            "max_length_k")
     return {k: batch[k] for k in keys if k in batch}
 
 

@@ -8,14 +8,16 @@ from typing import Iterator
 import torch
 
 
-# Attention implementations that take a flattened batch's example boundaries from position_ids
-# (transformers' varlen flash-attention path, flex attention's block mask); others get a 4-D mask.
-POSITION_ID_ATTENTION = ("flash_attention_2", "flash_attention_3", "flex_attention")
+def reads_position_ids(impl: str) -> bool:
+    """Whether attention ``impl`` takes a flattened batch's example boundaries from position_ids:
+    transformers' flash-attention paths (flash_attention_2/3/4 and hub kernels such as
+    kernels-community/flash-attn2) and flex attention. sdpa and eager need a 4-D mask instead."""
+    return impl == "flex_attention" or "flash" in impl.lower()
 
 
 def takes_flat_batches(model: torch.nn.Module) -> bool:
     """Whether packing should give ``model`` one unpadded row per step (see ``flatten_batch``)."""
-    return attention_implementation(model) in POSITION_ID_ATTENTION
+    return reads_position_ids(attention_implementation(model))
 
 
 def attention_implementation(model: torch.nn.Module) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Dict, Optional
 
@@ -57,9 +58,7 @@ class FineTuneModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.model = model
-        # The compiled function, not the module: the model's parameter names (checkpoints, the stage
-        # cache, saved weights) stay as they are, and evaluation runs the eager model.
-        self._train_forward = torch.compile(forward) if compile else forward
+        self.compile_step = compile  # see train_forward
         self.optim_cfg = optim_cfg
         self.lr = lr
         self.mitigation = mitigation or NoMitigation()
@@ -88,6 +87,13 @@ class FineTuneModule(pl.LightningModule):
     def forward(self, **batch):
         return self.model(**batch)
 
+    @functools.cached_property
+    def train_forward(self):
+        """``forward``, compiled when asked. The function, not the module: the model's parameter names
+        (checkpoints, the stage cache, saved weights) stay as they are and evaluation runs eager. Made
+        at the first step, so the module still pickles before training (ddp_spawn)."""
+        return torch.compile(forward) if self.compile_step else forward
+
     def on_fit_start(self) -> None:
         # from_pretrained and the evaluators leave the model in eval mode; Lightning keeps the mode
         # it finds, and dropout (e.g. LoRA's) must be on while training.
@@ -96,7 +102,7 @@ class FineTuneModule(pl.LightningModule):
     # ----------------------------------------------------------------------------- steps
 
     def training_step(self, batch: Dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        outputs = self._train_forward(self.model, batch)
+        outputs = self.train_forward(self.model, batch)
         task_loss = outputs.loss
         if self.trainer.world_size > 1:
             task_loss = global_token_mean(task_loss, batch["labels"], self.trainer.world_size)
