@@ -42,3 +42,18 @@ def test_a_compiled_stage_takes_the_same_steps_as_an_eager_one():
     assert compiled_module.state_dict().keys() == eager_module.state_dict().keys()
     for (name, a), b in zip(compiled_module.model.named_parameters(), eager_module.model.parameters()):
         assert (a - b).abs().max() < 1e-4, name
+
+
+def test_trainer_compile_reaches_the_training_step(tiny_overrides, tmp_path, monkeypatch):
+    """The config key gets to the step that runs (torch.compile recorded, not run: compiling is slow
+    on a CPU and tested above)."""
+    import torch
+
+    from ftexp.job import run_job
+    from ftexp.training.module import forward
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or fn)
+    run_job(compose_config([*tiny_overrides, "trainer.compile=true", "trainer.max_steps=2", "save_model=false",
+                            f"output_dir={tmp_path / 'run'}"]))
+    assert compiled == [forward]
