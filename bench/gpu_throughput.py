@@ -118,7 +118,8 @@ def ftexp_loop(model, data, precision: str, device, warmup: int, compile: bool =
                          precision=precision if device.type == "cuda" else "32-true", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          gradient_clip_val=1.0, callbacks=[clock], limit_val_batches=0)
-    trainer.fit(FineTuneModule(model, OPTIM, lr=1e-5, compile=compile), train_dataloaders=DataLoader(data, batch_size=None))
+    trainer.fit(FineTuneModule(model, OPTIM, lr=1e-5, compile=compile),
+                train_dataloaders=DataLoader(data, batch_size=None))
     return clock.times
 
 

@@ -29,6 +29,8 @@ RUN_CONTROL = ("resume", "overwrite", "output_dir", "cache_dir", "cache_stages",
 def run_control(key: str) -> bool:
     key = key.lstrip("+~")
     return key in RUN_CONTROL or key.startswith("logger.")
+
+
 QUESTIONS = {  # DESIGN.md's table, for a sweep whose files cannot be found
     "E1": "Does synthetic data help or hurt?", "E2": "How many examples are enough?",
     "E3": "How much does iterative fine-tuning forget, and what stops it?",

@@ -229,12 +229,14 @@ class TrainerConfig:
     checkpoints: bool = True
     # Pack each training step's examples into rows of up to pack_length tokens (None = model.max_length)
     # with a block-diagonal attention mask: the same examples and loss per step, without the padding.
-    # Models with flash_attention_2/3 or flex_attention get one unpadded row per step instead (no
-    # mask; the examples are told apart by their position_ids). Validation batches are packed alike.
+    # Models with a flash-attention kernel or flex_attention get one unpadded row per step instead (no
+    # mask; the examples are told apart by their position_ids); other kernels are refused. Validation
+    # batches are packed alike.
     packing: bool = False
     pack_length: Optional[int] = None
     # torch.compile the training forward and backward (the first steps, and each new batch shape
-    # until shapes are made dynamic, pay the compile time; same losses within float tolerance).
+    # until shapes are made dynamic, pay the compile time; without dropout, the eager losses within float
+    # tolerance).
     compile: bool = False
     fsdp: FsdpConfig = field(default_factory=lambda: FsdpConfig())  # used when strategy=fsdp
     deterministic: bool = False

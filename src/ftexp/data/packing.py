@@ -74,10 +74,10 @@ def flatten_batch(rows: List[Encoded]) -> Dict[str, Any]:
     The example boundaries also go in as flash-attention's varlen arguments (``cu_seq_lens_*``,
     ``max_length_*``), so no layer has to derive them from position_ids (a device sync each);
     other attention implementations ignore them."""
+    lengths = [len(r["input_ids"]) for r in rows]
     ids = torch.tensor([t for r in rows for t in r["input_ids"]], dtype=torch.long)[None]
     labels = torch.tensor([t if k else -100 for r in rows for k, t in enumerate(r["labels"])], dtype=torch.long)[None]
-    positions = torch.tensor([k for r in rows for k in range(len(r["input_ids"]))], dtype=torch.long)[None]
-    lengths = [len(r["input_ids"]) for r in rows]
+    positions = torch.tensor([k for n in lengths for k in range(n)], dtype=torch.long)[None]
     bounds = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
     return {"input_ids": ids, "labels": labels, "position_ids": positions,
             "token_mask": torch.ones_like(ids, dtype=torch.bool),

@@ -30,7 +30,7 @@ def use_attention(model: torch.nn.Module, impl: str) -> Iterator[None]:
     """Run the block with ``impl`` attention (same maths, another kernel), then switch back.
     Models that cannot switch (or already use ``impl``) are left as they are."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    current = attention_implementation(base)
+    current = attention_implementation(model)
     if current == impl or not hasattr(base, "set_attn_implementation"):
         yield
         return
