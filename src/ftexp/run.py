@@ -341,7 +341,8 @@ def mfu_inputs(model: torch.nn.Module, trainer_cfg: Any) -> Tuple[float, Optiona
 def fit_stage(cfg, stage, index, lr, model, datamodule, task, mitigation, run_dir, tracker, record) -> Dict[str, Any]:
     """Train one stage with Lightning (from its last epoch checkpoint when resuming); its summary
     (steps, epochs, throughput, losses)."""
-    module = FineTuneModule(model, cfg.optim, lr=lr, mitigation=mitigation, compile=cfg.trainer.compile)
+    module = FineTuneModule(model, cfg.optim, lr=lr, mitigation=mitigation, compile=cfg.trainer.compile,
+                            fused_loss=cfg.trainer.fused_loss)
     throughput = Throughput(*mfu_inputs(model, cfg.trainer))
     callbacks: List[Any] = [throughput, FiniteLoss(stage.name, lr)]
     if cfg.trainer.checkpoints:

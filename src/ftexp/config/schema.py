@@ -238,6 +238,11 @@ class TrainerConfig:
     # until shapes are made dynamic, pay the compile time; without dropout, the eager losses within float
     # tolerance).
     compile: bool = False
+    # Compute the training loss with the output layer a chunk of tokens at a time (no full logits
+    # tensor; in eager mode only rows with a target go through the output layer), for Llama-, Mistral-,
+    # Qwen2/3- and GPT-2-type models. Same loss and gradients; not with mitigation=lwf (which reads the
+    # logits) or trainer=fsdp (which shards the output layer).
+    fused_loss: bool = False
     fsdp: FsdpConfig = field(default_factory=lambda: FsdpConfig())  # used when strategy=fsdp
     deterministic: bool = False
     enable_progress_bar: bool = True

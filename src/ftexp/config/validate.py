@@ -40,6 +40,13 @@ def problems(cfg: DictConfig) -> List[str]:
              "use trainer=ddp with this mitigation, or mitigation=replay with trainer=fsdp")
         need(t.early_stopping_patience is None, "trainer.early_stopping_patience", t.early_stopping_patience,
              "early stopping keeps a copy of the best weights, which FSDP shards; not supported with trainer=fsdp")
+    if t.fused_loss:
+        need(cfg.mitigation.get("_target_") != "ftexp.mitigation.lwf.LwF", "trainer.fused_loss", True,
+             "mitigation=lwf distils from the student's full logits, which the fused loss never makes; "
+             "set trainer.fused_loss=false with LwF")
+        need(t.strategy != "fsdp", "trainer.fused_loss", True,
+             "FSDP shards the output layer that the fused loss reads whole; set trainer.fused_loss=false with "
+             "trainer=fsdp")
     impl = m.get("attn_implementation")
     if t.packing and impl not in (None, "sdpa", "eager"):
         from ftexp.models.attention import reads_position_ids

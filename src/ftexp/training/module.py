@@ -12,6 +12,7 @@ import torch
 from ftexp.data.packing import model_inputs
 from ftexp.mitigation.base import Mitigation, NoMitigation
 from ftexp.training.fsdp import clean_name
+from ftexp.training.fused_loss import FUSABLE, causal_lm, fusable, fused_forward
 from ftexp.training.stage_cache import rng_state, set_rng_state
 
 
@@ -55,10 +56,18 @@ class FineTuneModule(pl.LightningModule):
         lr: float,
         mitigation: Optional[Mitigation] = None,
         compile: bool = False,
+        fused_loss: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
         self.compile_step = compile  # see train_forward
+        if fused_loss and not fusable(model):
+            from ftexp.errors import FtexpError
+
+            raise FtexpError(f"trainer.fused_loss=true: model type {type(causal_lm(model)).__name__} is not one whose "
+                             f"logits are its output layer alone (fusable types: {', '.join(sorted(FUSABLE))}); "
+                             "set trainer.fused_loss=false for this model")
+        self.fused_loss = fused_loss
         self.optim_cfg = optim_cfg
         self.lr = lr
         self.mitigation = mitigation or NoMitigation()
@@ -89,10 +98,12 @@ class FineTuneModule(pl.LightningModule):
 
     @functools.cached_property
     def train_forward(self):
-        """``forward``, compiled when asked. The function, not the module: the model's parameter names
-        (checkpoints, the stage cache, saved weights) stay as they are and evaluation runs eager. Made
-        at the first step, so the module still pickles before training (ddp_spawn)."""
-        return torch.compile(forward) if self.compile_step else forward
+        """``forward`` (``fused_forward`` with ``fused_loss``), compiled when asked. The function, not the
+        module: the model's parameter names (checkpoints, the stage cache, saved weights) stay as they are
+        and evaluation runs eager. Made at the first step, so the module still pickles before training
+        (ddp_spawn)."""
+        step = fused_forward if self.fused_loss else forward
+        return torch.compile(step) if self.compile_step else step
 
     def on_fit_start(self) -> None:
         # from_pretrained and the evaluators leave the model in eval mode; Lightning keeps the mode

@@ -1,0 +1,155 @@
+"""trainer.fused_loss: the output layer and cross-entropy a chunk of tokens at a time, with the loss and
+gradients of each model's own causal-LM loss."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import transformers as tf
+
+from ftexp.config.preflight import ConfigError, check_overrides, compose_config
+from ftexp.data.datamodule import FineTuneDataModule, pad_batch
+from ftexp.data.packing import flatten_batch
+from ftexp.errors import FtexpError
+from ftexp.training import fused_loss
+from ftexp.training.fused_loss import FUSABLE, fused_forward, linear_cross_entropy
+from ftexp.training.module import FineTuneModule, forward
+from tests.test_eval import tiny_lm
+from tests.test_packing import StepLosses, varied_rows
+
+SHAPE = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2)
+ARCHS = {
+    "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**SHAPE, tie_word_embeddings=True)),
+    "mistral": lambda: tf.MistralForCausalLM(tf.MistralConfig(**SHAPE)),
+    "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**SHAPE)),
+    "qwen3": lambda: tf.Qwen3ForCausalLM(tf.Qwen3Config(**SHAPE, head_dim=8)),
+    "gpt2": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64)),
+}
+
+
+def masked_batch(vocab: int = 97):
+    """Prompts masked out of the labels, as in ftexp's data, and one example padded on the right."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, vocab, (3, 20), generator=gen)
+    labels = ids.clone()
+    labels[:, :12] = -100
+    mask = torch.ones_like(ids)
+    mask[2, 16:], labels[2, 16:] = 0, -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def grads(model, loss):
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(fused_loss, "CHUNK_ELEMENTS", 97 * 3)  # 3 rows a chunk: many chunks, one short
+
+
+def test_every_fusable_type_is_covered_here():
+    assert set(ARCHS) == set(FUSABLE)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_fused_loss_and_gradients_equal_the_models_own(arch, small_chunks):
+    torch.manual_seed(0)
+    model = ARCHS[arch]().eval()  # no dropout (GPT-2 has some): the two forwards see the same network
+    twin, batch = copy.deepcopy(model), masked_batch()
+    own, fused = forward(model, batch).loss, fused_forward(twin, batch).loss
+    assert fused_forward(twin, batch).logits is None  # no logits made
+    assert math.isclose(float(own), float(fused), rel_tol=1e-6)
+    expected, got = grads(model, own), grads(twin, fused)
+    assert expected.keys() == got.keys()
+    for name, g in expected.items():
+        assert torch.allclose(g, got[name], atol=1e-6), name
+
+
+def test_lora_trains_the_adapters_alike_with_the_output_layer_frozen(small_chunks):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(ARCHS["mistral"](), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    for p in model.parameters():  # LoRA's B starts at zero: move it, so that A's gradient is not zero
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.1)
+    twin, batch = copy.deepcopy(model), masked_batch()
+    expected, got = grads(model, forward(model, batch).loss), grads(twin, fused_forward(twin, batch).loss)
+    assert expected and expected.keys() == got.keys() and all("lora" in n for n in got)
+    for name, g in expected.items():
+        assert torch.allclose(g, got[name], atol=1e-6), name
+
+
+def test_a_flattened_packed_batch_gives_the_padded_batchs_loss():
+    rows = varied_rows(10)
+    model = tiny_lm()
+    padded = float(fused_forward(model, pad_batch(rows, pad_id=0)).loss)
+    flat = float(fused_forward(model, flatten_batch(rows)).loss)
+    assert math.isclose(padded, flat, rel_tol=1e-5)
+
+
+def test_chunked_linear_cross_entropy_under_bf16_autocast_matches_the_upcast_logits():
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(2, 9, 16), torch.randn(50, 16)
+    labels = torch.randint(0, 50, (2, 9))
+    labels[0, :4] = -100
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = linear_cross_entropy(hidden, weight, labels, chunk=4)
+        logits = (hidden @ weight.T).float()  # bf16 matmul, upcast: what transformers' loss sees
+    ref = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 50), labels[:, 1:].reshape(-1))
+    assert fused.dtype == torch.float32 and math.isclose(float(fused), float(ref), rel_tol=1e-6)
+
+
+def test_a_batch_without_targets_gives_zero_loss_and_zero_gradients():
+    hidden, weight = torch.randn(2, 5, 8, requires_grad=True), torch.randn(11, 8, requires_grad=True)
+    loss = linear_cross_entropy(hidden, weight, torch.full((2, 5), -100))
+    loss.backward()
+    assert float(loss) == 0.0 and not hidden.grad.any() and not weight.grad.any()
+
+
+def test_fused_steps_equal_the_plain_ones_through_lightning():
+    def train(fused: bool):
+        pl.seed_everything(0, verbose=False)
+        rows = varied_rows(48, seed=2)
+        dm = FineTuneDataModule(rows, rows[:16], pad_id=0, batch_size=16, seed=0, group_by_length=False)
+        module = FineTuneModule(tiny_lm(), compose_config([]).optim, lr=3e-3, fused_loss=fused)
+        steps = StepLosses()
+        pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, callbacks=[steps]).fit(module, datamodule=dm)
+        return steps.losses, module.model
+
+    (plain, plain_model), (fused, fused_model) = train(False), train(True)
+    assert len(plain) == len(fused) == 6
+    assert all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(plain, fused)), (plain, fused)
+    for (name, a), b in zip(plain_model.named_parameters(), fused_model.parameters()):
+        assert (a - b).abs().max() < 1e-5, name
+
+
+def test_a_model_whose_logits_are_not_its_output_layer_alone_is_refused():
+    model = tf.Gemma2ForCausalLM(tf.Gemma2Config(**SHAPE, head_dim=8))  # soft-caps its logits
+    with pytest.raises(FtexpError, match="trainer.fused_loss=true.*Gemma2ForCausalLM"):
+        FineTuneModule(model, compose_config([]).optim, lr=1e-3, fused_loss=True)
+
+
+@pytest.mark.parametrize("override,why", [("mitigation=lwf", "full logits"), ("trainer=fsdp", "FSDP shards")])
+def test_fused_loss_is_refused_beside_what_needs_the_logits_or_shards_the_head(override, why):
+    check_overrides([override])
+    with pytest.raises(ConfigError, match=f"trainer.fused_loss=True: .*{why}"):
+        check_overrides([override, "trainer.fused_loss=true"])
+
+
+def test_trainer_fused_loss_reaches_the_training_step(tiny_overrides, tmp_path, monkeypatch):
+    from ftexp.job import run_job
+    from ftexp.training import module
+
+    calls = []
+    monkeypatch.setattr(module, "fused_forward", lambda model, batch: calls.append(1) or fused_forward(model, batch))
+    run_job(compose_config([*tiny_overrides, "trainer.fused_loss=true", "trainer.max_steps=2", "save_model=false",
+                            f"output_dir={tmp_path / 'run'}"]))
+    assert len(calls) == 2
