@@ -72,7 +72,7 @@ def test_flattened_packing_keeps_examples_apart_in_varlen_attention_on_the_gpu(i
     ref = tiny_lm().cuda().to(torch.bfloat16)
     model = tiny_lm(impl).cuda().to(torch.bfloat16)
     with torch.no_grad():
-        flat = {k: v.cuda() for k, v in flat.items()}
+        flat = {k: v.cuda() if torch.is_tensor(v) else v for k, v in flat.items()}  # max_length_q/k are ints
         padded = {k: v.cuda() for k, v in padded.items()}
         assert abs(float(completion_loss(model, flat)) - float(completion_loss(ref, padded))) < 2e-2
         logits = model(input_ids=flat["input_ids"], position_ids=flat["position_ids"], use_cache=False).logits[0]
