@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # The GPU checks, as one script for a lent GPU machine that has torch/transformers/peft/Lightning but
 # not hydra-core/omegaconf/antlr4 (carried as wheels in .whl/) and no network. Banking77 travels in
-# .gpudata/ (copied from the data directory, never committed). Output lands in $OUT.
+# .gpudata/ (copied from the data directory, never committed). Output lands in $OUT, phase by phase,
+# most wanted first; each phase has its own time limit so that one slow phase leaves the others theirs.
 set -uo pipefail
 OUT=${OUT:-/tmp/ftexp-gpu}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src:$PWD FTEXP_DATA_DIR=$PWD/.gpudata FTEXP_CACHE_DIR=/tmp/ftexp-cache PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, transformers, peft, pytorch_lightning as pl; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'lightning', pl.__version__)"
-python3 -m pytest -p no:cacheprovider -m gpu tests/test_gpu.py -q -o addopts="" 2>&1 | tail -15
-/usr/bin/time -f "demo wall %e s, max RSS %M KB" python3 -m ftexp trainer=gpu logger=csv trainer.enable_progress_bar=false \
-  hydra.run.dir="$OUT/demo_gpu" 2>&1 | grep -E "row|ftexp:|wall|Error|error" | tail -8
-cp "$OUT/demo_gpu/results.json" "$OUT/demo_gpu_results.json" 2>/dev/null; rm -rf "$OUT/demo_gpu"
-# Issue 7's (b) and (c): 7B LoRA and 1B full fine-tuning, ftexp against a plain loop, same run.
-python3 bench/gpu_throughput.py 2>&1 | tail -7 | tee "$OUT/gpu_throughput.txt"
-# Compiled sides last (compile time is minutes on a 1B model): trainer.compile=true against plain + compile.
-python3 bench/gpu_throughput.py --case full1b --compile 2>&1 | tail -6 | tee "$OUT/gpu_throughput_compile.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
+python3 -c "import torch, transformers, peft, pytorch_lightning as pl; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'lightning', pl.__version__)" | tee -a "$OUT/card.txt"
+# Issue 7's (b) 7B LoRA and (c) 1B full fine-tuning: ftexp (and ftexp with trainer.fused_loss) against a plain loop.
+timeout ${EAGER_S:-240} python3 bench/gpu_throughput.py --steps ${STEPS:-20} --warmup 5 2>&1 | grep -v Warning | tee "$OUT/gpu_throughput.txt"
+# The GPU tests (bf16-mixed job, hub-style LoRA job, flat packing in flash/flex attention).
+timeout ${TESTS_S:-120} python3 -m pytest -p no:cacheprovider -m gpu tests/test_gpu.py -q -o addopts="" 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
+# Compiled sides last (compile time is a minute or more per side): trainer.compile=true against plain + compile.
+timeout ${COMPILE_S:-240} python3 bench/gpu_throughput.py --case ${COMPILE_CASE:-full1b} --compile --sides plain+c ftexp+c ftexp+cf \
+  --steps ${STEPS:-20} --warmup 5 2>&1 | grep -v Warning | tee "$OUT/gpu_throughput_compile.txt"

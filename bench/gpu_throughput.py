@@ -11,14 +11,15 @@ Both sides get the same weights, random-token batches, AdamW and gradient clippi
 process; time per step is the median over steps after the warm-up (CUDA-synchronised). Printed per
 case: card, tokens/s, MFU (4N + 2N_trainable FLOPs per token against the card's peak: --peak-tflops,
 else the bf16 data-sheet figure by name), peak memory, and the ratio ftexp / plain (goal <= 1.05).
---compile adds both sides under torch.compile (``trainer.compile=true`` for ftexp), each compared
-with the compiled plain loop; the compile time falls in the warm-up steps.
+"ftexp+f" is ftexp with ``trainer.fused_loss=true`` (output layer and cross-entropy a chunk at a time).
+--compile adds the sides under torch.compile (``trainer.compile=true`` for ftexp), each compared
+with the compiled plain loop; the compile time falls in the warm-up steps. MFU is against the card's
+bf16 matmul rate measured in the same run (the data-sheet figure is printed beside it), or --peak-tflops.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 from typing import Dict, List
@@ -112,15 +113,39 @@ class StepTimes(pl.Callback):
             self.times.append(time.perf_counter() - self._t)
 
 
-def ftexp_loop(model, data, precision: str, device, warmup: int, compile: bool = False) -> List[float]:
+def ftexp_loop(model, data, precision: str, device, warmup: int, compile: bool = False,
+               fused_loss: bool = False) -> List[float]:
     clock = StepTimes(warmup, device)
     trainer = pl.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=1,
                          precision=precision if device.type == "cuda" else "32-true", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          gradient_clip_val=1.0, callbacks=[clock], limit_val_batches=0)
-    trainer.fit(FineTuneModule(model, OPTIM, lr=1e-5, compile=compile),
+    trainer.fit(FineTuneModule(model, OPTIM, lr=1e-5, compile=compile, fused_loss=fused_loss),
                 train_dataloaders=DataLoader(data, batch_size=None))
     return clock.times
+
+
+def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float:
+    """The card's bf16 matmul rate measured now (n^3 products after warm-up): the peak MFU is taken against."""
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
+
+
+def sides(compile: bool) -> List[tuple]:
+    """(name, loop, compile, fused loss); each ftexp side is timed against the plain side of its mode."""
+    out = [("plain", plain_loop, False, False), ("ftexp", ftexp_loop, False, False),
+           ("ftexp+f", ftexp_loop, False, True)]
+    if compile:
+        out += [("plain+c", plain_loop, True, False), ("ftexp+c", ftexp_loop, True, False),
+                ("ftexp+cf", ftexp_loop, True, True)]
+    return out
 
 
 def main() -> None:
@@ -128,41 +153,48 @@ def main() -> None:
     ap.add_argument("--case", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--peak-tflops", type=float, default=None, help="default: measured now on the GPU")
     ap.add_argument("--compile", action="store_true", help="also both sides under torch.compile")
+    ap.add_argument("--sides", nargs="+", default=None, help="only these sides (e.g. plain+c ftexp+c)")
     ap.add_argument("--tiny", action="store_true", help="CPU-sized shapes, to check the script without a GPU")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     card = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    peak = args.peak_tflops or lookup(card, PEAK_BF16_TFLOPS)
+    sheet = lookup(card, PEAK_BF16_TFLOPS)
+    peak = args.peak_tflops or (matmul_tflops(device) if device.type == "cuda" else None)
+    todo = [s for s in sides(args.compile) if args.sides is None or s[0] in args.sides]
     rows = []
     for name in args.case:
         case = CASES[name]
         b, s = (2, 64) if args.tiny else (case["batch"], case["seq"])
-        base = build(case, args.tiny, device)
-        counts = (sum(p.numel() for p in base.parameters()),
-                  sum(p.numel() for p in base.parameters() if p.requires_grad))
-        data = batches(base.config.vocab_size, args.steps, b, s, device)
-        sides = [("plain", plain_loop, False), ("ftexp", ftexp_loop, False)]
-        if args.compile:
-            sides += [("plain+c", plain_loop, True), ("ftexp+c", ftexp_loop, True)]
-        for side, loop, compile in sides:
-            model = copy.deepcopy(base)
+        for side, loop, compile, fused in todo:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
-            times = loop(model, data, case["precision"], device, args.warmup, compile)
+            model = build(case, args.tiny, device)  # the same seeded weights for every side
+            counts = (sum(p.numel() for p in model.parameters()),
+                      sum(p.numel() for p in model.parameters() if p.requires_grad))
+            data = batches(model.config.vocab_size, args.steps, b, s, device)
+            kwargs = {"fused_loss": True} if fused else {}
+            try:
+                times = loop(model, data, case["precision"], device, args.warmup, compile, **kwargs)
+            except torch.cuda.OutOfMemoryError as e:  # one side out of memory: report it, measure the rest
+                print(f"  {name} {side}: out of memory ({str(e).splitlines()[0]})", flush=True)
+                del model, data
+                continue
             tok_s = b * s / statistics.median(times)
             mfu = tok_s * (4 * counts[0] + 2 * counts[1]) / (peak * 1e12) if peak else float("nan")
             memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-            rows.append((name, side, tok_s, mfu, memory))
-            del model
-        del base
-    print(f"card: {card}   peak {peak or 'unknown'} TFLOP/s   steps {args.steps} ({args.warmup} warm-up)")
-    print(f"{'case':8s} {'side':6s} {'tok/s':>10s} {'MFU':>6s} {'peak GB':>8s} {'ftexp/plain time':>17s}")
-    for i, (name, side, tok_s, mfu, memory) in enumerate(rows):
-        ratio = f"{rows[i - 1][2] / tok_s:.3f}" if side.startswith("ftexp") else ""  # against the row above
-        print(f"{name:8s} {side:6s} {tok_s:10.0f} {mfu:6.3f} {memory:8.1f} {ratio:>17s}")
+            rows.append((name, side, compile, tok_s, mfu, memory))
+            print(f"  {name} {side}: {tok_s:.0f} tok/s", flush=True)
+            del model, data
+    print(f"card: {card}   MFU against {peak or 'unknown'} TFLOP/s ({'given' if args.peak_tflops else 'bf16 matmul now'}; "
+          f"data sheet {sheet})   steps {args.steps} ({args.warmup} warm-up)")
+    print(f"{'case':8s} {'side':8s} {'tok/s':>10s} {'MFU':>6s} {'peak GB':>8s} {'ftexp/plain time':>17s}")
+    plain = {(r[0], r[2]): r[3] for r in rows if r[1].startswith("plain")}
+    for name, side, compile, tok_s, mfu, memory in rows:
+        ratio = f"{plain[name, compile] / tok_s:.3f}" if side.startswith("ftexp") and (name, compile) in plain else ""
+        print(f"{name:8s} {side:8s} {tok_s:10.0f} {mfu:6.3f} {memory:8.1f} {ratio:>17s}")
 
 
 if __name__ == "__main__":

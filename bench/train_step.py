@@ -96,17 +96,17 @@ def run_plain(model, batches, optim_cfg, lr: float, warmup: int) -> float:
     return (time.perf_counter() - start) / (len(batches) - warmup)
 
 
-def run_ftexp(model, batches, optim_cfg, lr: float, warmup: int, mitigation=None) -> float:
+def run_ftexp(model, batches, optim_cfg, lr: float, warmup: int, mitigation=None, fused_loss: bool = False) -> float:
     clock = StepClock(warmup)
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
                          callbacks=[Throughput(), clock], log_every_n_steps=20, limit_val_batches=0)
-    module = FineTuneModule(model, optim_cfg, lr=lr, mitigation=mitigation)
+    module = FineTuneModule(model, optim_cfg, lr=lr, mitigation=mitigation, fused_loss=fused_loss)
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None, shuffle=False))
     return (clock.end - clock.start) / (len(batches) - warmup)
 
 
-def setup(description: str, steps: int, warmup: int, repeats: int, extra=()):
+def setup(description: str, steps: int, warmup: int, repeats: int, extra=(), overrides=()):
     """Command-line arguments, the default config, the batches and the tiny model's initial weights."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--steps", type=int, default=steps)
@@ -114,10 +114,13 @@ def setup(description: str, steps: int, warmup: int, repeats: int, extra=()):
     ap.add_argument("--repeats", type=int, default=repeats)
     ap.add_argument("--batch-size", type=int, default=32)
     for flag, default in extra:
-        ap.add_argument(flag, type=type(default), default=default)
+        if isinstance(default, bool):
+            ap.add_argument(flag, action="store_true")
+        else:
+            ap.add_argument(flag, type=type(default), default=default)
     args = ap.parse_args()
     pl.seed_everything(0, verbose=False)
-    cfg = compose_config([])
+    cfg = compose_config(list(overrides))
     cache = Path(os.environ.get("FTEXP_CACHE_DIR", ".cache/ftexp"))
     source, tokenizer, batches, origin = make_batches(cfg, args.steps, args.batch_size, cache)
     return args, cfg, tokenizer, batches, origin, source.load_model(tokenizer)

@@ -17,17 +17,27 @@ def test_gpu_throughput_script_runs_both_cases_at_tiny_shapes():
                            "--warmup", "1"], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     table = [line.split() for line in done.stdout.splitlines() if line.startswith(("lora7b", "full1b"))]
-    assert [(r[0], r[1]) for r in table] == [("lora7b", "plain"), ("lora7b", "ftexp"), ("full1b", "plain"),
-                                            ("full1b", "ftexp")]
-    assert all(float(r[2]) > 0 for r in table) and float(table[1][-1]) > 0  # tokens/s and the ratio
+    assert [(r[0], r[1]) for r in table] == [(case, side) for case in ("lora7b", "full1b")
+                                            for side in ("plain", "ftexp", "ftexp+f")]
+    assert all(float(r[2]) > 0 for r in table)  # tokens/s
+    assert all(float(r[-1]) > 0 for r in table if r[1] != "plain")  # each ftexp side's ratio to the plain loop
 
 
 @pytest.mark.slow
 def test_gpu_throughput_script_adds_the_compiled_sides():
     done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_throughput.py"), "--tiny", "--case", "full1b",
-                           "--compile", "--steps", "4", "--warmup", "2"], capture_output=True, text=True,
-                          timeout=600, cwd=REPO)
+                           "--compile", "--sides", "plain+c", "ftexp+c", "--steps", "4", "--warmup", "2"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     table = [line.split() for line in done.stdout.splitlines() if line.startswith("full1b")]
-    assert [r[1] for r in table] == ["plain", "ftexp", "plain+c", "ftexp+c"]
-    assert all(float(r[2]) > 0 for r in table) and float(table[3][-1]) > 0
+    assert [r[1] for r in table] == ["plain+c", "ftexp+c"]
+    assert all(float(r[2]) > 0 for r in table) and float(table[1][-1]) > 0  # against the compiled plain loop
+
+
+@pytest.mark.slow
+def test_fused_loss_benchmark_runs_on_a_short_model():
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "fused_loss.py"), "--layers", "1", "--steps", "3",
+                           "--warmup", "1", "--repeats", "1", "--batch-size", "4"], capture_output=True, text=True,
+                          timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1 layers" in done.stdout and float(done.stdout.split("ratio fused/plain (time per step): ")[1].split()[0]) > 0
