@@ -10,9 +10,9 @@ export PYTHONPATH=/tmp/site:$PWD/src:$PWD FTEXP_DATA_DIR=$PWD/.gpudata FTEXP_CAC
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
 python3 -c "import torch, transformers, peft, pytorch_lightning as pl; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'lightning', pl.__version__)" | tee -a "$OUT/card.txt"
 # Issue 7's (b) 7B LoRA and (c) 1B full fine-tuning: ftexp (and ftexp with trainer.fused_loss) against a plain loop.
-timeout ${EAGER_S:-240} python3 bench/gpu_throughput.py --steps ${STEPS:-20} --warmup 5 2>&1 | grep -v Warning | tee "$OUT/gpu_throughput.txt"
+timeout ${EAGER_S:-240} python3 bench/gpu_throughput.py --steps ${STEPS:-20} --warmup 5 2>&1 | grep --line-buffered -v Warning | tee "$OUT/gpu_throughput.txt"
 # The GPU tests (bf16-mixed job, hub-style LoRA job, flat packing in flash/flex attention).
 timeout ${TESTS_S:-120} python3 -m pytest -p no:cacheprovider -m gpu tests/test_gpu.py -q -o addopts="" 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
 # Compiled sides last (compile time is a minute or more per side): trainer.compile=true against plain + compile.
 timeout ${COMPILE_S:-240} python3 bench/gpu_throughput.py --case ${COMPILE_CASE:-full1b} --compile --sides plain+c ftexp+c ftexp+cf \
-  --steps ${STEPS:-20} --warmup 5 2>&1 | grep -v Warning | tee "$OUT/gpu_throughput_compile.txt"
+  --steps ${STEPS:-20} --warmup 5 2>&1 | grep --line-buffered -v Warning | tee "$OUT/gpu_throughput_compile.txt"
