@@ -243,6 +243,10 @@ class TrainerConfig:
     # Qwen2/3- and GPT-2-type models. Same loss and gradients; not with mitigation=lwf (which reads the
     # logits) or trainer=fsdp (which shards the output layer).
     fused_loss: bool = False
+    # With precision=bf16-true: the optimizer steps fp32 copies of the weights that train and writes
+    # them back rounded (bf16 compute without autocast, updates kept as bf16-mixed keeps them). Costs
+    # 4 bytes per trainable parameter; not with trainer=fsdp.
+    master_weights: bool = False
     fsdp: FsdpConfig = field(default_factory=lambda: FsdpConfig())  # used when strategy=fsdp
     deterministic: bool = False
     enable_progress_bar: bool = True

@@ -47,6 +47,12 @@ def problems(cfg: DictConfig) -> List[str]:
         need(t.strategy != "fsdp", "trainer.fused_loss", True,
              "FSDP shards the output layer that the fused loss reads whole; set trainer.fused_loss=false with "
              "trainer=fsdp")
+    if t.master_weights:
+        need(t.precision in ("bf16-true", "16-true"), "trainer.master_weights", True,
+             f"keeps fp32 copies of low-precision weights, but trainer.precision={t.precision!r} already keeps "
+             "fp32 weights; use it with trainer.precision=bf16-true")
+        need(t.strategy != "fsdp", "trainer.master_weights", True,
+             "FSDP shards the weights that the fp32 copies mirror; set trainer.master_weights=false with trainer=fsdp")
     impl = m.get("attn_implementation")
     if t.packing and impl not in (None, "sdpa", "eager"):
         from ftexp.models.attention import reads_position_ids

@@ -13,6 +13,7 @@ from ftexp.data.packing import model_inputs
 from ftexp.mitigation.base import Mitigation, NoMitigation
 from ftexp.training.fsdp import clean_name
 from ftexp.training.fused_loss import FUSABLE, causal_lm, fusable, fused_forward
+from ftexp.training.master_weights import MasterWeightAdamW
 from ftexp.training.stage_cache import rng_state, set_rng_state
 
 
@@ -57,6 +58,7 @@ class FineTuneModule(pl.LightningModule):
         mitigation: Optional[Mitigation] = None,
         compile: bool = False,
         fused_loss: bool = False,
+        master_weights: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -68,6 +70,7 @@ class FineTuneModule(pl.LightningModule):
                              f"logits are its output layer alone (fusable types: {', '.join(sorted(FUSABLE))}); "
                              "set trainer.fused_loss=false for this model")
         self.fused_loss = fused_loss
+        self.master_weights = master_weights  # see configure_optimizers
         self.optim_cfg = optim_cfg
         self.lr = lr
         self.mitigation = mitigation or NoMitigation()
@@ -159,6 +162,12 @@ class FineTuneModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------- optimiser
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Lightning clips the gradients right after this hook: move them to the fp32 weights first.
+        optimizer = getattr(optimizer, "_optimizer", optimizer)
+        if isinstance(optimizer, MasterWeightAdamW):
+            optimizer.load_grads()
+
     def configure_optimizers(self):
         cfg = self.optim_cfg
         decay, no_decay = [], []
@@ -167,7 +176,8 @@ class FineTuneModule(pl.LightningModule):
                 ndim = self._ndim.get(clean_name(name), p.ndim)
                 (no_decay if ndim < 2 or "norm" in name.lower() else decay).append(p)
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=tuple(cfg.betas))
+        adamw = MasterWeightAdamW if self.master_weights else torch.optim.AdamW
+        optimizer = adamw(groups, lr=self.lr, betas=tuple(cfg.betas))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(round(cfg.warmup_ratio * total))
         scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -1,0 +1,93 @@
+"""trainer.master_weights: bf16 compute, the optimizer on fp32 copies of the weights that train."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from ftexp.config.preflight import ConfigError, check_overrides, compose_config
+from ftexp.data.datamodule import FineTuneDataModule
+from ftexp.training.master_weights import MasterWeightAdamW
+from ftexp.training.module import FineTuneModule
+from tests.test_eval import tiny_lm
+from tests.test_packing import varied_rows
+
+
+def _train_bf16(master_weights: bool, lr: float = 1e-5):
+    """Six bf16-true steps of the tiny model; the model, its weights before, and the trainer."""
+    pl.seed_everything(0, verbose=False)
+    rows = varied_rows(48, seed=2)
+    dm = FineTuneDataModule(rows, rows[:16], pad_id=0, batch_size=16, seed=0, group_by_length=False)
+    model = tiny_lm().to(torch.bfloat16)
+    before = copy.deepcopy(model)
+    optim = compose_config(["optim.warmup_ratio=0"]).optim
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", precision="bf16-true", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         gradient_clip_val=1.0)
+    trainer.fit(FineTuneModule(model, optim, lr=lr, master_weights=master_weights), datamodule=dm)
+    return model, before, trainer
+
+
+def _share_changed(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    pairs = list(zip(a.parameters(), b.parameters()))
+    return sum(int((x != y).sum()) for x, y in pairs) / sum(x.numel() for x, _ in pairs)
+
+
+def test_updates_too_small_for_bf16_accumulate_in_the_fp32_copies():
+    """At a fine-tuning learning rate most AdamW updates are below bf16's resolution: pure bf16 drops
+    them, the fp32 copies keep them, and the model's weights are the copies rounded."""
+    pure, before, _ = _train_bf16(master_weights=False)
+    assert _share_changed(pure, before) < 0.3
+    model, before, trainer = _train_bf16(master_weights=True)
+    optimizer = trainer.optimizers[0]
+    assert isinstance(optimizer, MasterWeightAdamW)
+    masters = dict(zip([id(p) for p in optimizer.model_params], optimizer.masters))
+    moved = 0
+    for p, p0 in zip(model.parameters(), before.parameters()):
+        m = masters[id(p)]
+        assert m.dtype == torch.float32 and p.dtype == torch.bfloat16
+        assert torch.equal(p, m.to(torch.bfloat16))  # the weights the model computes with: the copies, rounded
+        moved += int((m != p0.float()).sum())
+        assert all(s["exp_avg"].dtype == torch.float32 for s in [optimizer.state[m]])
+    assert moved / sum(p.numel() for p in model.parameters()) > 0.95
+    assert _share_changed(model, before) > _share_changed(pure, before)
+
+
+def test_the_fp32_copies_travel_in_the_optimizers_checkpoint_state():
+    model, _, trainer = _train_bf16(master_weights=True)
+    optimizer = trainer.optimizers[0]
+    state = optimizer.state_dict()
+    assert len(state["master_weights"]) == len(list(model.parameters()))
+    # A resumed run's model holds the rounded weights, and its optimizer rebuilds copies of those.
+    twin = copy.deepcopy(model)
+    where = {id(p): i for i, p in enumerate(model.parameters())}
+    same = [list(twin.parameters())[where[id(p)]] for p in optimizer.model_params]
+    sizes = [len(g["params"]) for g in optimizer.param_groups]
+    groups = [{"params": same[sum(sizes[:i]):sum(sizes[:i + 1])]} for i in range(len(sizes))]
+    fresh = MasterWeightAdamW(groups, lr=1e-5)
+    assert not all(torch.equal(a, b) for a, b in zip(fresh.masters, state["master_weights"]))
+    fresh.load_state_dict(state)
+    for a, b, p in zip(fresh.masters, state["master_weights"], fresh.model_params):
+        assert torch.equal(a, b) and torch.equal(p, b.to(torch.bfloat16))
+
+
+def test_master_weights_need_a_low_precision_and_refuse_fsdp():
+    check_overrides(["trainer.precision=bf16-true", "trainer.master_weights=true"])
+    with pytest.raises(ConfigError, match="trainer.master_weights=True: .*trainer.precision='32-true'"):
+        check_overrides(["trainer.master_weights=true"])
+    with pytest.raises(ConfigError, match="trainer.master_weights=True: FSDP shards"):
+        check_overrides(["trainer=fsdp", "trainer.precision=bf16-true", "trainer.master_weights=true"])
+
+
+def test_trainer_master_weights_reaches_the_optimizer(tiny_overrides, tmp_path, monkeypatch):
+    from ftexp.job import run_job
+
+    loads = []
+    original = MasterWeightAdamW.load_grads
+    monkeypatch.setattr(MasterWeightAdamW, "load_grads", lambda self: loads.append(1) or original(self))
+    run_job(compose_config([*tiny_overrides, "trainer.precision=bf16-true", "trainer.master_weights=true",
+                            "trainer.max_steps=2", "save_model=false", f"output_dir={tmp_path / 'run'}"]))
+    assert len(loads) == 2
