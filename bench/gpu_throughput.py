@@ -11,7 +11,9 @@ Both sides get the same weights, random-token batches, AdamW and gradient clippi
 process; time per step is the median over steps after the warm-up (CUDA-synchronised). Printed per
 case: card, tokens/s, MFU (4N + 2N_trainable FLOPs per token against the card's peak: --peak-tflops,
 else the bf16 data-sheet figure by name), peak memory, and the ratio ftexp / plain (goal <= 1.05).
-"ftexp+f" is ftexp with ``trainer.fused_loss=true`` (output layer and cross-entropy a chunk at a time).
+"ftexp+f" is ftexp with ``trainer.fused_loss=true`` (output layer and cross-entropy a chunk at a time),
+"ftexp+m" ftexp in ``bf16-true`` with ``trainer.master_weights=true`` (bf16 compute, no autocast, the
+optimizer on fp32 copies of the trained weights: bf16-mixed's numerics for the weights).
 --compile adds the sides under torch.compile (``trainer.compile=true`` for ftexp), each compared
 with the compiled plain loop; the compile time falls in the warm-up steps. MFU is against the card's
 bf16 matmul rate measured in the same run (the data-sheet figure is printed beside it), or --peak-tflops.
@@ -114,13 +116,16 @@ class StepTimes(pl.Callback):
 
 
 def ftexp_loop(model, data, precision: str, device, warmup: int, compile: bool = False,
-               fused_loss: bool = False) -> List[float]:
+               fused_loss: bool = False, master_weights: bool = False) -> List[float]:
     clock = StepTimes(warmup, device)
+    if master_weights:
+        precision = "bf16-true"  # bf16 compute, the optimizer on fp32 copies
     trainer = pl.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=1,
                          precision=precision if device.type == "cuda" else "32-true", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          gradient_clip_val=1.0, callbacks=[clock], limit_val_batches=0)
-    trainer.fit(FineTuneModule(model, OPTIM, lr=1e-5, compile=compile, fused_loss=fused_loss),
+    trainer.fit(FineTuneModule(model, OPTIM, lr=1e-5, compile=compile, fused_loss=fused_loss,
+                               master_weights=master_weights),
                 train_dataloaders=DataLoader(data, batch_size=None))
     return clock.times
 
@@ -139,12 +144,13 @@ def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float:
 
 
 def sides(compile: bool) -> List[tuple]:
-    """(name, loop, compile, fused loss); each ftexp side is timed against the plain side of its mode."""
-    out = [("plain", plain_loop, False, False), ("ftexp", ftexp_loop, False, False),
-           ("ftexp+f", ftexp_loop, False, True)]
+    """(name, loop, compile, options); each ftexp side is timed against the plain side of its mode."""
+    fused, master = {"fused_loss": True}, {"master_weights": True}
+    out = [("plain", plain_loop, False, {}), ("ftexp", ftexp_loop, False, {}), ("ftexp+f", ftexp_loop, False, fused),
+           ("ftexp+m", ftexp_loop, False, master)]
     if compile:
-        out += [("plain+c", plain_loop, True, False), ("ftexp+c", ftexp_loop, True, False),
-                ("ftexp+cf", ftexp_loop, True, True)]
+        out += [("plain+c", plain_loop, True, {}), ("ftexp+c", ftexp_loop, True, {}),
+                ("ftexp+cf", ftexp_loop, True, fused), ("ftexp+cm", ftexp_loop, True, master)]
     return out
 
 
@@ -167,7 +173,7 @@ def main() -> None:
     for name in args.case:
         case = CASES[name]
         b, s = (2, 64) if args.tiny else (case["batch"], case["seq"])
-        for side, loop, compile, fused in todo:
+        for side, loop, compile, kwargs in todo:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
@@ -175,7 +181,6 @@ def main() -> None:
             counts = (sum(p.numel() for p in model.parameters()),
                       sum(p.numel() for p in model.parameters() if p.requires_grad))
             data = batches(model.config.vocab_size, args.steps, b, s, device)
-            kwargs = {"fused_loss": True} if fused else {}
             try:
                 times = loop(model, data, case["precision"], device, args.warmup, compile, **kwargs)
             except torch.cuda.OutOfMemoryError as e:  # one side out of memory: report it, measure the rest

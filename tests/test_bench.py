@@ -18,7 +18,7 @@ def test_gpu_throughput_script_runs_both_cases_at_tiny_shapes():
     assert done.returncode == 0, done.stderr[-3000:]
     table = [line.split() for line in done.stdout.splitlines() if line.startswith(("lora7b", "full1b"))]
     assert [(r[0], r[1]) for r in table] == [(case, side) for case in ("lora7b", "full1b")
-                                            for side in ("plain", "ftexp", "ftexp+f")]
+                                            for side in ("plain", "ftexp", "ftexp+f", "ftexp+m")]
     assert all(float(r[2]) > 0 for r in table)  # tokens/s
     assert all(float(r[-1]) > 0 for r in table if r[1] != "plain")  # each ftexp side's ratio to the plain loop
 
