@@ -193,8 +193,9 @@ def main() -> None:
             rows.append((name, side, compile, tok_s, mfu, memory))
             print(f"  {name} {side}: {tok_s:.0f} tok/s", flush=True)
             del model, data
-    print(f"card: {card}   MFU against {peak or 'unknown'} TFLOP/s ({'given' if args.peak_tflops else 'bf16 matmul now'}; "
-          f"data sheet {sheet})   steps {args.steps} ({args.warmup} warm-up)")
+    against = "given" if args.peak_tflops else "bf16 matmul now"
+    print(f"card: {card}   MFU against {peak or 'unknown'} TFLOP/s ({against}; data sheet {sheet})   "
+          f"steps {args.steps} ({args.warmup} warm-up)")
     print(f"{'case':8s} {'side':8s} {'tok/s':>10s} {'MFU':>6s} {'peak GB':>8s} {'ftexp/plain time':>17s}")
     plain = {(r[0], r[2]): r[3] for r in rows if r[1].startswith("plain")}
     for name, side, compile, tok_s, mfu, memory in rows:

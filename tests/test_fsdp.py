@@ -134,7 +134,7 @@ def test_weight_decay_follows_the_shapes_before_sharding():
     module = FineTuneModule(tiny_llama(), cfg.optim, lr=1e-3)
     def decayed():
         view = SimpleNamespace(model=module.model, optim_cfg=cfg.optim, lr=1e-3, _ndim=module._ndim,
-                               trainer=SimpleNamespace(estimated_stepping_batches=10))
+                               master_weights=False, trainer=SimpleNamespace(estimated_stepping_batches=10))
         return {id(p) for p in FineTuneModule.configure_optimizers(view)["optimizer"].param_groups[0]["params"]}
 
     plain = decayed()
