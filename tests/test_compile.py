@@ -14,11 +14,12 @@ from tests.test_eval import tiny_lm
 from tests.test_packing import StepLosses, varied_rows
 
 
-def _train(compile: bool):
+def train_tiny(**module_options):
+    """Six steps of the tiny model on fixed batches: the step losses and the trained module."""
     pl.seed_everything(0, verbose=False)
     rows = varied_rows(48, seed=2)
     dm = FineTuneDataModule(rows, rows[:16], pad_id=0, batch_size=16, seed=0, group_by_length=False)
-    module = FineTuneModule(tiny_lm(), compose_config([]).optim, lr=3e-3, compile=compile)
+    module = FineTuneModule(tiny_lm(), compose_config([]).optim, lr=3e-3, **module_options)
     steps = StepLosses()
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[steps])
@@ -31,9 +32,9 @@ def test_a_compiled_stage_takes_the_same_steps_as_an_eager_one():
     from torch._dynamo.utils import counters
 
     counters.clear()
-    eager, eager_module = _train(compile=False)
+    eager, eager_module = train_tiny(compile=False)
     assert not counters["frames"]["ok"]
-    compiled, compiled_module = _train(compile=True)
+    compiled, compiled_module = train_tiny(compile=True)
     assert counters["frames"]["ok"] > 0  # dynamo did compile the step
     # dropout-free model: the same draws, so the same losses (with dropout the masks differ)
     assert len(compiled) == len(eager) == 6

@@ -7,19 +7,19 @@ import copy
 import math
 
 import pytest
-import pytorch_lightning as pl
 import torch
 import transformers as tf
 
 from ftexp.config.preflight import ConfigError, check_overrides, compose_config
-from ftexp.data.datamodule import FineTuneDataModule, pad_batch
+from ftexp.data.datamodule import pad_batch
 from ftexp.data.packing import flatten_batch
 from ftexp.errors import FtexpError
 from ftexp.training import fused_loss
 from ftexp.training.fused_loss import FUSABLE, fused_forward, linear_cross_entropy
 from ftexp.training.module import FineTuneModule, forward
 from tests.test_eval import tiny_lm
-from tests.test_packing import StepLosses, varied_rows
+from tests.test_compile import train_tiny
+from tests.test_packing import varied_rows
 
 SHAPE = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2)
@@ -114,20 +114,10 @@ def test_a_batch_without_targets_gives_zero_loss_and_zero_gradients():
 
 
 def test_fused_steps_equal_the_plain_ones_through_lightning():
-    def train(fused: bool):
-        pl.seed_everything(0, verbose=False)
-        rows = varied_rows(48, seed=2)
-        dm = FineTuneDataModule(rows, rows[:16], pad_id=0, batch_size=16, seed=0, group_by_length=False)
-        module = FineTuneModule(tiny_lm(), compose_config([]).optim, lr=3e-3, fused_loss=fused)
-        steps = StepLosses()
-        pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, callbacks=[steps]).fit(module, datamodule=dm)
-        return steps.losses, module.model
-
-    (plain, plain_model), (fused, fused_model) = train(False), train(True)
+    (plain, plain_module), (fused, fused_module) = train_tiny(fused_loss=False), train_tiny(fused_loss=True)
     assert len(plain) == len(fused) == 6
     assert all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(plain, fused)), (plain, fused)
-    for (name, a), b in zip(plain_model.named_parameters(), fused_model.parameters()):
+    for (name, a), b in zip(plain_module.model.named_parameters(), fused_module.model.parameters()):
         assert (a - b).abs().max() < 1e-5, name
 
 
