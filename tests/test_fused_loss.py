@@ -71,6 +71,20 @@ def test_fused_loss_and_gradients_equal_the_models_own(arch, small_chunks):
         assert torch.allclose(g, got[name], atol=1e-6), name
 
 
+def test_the_compiled_branch_that_keeps_every_row_masks_the_rows_without_a_target(small_chunks, monkeypatch):
+    """Under torch.compile no rows are dropped (static shapes): the masking alone must leave out the
+    prompt and padding rows. Eager here, with the compiled branch forced."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    torch.manual_seed(0)
+    model = ARCHS["mistral"]().eval()
+    twin, batch = copy.deepcopy(model), masked_batch()
+    own, fused = forward(model, batch).loss, fused_forward(twin, batch).loss
+    assert math.isclose(float(own), float(fused), rel_tol=1e-6)
+    expected, got = grads(model, own), grads(twin, fused)
+    for name, g in expected.items():
+        assert torch.allclose(g, got[name], atol=1e-6), name
+
+
 def test_lora_trains_the_adapters_alike_with_the_output_layer_frozen(small_chunks):
     from peft import LoraConfig, get_peft_model
 
@@ -96,7 +110,7 @@ def test_a_flattened_packed_batch_gives_the_padded_batchs_loss():
 
 def test_chunked_linear_cross_entropy_under_bf16_autocast_matches_the_upcast_logits():
     torch.manual_seed(0)
-    hidden, weight = torch.randn(2, 9, 16), torch.randn(50, 16)
+    hidden, weight = torch.randn(2, 9, 16, requires_grad=True), torch.randn(50, 16, requires_grad=True)
     labels = torch.randint(0, 50, (2, 9))
     labels[0, :4] = -100
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -104,6 +118,9 @@ def test_chunked_linear_cross_entropy_under_bf16_autocast_matches_the_upcast_log
         logits = (hidden @ weight.T).float()  # bf16 matmul, upcast: what transformers' loss sees
     ref = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 50), labels[:, 1:].reshape(-1))
     assert fused.dtype == torch.float32 and math.isclose(float(fused), float(ref), rel_tol=1e-6)
+    for got, expected in zip(torch.autograd.grad(fused, (hidden, weight)), torch.autograd.grad(ref, (hidden, weight))):
+        assert got.dtype == expected.dtype == torch.float32
+        assert (got - expected).abs().max() <= 1e-2 * expected.abs().max()  # bf16 operands of the gradient matmuls
 
 
 def test_a_batch_without_targets_gives_zero_loss_and_zero_gradients():
@@ -122,12 +139,20 @@ def test_fused_steps_equal_the_plain_ones_through_lightning():
 
 
 def test_a_model_whose_logits_are_not_its_output_layer_alone_is_refused():
+    from peft import LoraConfig, get_peft_model
+
     model = tf.Gemma2ForCausalLM(tf.Gemma2Config(**SHAPE, head_dim=8))  # soft-caps its logits
     with pytest.raises(FtexpError, match="trainer.fused_loss=true.*Gemma2ForCausalLM"):
         FineTuneModule(model, compose_config([]).optim, lr=1e-3, fused_loss=True)
+    adapted_head = get_peft_model(ARCHS["llama"](), LoraConfig(r=2, target_modules=["q_proj", "lm_head"]))
+    with pytest.raises(FtexpError, match="no adapter on the output layer"):
+        FineTuneModule(adapted_head, compose_config([]).optim, lr=1e-3, fused_loss=True)
+    FineTuneModule(get_peft_model(ARCHS["llama"](), LoraConfig(r=2, target_modules=["q_proj"])),
+                   compose_config([]).optim, lr=1e-3, fused_loss=True)  # adapters inside the decoder only: fine
 
 
-@pytest.mark.parametrize("override,why", [("mitigation=lwf", "full logits"), ("trainer=fsdp", "FSDP shards")])
+@pytest.mark.parametrize("override,why", [("mitigation=lwf", "full logits"), ("trainer=fsdp", "FSDP shards"),
+                                          ("trainer.precision=16-mixed", "underflow")])
 def test_fused_loss_is_refused_beside_what_needs_the_logits_or_shards_the_head(override, why):
     check_overrides([override])
     with pytest.raises(ConfigError, match=f"trainer.fused_loss=True: .*{why}"):

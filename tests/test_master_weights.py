@@ -56,6 +56,32 @@ def test_updates_too_small_for_bf16_accumulate_in_the_fp32_copies():
     assert _share_changed(model, before) > _share_changed(pure, before)
 
 
+def test_gradients_reach_the_fp32_copies_before_lightning_clips_them(monkeypatch):
+    """The norm Lightning clips is the copies': each step's gradients on them are within the limit."""
+    from ftexp.training import module
+
+    norms = []
+
+    class Spy(MasterWeightAdamW):
+        def step(self, closure=None):
+            def clipped():  # the closure runs the backward, on_before_optimizer_step and the clipping
+                loss = closure()
+                norms.append(float(torch.stack([m.grad.norm() for m in self.masters if m.grad is not None]).norm()))
+                return loss
+            return super().step(clipped)
+
+    monkeypatch.setattr(module, "MasterWeightAdamW", Spy)
+    pl.seed_everything(0, verbose=False)
+    rows = varied_rows(32, seed=2)
+    dm = FineTuneDataModule(rows, rows[:8], pad_id=0, batch_size=16, seed=0, group_by_length=False)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", precision="bf16-true", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         gradient_clip_val=1e-3)  # far below the tiny model's gradient norm
+    trainer.fit(FineTuneModule(tiny_lm().to(torch.bfloat16), compose_config([]).optim, lr=1e-3,
+                               master_weights=True), datamodule=dm)
+    assert len(norms) == 2 and all(n <= 1e-3 * 1.001 for n in norms), norms
+
+
 def test_the_fp32_copies_travel_in_the_optimizers_checkpoint_state():
     model, _, trainer = _train_bf16(master_weights=True)
     optimizer = trainer.optimizers[0]
@@ -76,7 +102,7 @@ def test_the_fp32_copies_travel_in_the_optimizers_checkpoint_state():
 
 def test_master_weights_need_a_low_precision_and_refuse_fsdp():
     check_overrides(["trainer.precision=bf16-true", "trainer.master_weights=true"])
-    with pytest.raises(ConfigError, match="trainer.master_weights=True: .*trainer.precision='32-true'"):
+    with pytest.raises(ConfigError, match="trainer.master_weights=True: .*needs trainer.precision='bf16-true', not '32-true'"):
         check_overrides(["trainer.master_weights=true"])
     with pytest.raises(ConfigError, match="trainer.master_weights=True: FSDP shards"):
         check_overrides(["trainer=fsdp", "trainer.precision=bf16-true", "trainer.master_weights=true"])

@@ -47,10 +47,13 @@ def problems(cfg: DictConfig) -> List[str]:
         need(t.strategy != "fsdp", "trainer.fused_loss", True,
              "FSDP shards the output layer that the fused loss reads whole; set trainer.fused_loss=false with "
              "trainer=fsdp")
+        need(not t.precision.startswith("16"), "trainer.fused_loss", True,
+             f"with trainer.precision={t.precision!r} (fp16) the fused loss's gradients would underflow before the "
+             "loss scale applies; use bf16-mixed or bf16-true, or set trainer.fused_loss=false")
     if t.master_weights:
-        need(t.precision in ("bf16-true", "16-true"), "trainer.master_weights", True,
-             f"keeps fp32 copies of low-precision weights, but trainer.precision={t.precision!r} already keeps "
-             "fp32 weights; use it with trainer.precision=bf16-true")
+        need(t.precision == "bf16-true", "trainer.master_weights", True,
+             f"keeps fp32 copies of bf16 weights; it needs trainer.precision='bf16-true', not {t.precision!r} (the "
+             "mixed and 32-bit precisions keep fp32 weights already; fp16 needs loss scaling)")
         need(t.strategy != "fsdp", "trainer.master_weights", True,
              "FSDP shards the weights that the fp32 copies mirror; set trainer.master_weights=false with trainer=fsdp")
     impl = m.get("attn_implementation")

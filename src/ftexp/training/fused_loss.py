@@ -7,10 +7,12 @@ taken at once, in the forward, so no more than one chunk's logits ever exists (t
 linear cross-entropy kernels, in plain PyTorch so that it runs, and is tested, on the CPU too). In eager
 mode only the rows that have a target go through the output layer at all: with the prompt masked, as in
 ftexp's fine-tuning data, that is a few tokens per example. Under ``torch.compile`` every row goes (static
-shapes), and the compiler fuses the softmax into the chunk's matmuls.
+shapes), and the compiler fuses the element-wise work around the chunk's matmuls.
 
-Only for models whose logits are the output layer applied to the decoder's last hidden state, with
-nothing after it (no soft-capping or logit scale): the model types in ``FUSABLE``.
+Only for models whose logits are a plain bias-free linear output layer applied to the decoder's last
+hidden state, with nothing after it (no soft-capping or logit scale, no adapter on the head): the model
+types in ``FUSABLE``. A batch without any target gives a loss of 0 (transformers' own loss gives NaN).
+Not for fp16 (refused at composition): the gradients are formed before the loss scale is applied.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ftexp.data.packing import model_inputs
 # mean token cross-entropy over shifted labels (checked against each model's own loss in the tests).
 FUSABLE = frozenset({"llama", "mistral", "qwen2", "qwen3", "gpt2"})
 
-CHUNK_ELEMENTS = 2**28  # logits per chunk: 1 GiB in fp32, whatever the vocabulary
+CHUNK_ELEMENTS = 2**28  # logits per chunk: 1 GiB in fp32 (about 1.5 GiB at the peak), whatever the vocabulary
 
 
 def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
@@ -36,7 +38,11 @@ def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def fusable(model: torch.nn.Module) -> bool:
-    return getattr(getattr(causal_lm(model), "config", None), "model_type", None) in FUSABLE
+    lm = causal_lm(model)
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    # exactly nn.Linear: an adapter on the head (peft's LoRA layer) would be skipped by reading .weight
+    return (getattr(getattr(lm, "config", None), "model_type", None) in FUSABLE
+            and type(head) is torch.nn.Linear and head.bias is None)
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -66,11 +72,13 @@ class LinearCrossEntropy(torch.autograd.Function):
                     continue
                 probs = logits.sub_(lse[:, None]).exp_()  # softmax, in the logits' memory
                 probs[torch.arange(len(t), device=t.device), safe] -= 1.0
-                g = (probs * (keep[:, None] / count)).to(dtype)
-                if want_h:
-                    grad_h[start:start + chunk] = (g @ w).to(hidden.dtype)
+                g = probs.mul_(keep[:, None]).to(dtype)  # d(sum of losses)/d(logits); / count after the matmuls,
+                if want_h:  # in fp32, where the small values of a mean over many tokens still exist
+                    grad_h[start:start + chunk] = ((g @ w).float() / count).to(hidden.dtype)
                 if want_w:
                     grad_w.add_(g.T @ h)
+        if want_w:
+            grad_w.div_(count)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
         return total / count

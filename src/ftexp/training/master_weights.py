@@ -5,7 +5,9 @@ about 1/256 of a weight: with fine-tuning learning rates most of them. bf16-mixe
 keeping fp32 weights and casting them at every op (autocast), which costs time. Here the model computes
 in bf16 and the optimizer steps fp32 copies of the weights that train (AdamW's moments are fp32 too),
 writing them back rounded after each step: bf16 compute with bf16-mixed's treatment of the weights.
-Gradients go to the copies before clipping, so the norm is taken in fp32.
+Gradients go to the copies before clipping, so the norm is taken in fp32. They are formed in bf16 as in
+pure bf16: with ``accumulate_grad_batches`` > 1 the micro-batches' gradients add up in bf16 (and DDP
+averages them in bf16) before they reach the copies.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class MasterWeightAdamW(torch.optim.AdamW):
         return loss
 
     def state_dict(self) -> Dict[str, Any]:
-        return {**super().state_dict(), "master_weights": [m.detach().clone() for m in self.masters]}
+        return {**super().state_dict(), "master_weights": [m.detach() for m in self.masters]}  # no second copy
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         state_dict = dict(state_dict)

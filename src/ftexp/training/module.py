@@ -66,9 +66,10 @@ class FineTuneModule(pl.LightningModule):
         if fused_loss and not fusable(model):
             from ftexp.errors import FtexpError
 
-            raise FtexpError(f"trainer.fused_loss=true: model type {type(causal_lm(model)).__name__} is not one whose "
-                             f"logits are its output layer alone (fusable types: {', '.join(sorted(FUSABLE))}); "
-                             "set trainer.fused_loss=false for this model")
+            raise FtexpError(f"trainer.fused_loss=true: model {type(causal_lm(model)).__name__} does not compute its "
+                             "logits with a plain linear output layer alone (fusable types: "
+                             f"{', '.join(sorted(FUSABLE))}, with no adapter on the output layer); set "
+                             "trainer.fused_loss=false for this model")
         self.fused_loss = fused_loss
         self.master_weights = master_weights  # see configure_optimizers
         self.optim_cfg = optim_cfg
