@@ -117,3 +117,27 @@ def test_trainer_master_weights_reaches_the_optimizer(tiny_overrides, tmp_path, 
     run_job(compose_config([*tiny_overrides, "trainer.precision=bf16-true", "trainer.master_weights=true",
                             "trainer.max_steps=2", "save_model=false", f"output_dir={tmp_path / 'run'}"]))
     assert len(loads) == 2
+
+
+def test_a_run_resumed_from_a_checkpoint_goes_on_from_the_fp32_copies(tmp_path):
+    """Resumed after its first epoch, a run ends with the uninterrupted run's copies and weights, bit for
+    bit (copies rebuilt from the rounded weights would differ)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    def fit(folder, ckpt=None):
+        pl.seed_everything(0, verbose=False)
+        rows = varied_rows(48, seed=2)
+        dm = FineTuneDataModule(rows, rows[:16], pad_id=0, batch_size=8, seed=0, group_by_length=False)
+        model = tiny_lm().to(torch.bfloat16)
+        module = FineTuneModule(model, compose_config(["optim.warmup_ratio=0"]).optim, lr=1e-5, master_weights=True)
+        trainer = pl.Trainer(max_epochs=2, accelerator="cpu", precision="bf16-true", logger=False,
+                             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                             callbacks=[ModelCheckpoint(dirpath=folder, save_top_k=-1, every_n_epochs=1,
+                                                        filename="{epoch}")])
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        return trainer.optimizers[0], model
+
+    whole, whole_model = fit(tmp_path / "a")
+    resumed, resumed_model = fit(tmp_path / "b", ckpt=str(tmp_path / "a" / "epoch=0.ckpt"))
+    assert all(torch.equal(a, b) for a, b in zip(whole.masters, resumed.masters))
+    assert all(torch.equal(a, b) for a, b in zip(whole_model.parameters(), resumed_model.parameters()))
