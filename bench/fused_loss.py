@@ -2,6 +2,8 @@
 
     python bench/fused_loss.py [--steps 12] [--warmup 2] [--repeats 2] [--batch-size 16] [--layers 30] [--full]
 
+On a GPU (when CUDA is available) in bf16-mixed, as trainer=gpu runs; else on the CPU in fp32.
+
 A SmolLM2-135M-shaped model (Llama, 49k vocabulary, random weights; --layers to shorten it) with LoRA
 r16 on every linear layer of the decoder (--full: full fine-tuning) trains on Banking77 batches
 (FTEXP_DATA_DIR) whose prompts are masked out of the loss, as ftexp trains them. The fused loss sends
@@ -40,18 +42,21 @@ def main() -> None:
                                              extra=[("--layers", 30), ("--full", False)],
                                              overrides=["model.train_on_prompt=false"])  # as hub models train
     base = smollm2_shaped(args.layers, lora=not args.full)
+    gpu = torch.cuda.is_available()
+    where = {"accelerator": "gpu", "precision": "bf16-mixed"} if gpu else {}
     timed = batches[args.warmup:]
     targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in timed)
     tokens = sum(int(b["attention_mask"].sum()) for b in timed)
     print(f"SmolLM2-135M shape, {args.layers} layers ({sum(p.numel() for p in base.parameters()) / 1e6:.0f} M "
           f"parameters), {'full fine-tuning' if args.full else 'LoRA r16'}, {origin}, batch {args.batch_size}, "
-          f"{args.steps} steps ({args.warmup} warm-up), torch threads {torch.get_num_threads()}; "
+          f"{args.steps} steps ({args.warmup} warm-up), {torch.cuda.get_device_name() if gpu else 'CPU'}, "
+          f"torch threads {torch.get_num_threads()}; "
           f"{targets / tokens:.1%} of real tokens have a target")
     times = {False: [], True: []}
     for r in range(args.repeats):
         for fused in (False, True) if r % 2 == 0 else (True, False):
             times[fused].append(run_ftexp(copy.deepcopy(base), batches, cfg.optim, cfg.optim.lr, args.warmup,
-                                          fused_loss=fused))
+                                          fused_loss=fused, **where))
     plain, fused = statistics.median(times[False]), statistics.median(times[True])
     per_step = tokens / len(timed)
     print(f"plain loss : {plain * 1e3:8.1f} ms/step  {per_step / plain:7.0f} tok/s")

@@ -69,11 +69,18 @@ class StepClock(pl.Callback):
     def __init__(self, warmup: int) -> None:
         self.warmup, self.start, self.end = warmup, None, None
 
+    @staticmethod
+    def _sync() -> None:  # on a GPU the clock reads finished work only
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == self.warmup:
+            self._sync()
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._sync()
         self.end = time.perf_counter()
 
 
@@ -96,10 +103,12 @@ def run_plain(model, batches, optim_cfg, lr: float, warmup: int) -> float:
     return (time.perf_counter() - start) / (len(batches) - warmup)
 
 
-def run_ftexp(model, batches, optim_cfg, lr: float, warmup: int, mitigation=None, fused_loss: bool = False) -> float:
+def run_ftexp(model, batches, optim_cfg, lr: float, warmup: int, mitigation=None, fused_loss: bool = False,
+              accelerator: str = "cpu", precision: str = "32-true") -> float:
     clock = StepClock(warmup)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
+    trainer = pl.Trainer(accelerator=accelerator, devices=1, max_epochs=1, precision=precision, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         gradient_clip_val=1.0,
                          callbacks=[Throughput(), clock], log_every_n_steps=20, limit_val_batches=0)
     module = FineTuneModule(model, optim_cfg, lr=lr, mitigation=mitigation, fused_loss=fused_loss)
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None, shuffle=False))
