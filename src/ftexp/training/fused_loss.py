@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ftexp.data.packing import model_inputs
+from ftexp.errors import FtexpError
 
 # Causal LMs whose forward is ``logits = lm_head(model(...).last_hidden_state)`` and whose loss is the
 # mean token cross-entropy over shifted labels (checked against each model's own loss in the tests).
@@ -43,6 +44,13 @@ def fusable(model: torch.nn.Module) -> bool:
     # exactly nn.Linear: an adapter on the head (peft's LoRA layer) would be skipped by reading .weight
     return (getattr(getattr(lm, "config", None), "model_type", None) in FUSABLE
             and type(head) is torch.nn.Linear and head.bias is None)
+
+
+def require_fusable(model: torch.nn.Module) -> None:
+    if not fusable(model):
+        raise FtexpError(f"trainer.fused_loss=true: model {type(causal_lm(model)).__name__} does not compute its logits "
+                         f"with a plain linear output layer alone (fusable types: {', '.join(sorted(FUSABLE))}, with "
+                         "no adapter on the output layer); set trainer.fused_loss=false for this model")
 
 
 class LinearCrossEntropy(torch.autograd.Function):

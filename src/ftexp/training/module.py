@@ -12,7 +12,7 @@ import torch
 from ftexp.data.packing import model_inputs
 from ftexp.mitigation.base import Mitigation, NoMitigation
 from ftexp.training.fsdp import clean_name
-from ftexp.training.fused_loss import FUSABLE, causal_lm, fusable, fused_forward
+from ftexp.training.fused_loss import fused_forward, require_fusable
 from ftexp.training.master_weights import MasterWeightAdamW
 from ftexp.training.stage_cache import rng_state, set_rng_state
 
@@ -63,13 +63,8 @@ class FineTuneModule(pl.LightningModule):
         super().__init__()
         self.model = model
         self.compile_step = compile  # see train_forward
-        if fused_loss and not fusable(model):
-            from ftexp.errors import FtexpError
-
-            raise FtexpError(f"trainer.fused_loss=true: model {type(causal_lm(model)).__name__} does not compute its "
-                             "logits with a plain linear output layer alone (fusable types: "
-                             f"{', '.join(sorted(FUSABLE))}, with no adapter on the output layer); set "
-                             "trainer.fused_loss=false for this model")
+        if fused_loss:
+            require_fusable(model)
         self.fused_loss = fused_loss
         self.master_weights = master_weights  # see configure_optimizers
         self.optim_cfg = optim_cfg
