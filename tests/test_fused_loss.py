@@ -85,6 +85,16 @@ def test_the_compiled_branch_that_keeps_every_row_masks_the_rows_without_a_targe
         assert torch.allclose(g, got[name], atol=1e-6), name
 
 
+def test_in_eager_mode_only_rows_with_a_target_reach_the_output_layer(monkeypatch):
+    seen = []
+    apply = fused_loss.LinearCrossEntropy.apply
+    monkeypatch.setattr(fused_loss.LinearCrossEntropy, "apply",
+                        lambda rows, *a: seen.append(len(rows)) or apply(rows, *a))
+    batch = masked_batch()
+    fused_forward(ARCHS["mistral"](), batch)
+    assert seen == [int((batch["labels"][:, 1:] != -100).sum())]  # 20 of the 60 rows
+
+
 def test_lora_trains_the_adapters_alike_with_the_output_layer_frozen(small_chunks):
     from peft import LoraConfig, get_peft_model
 

@@ -19,6 +19,7 @@ from torchmetrics.functional.classification import multiclass_accuracy, multicla
 from ftexp.data.base import encode_completion, encode_prompt
 from ftexp.eval.base import EvalContext, Evaluator, Output, model_device
 from ftexp.models.attention import attention_implementation, use_attention
+from ftexp.models.base import unwrap_adapter
 
 
 def _tree_inputs(prompts: Sequence[List[int]], labels: Sequence[List[int]], pad_id: int, device):
@@ -104,7 +105,7 @@ def label_logprobs(
 def scoring_attention(model: torch.nn.Module):
     """Tree scoring needs a custom 4D mask, which flash-attention kernels do not take: such a model
     runs on SDPA while scoring and switches back afterwards."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_adapter(model)
     keep = attention_implementation(base) in ("sdpa", "eager")
     return nullcontext() if keep else use_attention(model, "sdpa")
 

@@ -18,6 +18,7 @@ import torch
 
 from ftexp.errors import FtexpError
 from ftexp.eval.base import EvalContext, Evaluator
+from ftexp.models.base import unwrap_adapter
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class LmEvalEvaluator(Evaluator):
         import lm_eval
         from lm_eval.models.huggingface import HFLM
 
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = unwrap_adapter(model)
         was_training = model.training
         try:
             # lm-eval seeds Python, NumPy and torch globally: the run's own random streams (data

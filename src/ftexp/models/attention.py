@@ -7,6 +7,8 @@ from typing import Iterator
 
 import torch
 
+from ftexp.models.base import unwrap_adapter
+
 
 def reads_position_ids(impl: str) -> bool:
     """Whether attention ``impl`` takes a flattened batch's example boundaries from position_ids:
@@ -21,7 +23,7 @@ def takes_flat_batches(model: torch.nn.Module) -> bool:
 
 
 def attention_implementation(model: torch.nn.Module) -> str:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # through a peft wrapper
+    base = unwrap_adapter(model)
     return getattr(getattr(base, "config", None), "_attn_implementation", None) or "sdpa"
 
 
@@ -29,7 +31,7 @@ def attention_implementation(model: torch.nn.Module) -> str:
 def use_attention(model: torch.nn.Module, impl: str) -> Iterator[None]:
     """Run the block with ``impl`` attention (same maths, another kernel), then switch back.
     Models that cannot switch (or already use ``impl``) are left as they are."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_adapter(model)
     current = attention_implementation(model)
     if current == impl or not hasattr(base, "set_attn_implementation"):
         yield

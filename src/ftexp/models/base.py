@@ -14,6 +14,11 @@ from ftexp.errors import FtexpError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def unwrap_adapter(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a peft wrapper (itself when there is none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 class ModelLoadError(FtexpError):
     """A model or tokenizer that cannot be loaded; the message says how to fix it."""
 

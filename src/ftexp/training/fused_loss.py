@@ -25,6 +25,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ftexp.data.packing import model_inputs
 from ftexp.errors import FtexpError
+from ftexp.models.base import unwrap_adapter
 
 # Causal LMs whose forward is ``logits = lm_head(model(...).last_hidden_state)`` and whose loss is the
 # mean token cross-entropy over shifted labels (checked against each model's own loss in the tests).
@@ -33,13 +34,8 @@ FUSABLE = frozenset({"llama", "mistral", "qwen2", "qwen3", "gpt2"})
 CHUNK_ELEMENTS = 2**28  # logits per chunk: 1 GiB in fp32 (about 1.5 GiB at the peak), whatever the vocabulary
 
 
-def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model under a peft wrapper (itself when there is none)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def fusable(model: torch.nn.Module) -> bool:
-    lm = causal_lm(model)
+    lm = unwrap_adapter(model)
     head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
     # exactly nn.Linear: an adapter on the head (peft's LoRA layer) would be skipped by reading .weight
     return (getattr(getattr(lm, "config", None), "model_type", None) in FUSABLE
@@ -48,9 +44,10 @@ def fusable(model: torch.nn.Module) -> bool:
 
 def require_fusable(model: torch.nn.Module) -> None:
     if not fusable(model):
-        raise FtexpError(f"trainer.fused_loss=true: model {type(causal_lm(model)).__name__} does not compute its logits "
-                         f"with a plain linear output layer alone (fusable types: {', '.join(sorted(FUSABLE))}, with "
-                         "no adapter on the output layer); set trainer.fused_loss=false for this model")
+        name = type(unwrap_adapter(model)).__name__
+        raise FtexpError(f"trainer.fused_loss=true: model {name} does not compute its logits with a plain linear "
+                         f"output layer alone (fusable types: {', '.join(sorted(FUSABLE))}, with no adapter on the "
+                         "output layer); set trainer.fused_loss=false for this model")
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -115,7 +112,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
 
 def fused_forward(model: torch.nn.Module, batch: Dict[str, torch.Tensor]) -> CausalLMOutputWithPast:
     """``training.module.forward`` without the logits: ``loss`` only (``logits`` is None)."""
-    lm = causal_lm(model)
+    lm = unwrap_adapter(model)
     hidden = lm.base_model(**model_inputs(batch), use_cache=False).last_hidden_state
     loss = linear_cross_entropy(hidden, lm.get_output_embeddings().weight, batch["labels"])
     return CausalLMOutputWithPast(loss=loss)
