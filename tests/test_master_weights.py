@@ -111,12 +111,12 @@ def test_master_weights_need_a_low_precision_and_refuse_fsdp():
 def test_trainer_master_weights_reaches_the_optimizer(tiny_overrides, tmp_path, monkeypatch):
     from ftexp.job import run_job
 
-    loads = []
-    original = MasterWeightAdamW.load_grads
-    monkeypatch.setattr(MasterWeightAdamW, "load_grads", lambda self: loads.append(1) or original(self))
+    calls = []
+    original = MasterWeightAdamW.accumulate_grads
+    monkeypatch.setattr(MasterWeightAdamW, "accumulate_grads", lambda self: calls.append(1) or original(self))
     run_job(compose_config([*tiny_overrides, "trainer.precision=bf16-true", "trainer.master_weights=true",
                             "trainer.max_steps=2", "save_model=false", f"output_dir={tmp_path / 'run'}"]))
-    assert len(loads) == 2
+    assert len(calls) == 4  # after each backward and before each step
 
 
 def test_a_run_resumed_from_a_checkpoint_goes_on_from_the_fp32_copies(tmp_path):
@@ -141,3 +141,72 @@ def test_a_run_resumed_from_a_checkpoint_goes_on_from_the_fp32_copies(tmp_path):
     resumed, resumed_model = fit(tmp_path / "b", ckpt=str(tmp_path / "a" / "epoch=0.ckpt"))
     assert all(torch.equal(a, b) for a, b in zip(whole.masters, resumed.masters))
     assert all(torch.equal(a, b) for a, b in zip(whole_model.parameters(), resumed_model.parameters()))
+
+
+class FirstStepGrads(pl.Callback):
+    """The micro-batches of the first optimizer step and the fp32 copies' gradients it stepped with
+    (still there at the batch's end: Lightning zeroes them before the next step), in the order of the
+    model's parameters, saved per rank."""
+
+    def __init__(self, folder):
+        self.folder, self.batches = folder, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 0:
+            self.batches.append({k: v.clone() for k, v in batch.items()})
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == 1 and not (self.folder / f"rank{trainer.global_rank}.pt").exists():
+            optimizer = trainer.optimizers[0]
+            master = {id(p): m for p, m in zip(optimizer.model_params, optimizer.masters)}
+            grads = [master[id(p)].grad.clone() for p in pl_module.model.parameters()]  # the model's order
+            torch.save({"grads": grads, "batches": self.batches}, self.folder / f"rank{trainer.global_rank}.pt")
+
+
+def _first_step(folder, accumulate: int, devices: int = 1, batch_size: int = 4):
+    """One bf16-true optimizer step with master weights over ``accumulate`` micro-batches of
+    ``batch_size`` rows (the global batch: under DDP each rank takes half of it)."""
+    pl.seed_everything(0, verbose=False)
+    rows = varied_rows(batch_size * accumulate, seed=3)
+    dm = FineTuneDataModule(rows, rows[:4], pad_id=0, batch_size=batch_size, seed=0, group_by_length=False)
+    module = FineTuneModule(tiny_lm().to(torch.bfloat16), compose_config(["optim.warmup_ratio=0"]).optim, lr=1e-3,
+                            master_weights=True)
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", devices=devices, precision="bf16-true", logger=False,
+                         strategy="ddp_spawn" if devices > 1 else "auto", use_distributed_sampler=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, accumulate_grad_batches=accumulate,
+                         callbacks=[FirstStepGrads(folder)])
+    trainer.fit(module, datamodule=dm)
+    return [torch.load(folder / f"rank{r}.pt") for r in range(devices)]
+
+
+def test_micro_batch_gradients_add_up_in_fp32(tmp_path):
+    """With accumulate_grad_batches=4 the copies step with the fp32 sum of the four micro-batches' bf16
+    gradients (bf16-mixed's numerics), not with a sum rounded to bf16 at every addition."""
+    from ftexp.training.module import completion_loss
+
+    [saved] = _first_step(tmp_path, accumulate=4)
+    assert len(saved["batches"]) == 4
+    model = tiny_lm().to(torch.bfloat16)
+    parts = []
+    for batch in saved["batches"]:
+        (completion_loss(model, batch) / 4).backward()
+        parts.append([p.grad.clone() for p in model.parameters()])
+        model.zero_grad(set_to_none=True)
+    in_fp32 = [sum(g.float() for g in grads) for grads in zip(*parts)]
+    in_bf16 = [sum(grads[1:], grads[0].clone()).float() for grads in zip(*parts)]
+    assert all(torch.equal(a, b) for a, b in zip(saved["grads"], in_fp32))
+    assert not all(torch.equal(a, b) for a, b in zip(saved["grads"], in_bf16))  # the test can tell them apart
+
+
+@pytest.mark.slow
+def test_under_ddp_every_micro_batch_is_averaged_over_the_ranks(tmp_path):
+    """Two gloo ranks, two micro-batches each: the micro-batch that skipped DDP's all-reduce is averaged
+    too, so both ranks step with the same gradients, those of one process on the same global batches
+    (up to bf16 rounding: each rank's matmuls see half the rows)."""
+    (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+    [one] = _first_step(tmp_path / "one", accumulate=2, batch_size=8)
+    rank0, rank1 = _first_step(tmp_path / "two", accumulate=2, devices=2, batch_size=8)
+    assert all(torch.equal(a, b) for a, b in zip(rank0["grads"], rank1["grads"]))
+    for a, b in zip(one["grads"], rank0["grads"]):
+        assert torch.allclose(a, b, rtol=0.05, atol=0.02 * float(a.abs().max())), float((a - b).abs().max())

@@ -241,11 +241,13 @@ class TrainerConfig:
     # Compute the training loss with the output layer a chunk of tokens at a time (no full logits
     # tensor; in eager mode only rows with a target go through the output layer), for Llama-, Mistral-,
     # Qwen2/3- and GPT-2-type models. Same loss and gradients; not with mitigation=lwf (which reads the
-    # logits) or trainer=fsdp (which shards the output layer).
+    # logits), trainer=fsdp (which shards the output layer), fp16 precisions or an adapter on the
+    # output layer.
     fused_loss: bool = False
     # With precision=bf16-true: the optimizer steps fp32 copies of the weights that train and writes
-    # them back rounded (bf16 compute without autocast, updates kept as bf16-mixed keeps them). Costs
-    # 4 bytes per trainable parameter; not with trainer=fsdp.
+    # them back rounded (bf16 compute without autocast; updates, and the sum of accumulated micro-batches'
+    # gradients, kept in fp32 as bf16-mixed keeps them). Costs 4 bytes per trainable parameter; not
+    # with trainer=fsdp.
     master_weights: bool = False
     fsdp: FsdpConfig = field(default_factory=lambda: FsdpConfig())  # used when strategy=fsdp
     deterministic: bool = False

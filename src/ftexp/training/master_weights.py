@@ -5,9 +5,12 @@ about 1/256 of a weight: with fine-tuning learning rates most of them. bf16-mixe
 keeping fp32 weights and casting them at every op (autocast), which costs time. Here the model computes
 in bf16 and the optimizer steps fp32 copies of the weights that train (AdamW's moments are fp32 too),
 writing them back rounded after each step: bf16 compute with bf16-mixed's treatment of the weights.
-Gradients go to the copies before clipping, so the norm is taken in fp32. They are formed in bf16 as in
-pure bf16: with ``accumulate_grad_batches`` > 1 the micro-batches' gradients add up in bf16 (and DDP
-averages them in bf16) before they reach the copies.
+Each micro-batch's gradients are formed in bf16, as under autocast, and move onto the copies right after
+its backward, so with ``accumulate_grad_batches`` > 1 they add up in fp32 as bf16-mixed's do, and
+clipping takes the fp32 norm. Under DDP the micro-batches before the last skip DDP's all-reduce
+(Lightning's ``no_sync``) and have left the model before it runs, so their fp32 sum is averaged over
+the ranks here (the last one, averaged by DDP already, is the same on every rank: averaging it again
+changes nothing).
 """
 
 from __future__ import annotations
@@ -31,12 +34,25 @@ class MasterWeightAdamW(torch.optim.AdamW):
         super().__init__(groups, **kwargs)
         self.masters = [m for g in self.param_groups for m in g["params"]]
 
-    def load_grads(self) -> None:
-        """The model's gradients onto the fp32 copies (and off the model: they are not needed twice).
-        Called before clipping (``on_before_optimizer_step``), so the clipped norm is the fp32 one."""
+    def accumulate_grads(self) -> None:
+        """Add the model's gradients to the fp32 copies' and clear them (they are not needed twice).
+        Called after every backward (``on_after_backward``) and again before clipping."""
         for p, m in zip(self.model_params, self.masters):
-            m.grad = None if p.grad is None else p.grad.to(torch.float32)
-            p.grad = None
+            if p.grad is not None:
+                m.grad = p.grad.to(torch.float32) if m.grad is None else m.grad.add_(p.grad)
+                p.grad = None
+
+    def average_grads_over_ranks(self, world_size: int) -> None:
+        """The copies' gradients averaged over the ranks, as one flat fp32 all-reduce (gloo has no AVG)."""
+        import torch.distributed as dist
+
+        grads = [m.grad for m in self.masters if m.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= world_size
+        torch._foreach_copy_(grads, [f.view_as(g) for f, g in zip(flat.split([g.numel() for g in grads]), grads)])
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -154,15 +154,30 @@ class FineTuneModule(pl.LightningModule):
             import torch.distributed as dist
 
             dist.all_reduce(sums)
-        self.log("val/loss", (sums[0] / sums[1].clamp(min=1)).float(), prog_bar=True)
+        # sync_dist averages a value already equal on every rank (exactly: (a + a) / 2 == a); it only tells
+        # Lightning the epoch-level value is global, which it otherwise warns about.
+        self.log("val/loss", (sums[0] / sums[1].clamp(min=1)).float(), prog_bar=True,
+                 sync_dist=self.trainer.world_size > 1)
 
     # ------------------------------------------------------------------------- optimiser
 
+    def _master_weights_optimizer(self) -> Optional[MasterWeightAdamW]:
+        optimizers = self.trainer.optimizers if self.master_weights else []
+        return optimizers[0] if optimizers and isinstance(optimizers[0], MasterWeightAdamW) else None
+
+    def on_after_backward(self) -> None:
+        # Each micro-batch's bf16 gradients join the fp32 sum at once (see master_weights.py).
+        optimizer = self._master_weights_optimizer()
+        if optimizer is not None:
+            optimizer.accumulate_grads()
+
     def on_before_optimizer_step(self, optimizer) -> None:
-        # Lightning clips the gradients right after this hook: move them to the fp32 weights first.
-        optimizer = getattr(optimizer, "_optimizer", optimizer)
-        if isinstance(optimizer, MasterWeightAdamW):
-            optimizer.load_grads()
+        # Lightning clips the gradients right after this hook: they must be the fp32 copies' by then.
+        optimizer = self._master_weights_optimizer()
+        if optimizer is not None:
+            optimizer.accumulate_grads()
+            if self.trainer.world_size > 1 and self.trainer.accumulate_grad_batches > 1:
+                optimizer.average_grads_over_ranks(self.trainer.world_size)
 
     def configure_optimizers(self):
         cfg = self.optim_cfg
