@@ -17,5 +17,5 @@ timeout ${FUSED_S:-90} python3 bench/fused_loss.py --steps 30 --warmup 5 --repea
 # The GPU tests (bf16-mixed job, hub-style LoRA job, flat packing in flash/flex attention).
 timeout ${TESTS_S:-120} python3 -m pytest -p no:cacheprovider -m gpu tests/test_gpu.py -q -o addopts="" 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
 # Compiled sides last (compile time is a minute or more per side): trainer.compile=true against plain + compile.
-timeout ${COMPILE_S:-240} python3 bench/gpu_throughput.py --case ${COMPILE_CASE:-full1b} --compile --sides plain+c ftexp+c ftexp+cm \
+timeout ${COMPILE_S:-240} python3 bench/gpu_throughput.py --case ${COMPILE_CASE:-full1b} --compile --sides ${COMPILE_SIDES:-plain+c ftexp+c ftexp+cs ftexp+cm} \
   --steps ${STEPS:-20} --warmup 5 2>&1 | grep --line-buffered -v Warning | tee "$OUT/gpu_throughput_compile.txt"

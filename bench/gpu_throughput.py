@@ -14,8 +14,10 @@ else the bf16 data-sheet figure by name), peak memory, and the ratio ftexp / pla
 "ftexp+f" is ftexp with ``trainer.fused_loss=true`` (output layer and cross-entropy a chunk at a time),
 "ftexp+m" ftexp in ``bf16-true`` with ``trainer.master_weights=true`` (bf16 compute, no autocast, the
 optimizer on fp32 copies of the trained weights: bf16-mixed's numerics for the weights).
---compile adds the sides under torch.compile (``trainer.compile=true`` for ftexp), each compared
-with the compiled plain loop; the compile time falls in the warm-up steps. MFU is against the card's
+--compile adds the sides under torch.compile, each compared with the plain loop's model compiled
+whole: "ftexp+c" is ``trainer.compile=true`` (each decoder layer compiled), "ftexp+cs" with
+``trainer.compile_scope=step`` (the training forward compiled whole); the compile time falls in the
+warm-up steps. MFU is against the card's
 bf16 matmul rate measured in the same run (the data-sheet figure is printed beside it), or --peak-tflops.
 """
 
@@ -116,7 +118,7 @@ class StepTimes(pl.Callback):
 
 
 def ftexp_loop(model, data, precision: str, device, warmup: int, compile: bool = False,
-               fused_loss: bool = False, master_weights: bool = False) -> List[float]:
+               fused_loss: bool = False, master_weights: bool = False, compile_scope: str = "layers") -> List[float]:
     clock = StepTimes(warmup, device)
     if master_weights:
         precision = "bf16-true"  # bf16 compute, the optimizer on fp32 copies
@@ -124,8 +126,8 @@ def ftexp_loop(model, data, precision: str, device, warmup: int, compile: bool =
                          precision=precision if device.type == "cuda" else "32-true", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          gradient_clip_val=1.0, callbacks=[clock], limit_val_batches=0)
-    trainer.fit(FineTuneModule(model, OPTIM, lr=1e-5, compile=compile, fused_loss=fused_loss,
-                               master_weights=master_weights),
+    trainer.fit(FineTuneModule(model, OPTIM, lr=1e-5, compile=compile, compile_scope=compile_scope,
+                               fused_loss=fused_loss, master_weights=master_weights),
                 train_dataloaders=DataLoader(data, batch_size=None))
     return clock.times
 
@@ -150,6 +152,7 @@ def sides(compile: bool) -> List[tuple]:
            ("ftexp+m", ftexp_loop, False, master)]
     if compile:
         out += [("plain+c", plain_loop, True, {}), ("ftexp+c", ftexp_loop, True, {}),
+                ("ftexp+cs", ftexp_loop, True, {"compile_scope": "step"}),
                 ("ftexp+cf", ftexp_loop, True, fused), ("ftexp+cm", ftexp_loop, True, master)]
     return out
 

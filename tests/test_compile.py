@@ -9,17 +9,18 @@ import pytorch_lightning as pl
 
 from ftexp.config.preflight import compose_config
 from ftexp.data.datamodule import FineTuneDataModule
+from ftexp.training.compiled import CompiledLayers
 from ftexp.training.module import FineTuneModule
 from tests.test_eval import tiny_lm
 from tests.test_packing import StepLosses, varied_rows
 
 
-def train_tiny(**module_options):
+def train_tiny(model=None, **module_options):
     """Six steps of the tiny model on fixed batches: the step losses and the trained module."""
     pl.seed_everything(0, verbose=False)
     rows = varied_rows(48, seed=2)
     dm = FineTuneDataModule(rows, rows[:16], pad_id=0, batch_size=16, seed=0, group_by_length=False)
-    module = FineTuneModule(tiny_lm(), compose_config([]).optim, lr=3e-3, **module_options)
+    module = FineTuneModule(model or tiny_lm(), compose_config([]).optim, lr=3e-3, **module_options)
     steps = StepLosses()
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[steps])
@@ -28,13 +29,14 @@ def train_tiny(**module_options):
 
 
 @pytest.mark.slow
-def test_a_compiled_stage_takes_the_same_steps_as_an_eager_one():
+@pytest.mark.parametrize("scope", ["layers", "step"])
+def test_a_compiled_stage_takes_the_same_steps_as_an_eager_one(scope):
     from torch._dynamo.utils import counters
 
     counters.clear()
     eager, eager_module = train_tiny(compile=False)
     assert not counters["frames"]["ok"]
-    compiled, compiled_module = train_tiny(compile=True)
+    compiled, compiled_module = train_tiny(compile=True, compile_scope=scope)
     assert counters["frames"]["ok"] > 0  # dynamo did compile the step
     # dropout-free model: the same draws, so the same losses (with dropout the masks differ)
     assert len(compiled) == len(eager) == 6
@@ -45,9 +47,68 @@ def test_a_compiled_stage_takes_the_same_steps_as_an_eager_one():
         assert (a - b).abs().max() < 1e-4, name
 
 
-def test_trainer_compile_reaches_the_training_step(tiny_overrides, tmp_path, monkeypatch):
-    """The config key gets to the step that runs (torch.compile recorded, not run: compiling is slow
-    on a CPU and tested above)."""
+@pytest.mark.slow
+def test_every_decoder_layer_shares_one_compiled_graph():
+    """compile_scope=layers: one graph for 2 layers or 4, so compile time does not grow with depth."""
+    import torch
+    from torch._dynamo.utils import counters
+    from transformers import MistralConfig, MistralForCausalLM
+
+    for depth in (2, 4):
+        torch._dynamo.reset()
+        counters.clear()
+        model = MistralForCausalLM(MistralConfig(vocab_size=40, hidden_size=32, intermediate_size=64,
+                                                 num_hidden_layers=depth, num_attention_heads=4,
+                                                 num_key_value_heads=2))
+        layers = CompiledLayers(model)
+        layers.on()
+        ids = torch.randint(0, 40, (2, 9))
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        layers.off()
+        assert counters["stats"]["unique_graphs"] == 1, (depth, dict(counters["stats"]))
+
+
+def test_layers_run_compiled_in_training_batches_only(monkeypatch):
+    """compile_scope=layers: every decoder layer call of a training step goes through its compiled call;
+    validation (sanity check and each epoch's) and anything after fit run eager, so evaluation's shapes
+    and KV cache cost no recompiles. torch.compile recorded, not run."""
+    import torch
+
+    compiled_calls, all_calls = [], []
+
+    def record(fn, **kw):
+        def compiled(*args, **kwargs):
+            compiled_calls.append(fn.__self__)
+            return fn(*args, **kwargs)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", record)
+    model = tiny_lm()
+    layers = list(model.model.layers)
+    for layer in layers:
+        layer.register_forward_hook(lambda *a: all_calls.append(1))
+    losses, _ = train_tiny(model=model, compile=True)
+    assert compiled_calls == layers * len(losses)  # each step, each layer, in order
+    assert len(all_calls) > len(compiled_calls)  # validation ran too, eagerly
+    assert all(layer._compiled_call_impl is None for layer in layers)
+
+
+def test_compile_scope_is_checked():
+    from torch import nn
+
+    from ftexp.config.preflight import ConfigError, check_overrides
+    from ftexp.errors import FtexpError
+
+    with pytest.raises(ConfigError, match="trainer.compile_scope='block': must be 'layers'"):
+        check_overrides(["trainer.compile_scope=block"])
+    with pytest.raises(FtexpError, match="Sequential names no decoder layer class.*compile_scope=step"):
+        CompiledLayers(nn.Sequential(nn.Linear(2, 2)))
+
+
+@pytest.mark.parametrize("scope", ["layers", "step"])
+def test_trainer_compile_reaches_the_training_step(tiny_overrides, tmp_path, monkeypatch, scope):
+    """The config keys get to the step that runs (torch.compile recorded, not run: compiling is slow
+    on a CPU and tested above): each decoder layer's call, or the step's forward."""
     import torch
 
     from ftexp.job import run_job
@@ -55,6 +116,9 @@ def test_trainer_compile_reaches_the_training_step(tiny_overrides, tmp_path, mon
 
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or fn)
-    run_job(compose_config([*tiny_overrides, "trainer.compile=true", "trainer.max_steps=2", "save_model=false",
-                            f"output_dir={tmp_path / 'run'}"]))
-    assert compiled == [forward]
+    run_job(compose_config([*tiny_overrides, "trainer.compile=true", f"trainer.compile_scope={scope}",
+                            "trainer.max_steps=2", "save_model=false", f"output_dir={tmp_path / 'run'}"]))
+    if scope == "step":
+        assert compiled == [forward]
+    else:
+        assert compiled and all(type(fn.__self__).__name__ == "MistralDecoderLayer" for fn in compiled)

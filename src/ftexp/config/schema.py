@@ -238,6 +238,10 @@ class TrainerConfig:
     # until shapes are made dynamic, pay the compile time; without dropout, the eager losses within float
     # tolerance).
     compile: bool = False
+    # What trainer.compile compiles: "layers", each decoder layer (one compiled graph shared by every
+    # layer, so compile time does not grow with depth; compiled during training batches only) or "step",
+    # the whole training forward with its loss (more fusion; compile time grows with depth).
+    compile_scope: str = "layers"
     # Compute the training loss with the output layer a chunk of tokens at a time (no full logits
     # tensor; in eager mode only rows with a target go through the output layer), for Llama-, Mistral-,
     # Qwen2/3- and GPT-2-type models. Same loss and gradients; not with mitigation=lwf (which reads the

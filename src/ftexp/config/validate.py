@@ -40,6 +40,8 @@ def problems(cfg: DictConfig) -> List[str]:
              "use trainer=ddp with this mitigation, or mitigation=replay with trainer=fsdp")
         need(t.early_stopping_patience is None, "trainer.early_stopping_patience", t.early_stopping_patience,
              "early stopping keeps a copy of the best weights, which FSDP shards; not supported with trainer=fsdp")
+    need(t.compile_scope in ("layers", "step"), "trainer.compile_scope", t.compile_scope,
+         "must be 'layers' (each decoder layer compiled) or 'step' (the whole training forward)")
     if t.fused_loss:
         need(cfg.mitigation.get("_target_") != "ftexp.mitigation.lwf.LwF", "trainer.fused_loss", True,
              "mitigation=lwf distils from the student's full logits, which the fused loss never makes; "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable, Dict, Iterable
+from typing import Callable, Dict, Iterable, Set, Type
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -17,6 +17,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def unwrap_adapter(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model under a peft wrapper (itself when there is none)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def decoder_layer_classes(model: torch.nn.Module) -> Set[Type[torch.nn.Module]]:
+    """The model's decoder layer classes: those its ``_no_split_modules`` names (transformers lists its
+    repeated blocks there; FSDP shards by them and ``trainer.compile`` compiles them). Empty when none."""
+    names = set()
+    for m in model.modules():
+        names.update(getattr(m, "_no_split_modules", None) or ())
+    return {type(m) for m in model.modules() if type(m).__name__ in names}
 
 
 class ModelLoadError(FtexpError):

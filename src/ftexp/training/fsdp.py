@@ -18,13 +18,12 @@ from typing import Any, Dict, Set, Type
 import torch
 from torch import nn
 
+from ftexp.models.base import decoder_layer_classes
+
 
 def layer_classes(model: nn.Module) -> Set[Type[nn.Module]]:
     """The module classes that become FSDP units: the model's own no-split list (its decoder layers)."""
-    names = set()
-    for m in model.modules():
-        names.update(getattr(m, "_no_split_modules", None) or ())
-    found = {type(m) for m in model.modules() if type(m).__name__ in names}
+    found = decoder_layer_classes(model)
     if not found:
         raise ValueError(f"trainer.strategy=fsdp: {type(model).__name__} names no layer class to shard by "
                          "(its _no_split_modules is empty); use trainer=ddp")

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 
 from ftexp.data.packing import model_inputs
+from ftexp.training.compiled import CompiledLayers
 from ftexp.mitigation.base import Mitigation, NoMitigation
 from ftexp.training.fsdp import clean_name
 from ftexp.training.fused_loss import fused_forward, require_fusable
@@ -57,12 +58,15 @@ class FineTuneModule(pl.LightningModule):
         lr: float,
         mitigation: Optional[Mitigation] = None,
         compile: bool = False,
+        compile_scope: str = "layers",
         fused_loss: bool = False,
         master_weights: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
-        self.compile_step = compile  # see train_forward
+        # see compiled.py: each decoder layer compiled during training batches, or the whole step
+        self.compiled_layers = CompiledLayers(model) if compile and compile_scope == "layers" else None
+        self.compile_step = compile and compile_scope == "step"  # see train_forward
         if fused_loss:
             require_fusable(model)
         self.fused_loss = fused_loss
@@ -97,10 +101,10 @@ class FineTuneModule(pl.LightningModule):
 
     @functools.cached_property
     def train_forward(self):
-        """``forward`` (``fused_forward`` with ``fused_loss``), compiled when asked. The function, not the
-        module: the model's parameter names (checkpoints, the stage cache, saved weights) stay as they are
-        and evaluation runs eager. Made at the first step, so the module still pickles before training
-        (ddp_spawn)."""
+        """``forward`` (``fused_forward`` with ``fused_loss``), compiled with ``compile_scope=step``. The
+        function, not the module: the model's parameter names (checkpoints, the stage cache, saved weights)
+        stay as they are and evaluation runs eager. Made at the first step, so the module still pickles
+        before training (ddp_spawn)."""
         step = fused_forward if self.fused_loss else forward
         return torch.compile(step) if self.compile_step else step
 
@@ -132,7 +136,13 @@ class FineTuneModule(pl.LightningModule):
                 self.log(f"mitigation/{name}", value, batch_size=bs)
         return loss
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.compiled_layers is not None:
+            self.compiled_layers.on()
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.compiled_layers is not None:
+            self.compiled_layers.off()
         # A new window starts once the optimiser step that was logged has been taken (with gradient
         # accumulation every micro-batch of that step is in the window).
         step = self.trainer.global_step
