@@ -60,18 +60,17 @@ def test_every_decoder_layer_shares_one_compiled_graph():
         model = MistralForCausalLM(MistralConfig(vocab_size=40, hidden_size=32, intermediate_size=64,
                                                  num_hidden_layers=depth, num_attention_heads=4,
                                                  num_key_value_heads=2))
-        layers = CompiledLayers(model)
-        layers.on()
         ids = torch.randint(0, 40, (2, 9))
-        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
-        layers.off()
+        with CompiledLayers(model).active():
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
         assert counters["stats"]["unique_graphs"] == 1, (depth, dict(counters["stats"]))
 
 
 def test_layers_run_compiled_in_training_batches_only(monkeypatch):
-    """compile_scope=layers: every decoder layer call of a training step goes through its compiled call;
-    validation (sanity check and each epoch's) and anything after fit run eager, so evaluation's shapes
-    and KV cache cost no recompiles. torch.compile recorded, not run."""
+    """compile_scope=layers: every decoder layer call of a training forward goes through its compiled
+    call; validation (sanity check and each epoch's) and anything after fit run eager, so evaluation's
+    shapes and KV cache cost no recompiles. torch.compile recorded, not run."""
     import torch
 
     compiled_calls, all_calls = [], []

@@ -239,7 +239,7 @@ class TrainerConfig:
     # tolerance).
     compile: bool = False
     # What trainer.compile compiles: "layers", each decoder layer (one compiled graph shared by every
-    # layer, so compile time does not grow with depth; compiled during training batches only) or "step",
+    # layer, so compile time does not grow with depth; compiled in the training forward only) or "step",
     # the whole training forward with its loss (more fusion; compile time grows with depth).
     compile_scope: str = "layers"
     # Compute the training loss with the output layer a chunk of tokens at a time (no full logits

@@ -4,9 +4,12 @@
 class shares one compiled graph (dynamo treats the layer's parameters as inputs), so compile time does
 not grow with depth: on a 2-core CPU a 24-layer model took 22 s to its first step, against 119 s with
 the whole step compiled, at the same step time (``bench/compile_time.py``). The layers run compiled only
-from a training batch's start to its end (forward, mitigation terms, backward): validation, generation
-with its KV cache and the mitigations' passes between stages run eager and cost no recompiles. The
-embedding, the final norm, the output layer and the loss stay eager, where ``trainer.fused_loss``
+in the training forward (and so its backward): validation, generation with its KV cache, LwF's teacher
+and the mitigations' passes between stages run eager. Each of those would be another compiled variant
+of the same code, and dynamo stops compiling a function after 8 (``recompile_limit``); training alone
+makes up to 6: the first layer's input needs no gradient when the embedding is frozen (LoRA), the
+others' does, and each compiles for its first shape, then with a dynamic length and a dynamic batch.
+The embedding, the final norm, the output layer and the loss stay eager, where ``trainer.fused_loss``
 takes its row-selecting path.
 
 ``step`` compiles the training forward with its loss as one graph: fusion across layer boundaries and
@@ -15,7 +18,8 @@ into the loss, and a compile time that grows with the number of layers.
 
 from __future__ import annotations
 
-from typing import List, Optional
+import contextlib
+from typing import Iterator, List, Optional
 
 import torch
 
@@ -37,17 +41,19 @@ class CompiledLayers:
         self.layers = [m for m in model.modules() if type(m) in classes]
         self._calls: Optional[List] = None  # made at the first step, so the module still pickles (ddp_spawn)
 
-    def on(self) -> None:
-        """Each layer's ``__call__`` goes through its compiled call (what ``nn.Module.compile`` sets up, kept
-        here so that it can be switched off again)."""
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Inside, each layer's ``__call__`` goes through its compiled call (what ``nn.Module.compile`` sets
+        up, undone here on the way out)."""
         if self._calls is None:
             self._calls = [torch.compile(layer._call_impl) for layer in self.layers]
         for layer, call in zip(self.layers, self._calls):
             layer._compiled_call_impl = call
-
-    def off(self) -> None:
-        for layer in self.layers:
-            layer._compiled_call_impl = None
+        try:
+            yield
+        finally:
+            for layer in self.layers:
+                layer._compiled_call_impl = None
 
     def __getstate__(self):  # compiled callables do not pickle; they are remade on the first step
         return {**self.__dict__, "_calls": None}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import Any, Dict, Optional
@@ -116,7 +117,8 @@ class FineTuneModule(pl.LightningModule):
     # ----------------------------------------------------------------------------- steps
 
     def training_step(self, batch: Dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        outputs = self.train_forward(self.model, batch)
+        with self.compiled_layers.active() if self.compiled_layers else contextlib.nullcontext():
+            outputs = self.train_forward(self.model, batch)
         task_loss = outputs.loss
         if self.trainer.world_size > 1:
             task_loss = global_token_mean(task_loss, batch["labels"], self.trainer.world_size)
@@ -136,13 +138,7 @@ class FineTuneModule(pl.LightningModule):
                 self.log(f"mitigation/{name}", value, batch_size=bs)
         return loss
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self.compiled_layers is not None:
-            self.compiled_layers.on()
-
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.compiled_layers is not None:
-            self.compiled_layers.off()
         # A new window starts once the optimiser step that was logged has been taken (with gradient
         # accumulation every micro-batch of that step is in the window).
         step = self.trainer.global_step
