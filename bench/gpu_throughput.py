@@ -164,14 +164,15 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--peak-tflops", type=float, default=None, help="default: measured now on the GPU")
     ap.add_argument("--compile", action="store_true", help="also both sides under torch.compile")
-    ap.add_argument("--sides", nargs="+", default=None, help="only these sides (e.g. plain+c ftexp+c)")
+    ap.add_argument("--sides", nargs="+", default=None, help="only these sides, in this order (e.g. ftexp+c plain+c)")
     ap.add_argument("--tiny", action="store_true", help="CPU-sized shapes, to check the script without a GPU")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     card = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     sheet = lookup(card, PEAK_BF16_TFLOPS)
     peak = args.peak_tflops or (matmul_tflops(device) if device.type == "cuda" else None)
-    todo = [s for s in sides(args.compile) if args.sides is None or s[0] in args.sides]
+    known = {s[0]: s for s in sides(args.compile)}
+    todo = [known[n] for n in args.sides if n in known] if args.sides else list(known.values())  # in that order
     rows = []
     for name in args.case:
         case = CASES[name]
@@ -194,7 +195,7 @@ def main() -> None:
             mfu = tok_s * (4 * counts[0] + 2 * counts[1]) / (peak * 1e12) if peak else float("nan")
             memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
             rows.append((name, side, compile, tok_s, mfu, memory))
-            print(f"  {name} {side}: {tok_s:.0f} tok/s", flush=True)
+            print(f"  {name} {side}: {tok_s:.0f} tok/s, MFU {mfu:.3f}, peak {memory:.1f} GB", flush=True)  # if cut short
             del model, data
     against = "given" if args.peak_tflops else "bf16 matmul now"
     print(f"card: {card}   MFU against {peak or 'unknown'} TFLOP/s ({against}; data sheet {sheet})   "
