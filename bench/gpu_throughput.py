@@ -164,7 +164,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--peak-tflops", type=float, default=None, help="default: measured now on the GPU")
     ap.add_argument("--compile", action="store_true", help="also both sides under torch.compile")
-    ap.add_argument("--sides", nargs="+", default=None, help="only these sides, in this order (e.g. ftexp+c plain+c)")
+    ap.add_argument("--sides", nargs="+", default=None, choices=[s[0] for s in sides(compile=True)],
+                    help="only these sides, in this order (e.g. ftexp+c plain+c); compiled ones need --compile")
     ap.add_argument("--tiny", action="store_true", help="CPU-sized shapes, to check the script without a GPU")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
@@ -172,7 +173,9 @@ def main() -> None:
     sheet = lookup(card, PEAK_BF16_TFLOPS)
     peak = args.peak_tflops or (matmul_tflops(device) if device.type == "cuda" else None)
     known = {s[0]: s for s in sides(args.compile)}
-    todo = [known[n] for n in args.sides if n in known] if args.sides else list(known.values())  # in that order
+    if args.sides and set(args.sides) - set(known):
+        ap.error(f"--sides {' '.join(sorted(set(args.sides) - set(known)))}: compiled sides need --compile")
+    todo = [known[n] for n in args.sides] if args.sides else list(known.values())  # in the order given
     rows = []
     for name in args.case:
         case = CASES[name]

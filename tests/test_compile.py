@@ -48,6 +48,25 @@ def test_a_compiled_stage_takes_the_same_steps_as_an_eager_one(scope):
 
 
 @pytest.mark.slow
+def test_compiled_layers_under_activation_checkpointing_take_the_eager_steps():
+    """Activation checkpointing (trainer.fsdp.activation_checkpointing wraps each decoder layer the same
+    way) reruns the layers in the backward: they must run compiled there too, or the recomputation finds
+    other saved tensors than the forward's."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+    from transformers.models.mistral.modeling_mistral import MistralDecoderLayer
+
+    def checkpointed():
+        model = tiny_lm()
+        apply_activation_checkpointing(model, check_fn=lambda m: isinstance(m, MistralDecoderLayer))
+        return model
+
+    eager, _ = train_tiny(model=checkpointed())
+    compiled, _ = train_tiny(model=checkpointed(), compile=True)
+    assert len(compiled) == len(eager) == 6
+    assert all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip(compiled, eager)), (compiled, eager)
+
+
+@pytest.mark.slow
 def test_every_decoder_layer_shares_one_compiled_graph():
     """compile_scope=layers: one graph for 2 layers or 4, so compile time does not grow with depth."""
     import torch

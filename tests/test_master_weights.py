@@ -104,8 +104,11 @@ def test_master_weights_need_a_low_precision_and_refuse_fsdp():
     check_overrides(["trainer.precision=bf16-true", "trainer.master_weights=true"])
     with pytest.raises(ConfigError, match="trainer.master_weights=True: .*needs trainer.precision='bf16-true', not '32-true'"):
         check_overrides(["trainer.master_weights=true"])
-    with pytest.raises(ConfigError, match="trainer.master_weights=True: FSDP shards"):
+    with pytest.raises(ConfigError, match="trainer.master_weights=True: trainer.strategy='fsdp' shards"):
         check_overrides(["trainer=fsdp", "trainer.precision=bf16-true", "trainer.master_weights=true"])
+    with pytest.raises(ConfigError, match="trainer.strategy='deepspeed_stage_2' shards"):
+        check_overrides(["trainer.strategy=deepspeed_stage_2", "trainer.precision=bf16-true",
+                         "trainer.master_weights=true"])
 
 
 def test_trainer_master_weights_reaches_the_optimizer(tiny_overrides, tmp_path, monkeypatch):
@@ -210,3 +213,37 @@ def test_under_ddp_every_micro_batch_is_averaged_over_the_ranks(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(rank0["grads"], rank1["grads"]))
     for a, b in zip(one["grads"], rank0["grads"]):
         assert torch.allclose(a, b, rtol=0.05, atol=0.02 * float(a.abs().max())), float((a - b).abs().max())
+
+
+def _average_on_rank(rank: int, port: int, out) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    params = [torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16)) for _ in range(3)]
+    optimizer = MasterWeightAdamW([{"params": params}], lr=1e-3)
+    a, b, _ = optimizer.masters
+    a.grad = torch.full((3,), 1.0 + rank)  # both ranks: averaged
+    if rank == 0:
+        b.grad = torch.full((3,), 4.0)  # only rank 0 (e.g. an expert rank 1 never routed to): half of it
+    optimizer.average_grads_over_ranks(2)
+    out[rank] = [None if m.grad is None else m.grad.tolist() for m in optimizer.masters]
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_averaging_over_ranks_takes_every_copy_even_where_a_rank_has_no_gradient():
+    """Ranks that disagree on which copies have gradients still reduce one layout (else sizes mismatch
+    or values land on the wrong copies); a copy no rank has a gradient for keeps none."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_average_on_rank, args=(port, out), nprocs=2)
+    assert out[0] == out[1] == [[1.5] * 3, [2.0] * 3, None]

@@ -250,8 +250,8 @@ class TrainerConfig:
     fused_loss: bool = False
     # With precision=bf16-true: the optimizer steps fp32 copies of the weights that train and writes
     # them back rounded (bf16 compute without autocast; updates, and the sum of accumulated micro-batches'
-    # gradients, kept in fp32 as bf16-mixed keeps them). Costs 4 bytes per trainable parameter; not
-    # with trainer=fsdp.
+    # gradients, kept in fp32 as bf16-mixed keeps them). 18 bytes per trainable parameter (bf16-mixed
+    # 16, pure bf16 8); not with FSDP or DeepSpeed.
     master_weights: bool = False
     fsdp: FsdpConfig = field(default_factory=lambda: FsdpConfig())  # used when strategy=fsdp
     deterministic: bool = False

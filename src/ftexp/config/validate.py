@@ -56,8 +56,9 @@ def problems(cfg: DictConfig) -> List[str]:
         need(t.precision == "bf16-true", "trainer.master_weights", True,
              f"keeps fp32 copies of bf16 weights; it needs trainer.precision='bf16-true', not {t.precision!r} (the "
              "mixed and 32-bit precisions keep fp32 weights already; fp16 needs loss scaling)")
-        need(t.strategy != "fsdp", "trainer.master_weights", True,
-             "FSDP shards the weights that the fp32 copies mirror; set trainer.master_weights=false with trainer=fsdp")
+        need(not any(k in str(t.strategy) for k in ("fsdp", "deepspeed")), "trainer.master_weights", True,
+             f"trainer.strategy={t.strategy!r} shards the weights that the fp32 copies mirror (or keeps its own); "
+             "use it with trainer.master_weights=false, or master weights with trainer=ddp")
     impl = m.get("attn_implementation")
     if t.packing and impl not in (None, "sdpa", "eager"):
         from ftexp.models.attention import reads_position_ids

@@ -2,10 +2,11 @@
 
 ``layers`` is regional compilation, as torchtitan compiles each transformer block. Every layer of one
 class shares one compiled graph (dynamo treats the layer's parameters as inputs), so compile time does
-not grow with depth: on a 2-core CPU a 24-layer model took 22 s to its first step, against 119 s with
+not grow with depth: on a 2-core CPU a 24-layer model took 23 s to its first step, against 113 s with
 the whole step compiled, at the same step time (``bench/compile_time.py``). The layers run compiled only
-in the training forward (and so its backward): validation, generation with its KV cache, LwF's teacher
-and the mitigations' passes between stages run eager. Each of those would be another compiled variant
+in the training forward and the backward (where activation checkpointing, ``trainer.fsdp.
+activation_checkpointing``, runs them again and must find the same graph): validation, generation with
+its KV cache, LwF's teacher and the mitigations' passes between stages run eager. Each of those would be another compiled variant
 of the same code, and dynamo stops compiling a function after 8 (``recompile_limit``); training alone
 makes up to 6: the first layer's input needs no gradient when the embedding is frozen (LoRA), the
 others' does, and each compiles for its first shape, then with a dynamic length and a dynamic batch.
@@ -41,19 +42,25 @@ class CompiledLayers:
         self.layers = [m for m in model.modules() if type(m) in classes]
         self._calls: Optional[List] = None  # made at the first step, so the module still pickles (ddp_spawn)
 
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        """Inside, each layer's ``__call__`` goes through its compiled call (what ``nn.Module.compile`` sets
-        up, undone here on the way out)."""
+    def on(self) -> None:
+        """Each layer's ``__call__`` goes through its compiled call (what ``nn.Module.compile`` sets up,
+        kept here so that it can be undone)."""
         if self._calls is None:
             self._calls = [torch.compile(layer._call_impl) for layer in self.layers]
         for layer, call in zip(self.layers, self._calls):
             layer._compiled_call_impl = call
+
+    def off(self) -> None:
+        for layer in self.layers:
+            layer._compiled_call_impl = None
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        self.on()
         try:
             yield
         finally:
-            for layer in self.layers:
-                layer._compiled_call_impl = None
+            self.off()
 
     def __getstate__(self):  # compiled callables do not pickle; they are remade on the first step
         return {**self.__dict__, "_calls": None}

@@ -160,8 +160,8 @@ class FineTuneModule(pl.LightningModule):
             import torch.distributed as dist
 
             dist.all_reduce(sums)
-        # sync_dist averages a value already equal on every rank (exactly: (a + a) / 2 == a); it only tells
-        # Lightning the epoch-level value is global, which it otherwise warns about.
+        # sync_dist averages a value already equal on every rank (leaving it as it is, exactly with 2, 4 ...
+        # ranks); it tells Lightning the epoch-level value is global, which it otherwise warns about.
         self.log("val/loss", (sums[0] / sums[1].clamp(min=1)).float(), prog_bar=True,
                  sync_dist=self.trainer.world_size > 1)
 
@@ -171,7 +171,13 @@ class FineTuneModule(pl.LightningModule):
         optimizers = self.trainer.optimizers if self.master_weights else []
         return optimizers[0] if optimizers and isinstance(optimizers[0], MasterWeightAdamW) else None
 
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        if self.compiled_layers is not None:  # activation checkpointing reruns the layers in the backward
+            self.compiled_layers.on()
+
     def on_after_backward(self) -> None:
+        if self.compiled_layers is not None:
+            self.compiled_layers.off()
         # Each micro-batch's bf16 gradients join the fp32 sum at once (see master_weights.py).
         optimizer = self._master_weights_optimizer()
         if optimizer is not None:
