@@ -342,7 +342,8 @@ def fit_stage(cfg, stage, index, lr, model, datamodule, task, mitigation, run_di
     """Train one stage with Lightning (from its last epoch checkpoint when resuming); its summary
     (steps, epochs, throughput, losses)."""
     module = FineTuneModule(model, cfg.optim, lr=lr, mitigation=mitigation, compile=cfg.trainer.compile,
-                            compile_scope=cfg.trainer.compile_scope, fused_loss=cfg.trainer.fused_loss, master_weights=cfg.trainer.master_weights)
+                            compile_scope=cfg.trainer.compile_scope, fused_loss=cfg.trainer.fused_loss,
+                            master_weights=cfg.trainer.master_weights)
     throughput = Throughput(*mfu_inputs(model, cfg.trainer))
     callbacks: List[Any] = [throughput, FiniteLoss(stage.name, lr)]
     if cfg.trainer.checkpoints:

@@ -6,9 +6,9 @@ not grow with depth: on a 2-core CPU a 24-layer model took 23 s to its first ste
 the whole step compiled, at the same step time (``bench/compile_time.py``). The layers run compiled only
 in the training forward and the backward (where activation checkpointing, ``trainer.fsdp.
 activation_checkpointing``, runs them again and must find the same graph): validation, generation with
-its KV cache, LwF's teacher and the mitigations' passes between stages run eager. Each of those would be another compiled variant
-of the same code, and dynamo stops compiling a function after 8 (``recompile_limit``); training alone
-makes up to 6: the first layer's input needs no gradient when the embedding is frozen (LoRA), the
+its KV cache, LwF's teacher and the mitigations' passes between stages run eager. Each of those would
+be another compiled variant of the same code, and dynamo stops compiling a function after 8
+(``recompile_limit``); training alone makes up to 6: the first layer's input needs no gradient when the embedding is frozen (LoRA), the
 others' does, and each compiles for its first shape, then with a dynamic length and a dynamic batch.
 The embedding, the final norm, the output layer and the loss stay eager, where ``trainer.fused_loss``
 takes its row-selecting path.
@@ -26,9 +26,6 @@ import torch
 
 from ftexp.errors import FtexpError
 from ftexp.models.base import decoder_layer_classes
-
-SCOPES = ("layers", "step")
-
 
 class CompiledLayers:
     """The model's decoder layers, switched between their compiled and eager calls."""

@@ -11,8 +11,8 @@ import pytorch_lightning as pl
 import torch
 
 from ftexp.data.packing import model_inputs
-from ftexp.training.compiled import CompiledLayers
 from ftexp.mitigation.base import Mitigation, NoMitigation
+from ftexp.training.compiled import CompiledLayers
 from ftexp.training.fsdp import clean_name
 from ftexp.training.fused_loss import fused_forward, require_fusable
 from ftexp.training.master_weights import MasterWeightAdamW
@@ -65,7 +65,7 @@ class FineTuneModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.model = model
-        # see compiled.py: each decoder layer compiled during training batches, or the whole step
+        # see compiled.py: each decoder layer compiled (in the training forward and backward), or the step
         self.compiled_layers = CompiledLayers(model) if compile and compile_scope == "layers" else None
         self.compile_step = compile and compile_scope == "step"  # see train_forward
         if fused_loss:
