@@ -3,11 +3,11 @@
     python bench/compile_time.py [--layers 24] [--steps 8] [--batch-size 8] [--seq 128]
 
 A Llama-shaped model (hidden 256, random weights, --layers deep) trains on fixed random batches through
-ftexp's FineTuneModule under Lightning: eager, compile_scope=layers (each decoder layer) and
+ftexp's FineTuneModule under Lightning (gpu_throughput.py's ftexp loop): eager, compile_scope=layers (each decoder layer) and
 compile_scope=step (the whole training forward). Each runs in a fresh process with an empty inductor
 cache, as a first run does, so no side reuses another's compiled code. On a GPU (when CUDA is available)
-in bf16-mixed, else on the CPU in fp32. Printed per side: seconds to the end of the first step, median
-seconds per step after the second, and each compiled side against eager and layers against step.
+in bf16-mixed, else on the CPU in fp32. Printed per side: the first step's seconds (the compiling), the
+median seconds per step after the second, and each compiled side against eager and layers against step.
 """
 
 from __future__ import annotations
@@ -19,55 +19,29 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from pathlib import Path
 
 SIDES = ("eager", "layers", "step")
 
 
 def one_side(side: str, layers: int, steps: int, batch_size: int, seq: int) -> dict:
-    import pytorch_lightning as pl
+    """One side in this process, through gpu_throughput's ftexp loop (the same Trainer settings and
+    CUDA-synchronised clock): the first step's time and the median of the steps after the second."""
     import torch
-    from torch.utils.data import DataLoader
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ftexp.config.preflight import compose_config
-    from ftexp.training.module import FineTuneModule
+    sys.path.insert(0, str(Path(__file__).parent))
+    from gpu_throughput import batches, ftexp_loop  # noqa: E402
 
-    gpu = torch.cuda.is_available()
-
-    def now() -> float:
-        if gpu:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    class Clock(pl.Callback):
-        def __init__(self) -> None:
-            self.start, self.ends = None, []
-
-        def on_train_start(self, trainer, pl_module):
-            self.start = now()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self.ends.append(now())
-
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=2048, hidden_size=256, intermediate_size=688,
                                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                                         attn_implementation="sdpa"))
-    gen = torch.Generator().manual_seed(0)
-    batches = [{"input_ids": (ids := torch.randint(0, 2048, (batch_size, seq), generator=gen)),
-                "attention_mask": torch.ones_like(ids), "labels": ids} for _ in range(steps)]
-    clock = Clock()
-    trainer = pl.Trainer(accelerator="gpu" if gpu else "cpu", devices=1, max_epochs=1,
-                         precision="bf16-mixed" if gpu else "32-true", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                         callbacks=[clock])
-    module = FineTuneModule(model, compose_config([]).optim, lr=1e-4, compile=side != "eager",
-                            compile_scope=side if side != "eager" else "layers")
-    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
-    per_step = [b - a for a, b in zip(clock.ends[1:], clock.ends[2:])]
-    return {"first": clock.ends[0] - clock.start, "step": statistics.median(per_step),
-            "device": torch.cuda.get_device_name() if gpu else f"CPU, {torch.get_num_threads()} threads"}
+                                         attn_implementation="sdpa")).to(device)
+    times = ftexp_loop(model, batches(2048, steps, batch_size, seq, device), "bf16-mixed", device, warmup=0,
+                       compile=side != "eager", compile_scope=side if side != "eager" else "layers")
+    return {"first": times[0], "step": statistics.median(times[2:]),
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"}
 
 
 def main() -> None:
