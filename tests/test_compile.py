@@ -66,24 +66,68 @@ def test_compiled_layers_under_activation_checkpointing_take_the_eager_steps():
     assert all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip(compiled, eager)), (compiled, eager)
 
 
-@pytest.mark.slow
-def test_every_decoder_layer_shares_one_compiled_graph():
-    """compile_scope=layers: one graph for 2 layers or 4, so compile time does not grow with depth."""
+@pytest.mark.parametrize("lora", [False, True])
+def test_every_decoder_layer_shares_one_compiled_graph(monkeypatch, lora):
+    """compile_scope=layers: one graph for 2 layers or 4, so compile time does not grow with depth, and
+    no graph break in a layer (peft's LoRA layers included). With LoRA the first layer's input needs no
+    gradient (frozen embedding) and the others' does: two graphs."""
+    import functools
+
     import torch
+    from peft import LoraConfig, get_peft_model
     from torch._dynamo.utils import counters
     from transformers import MistralConfig, MistralForCausalLM
 
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))  # dynamo's graphs
     for depth in (2, 4):
         torch._dynamo.reset()
         counters.clear()
         model = MistralForCausalLM(MistralConfig(vocab_size=40, hidden_size=32, intermediate_size=64,
                                                  num_hidden_layers=depth, num_attention_heads=4,
                                                  num_key_value_heads=2))
+        if lora:
+            model = get_peft_model(model, LoraConfig(r=4, lora_dropout=0.1, target_modules="all-linear"))
+        model.train()
         ids = torch.randint(0, 40, (2, 9))
         with CompiledLayers(model).active():
             loss = model(input_ids=ids, labels=ids, use_cache=False).loss
         loss.backward()
-        assert counters["stats"]["unique_graphs"] == 1, (depth, dict(counters["stats"]))
+        assert not counters["graph_break"], dict(counters["graph_break"])
+        assert counters["stats"]["unique_graphs"] == (2 if lora else 1), (depth, dict(counters["stats"]))
+
+
+def test_each_layer_class_gets_its_own_budget_of_compiled_variants(monkeypatch):
+    """Every transformers decoder layer runs the same code, so dynamo counts two layer classes' variants
+    against one limit and runs the rest eager. Here 3 variants (class A with and without an input that
+    needs a gradient, class B with) against a limit of 2: all 3 must compile, and the limit comes back."""
+    import functools
+
+    import torch
+    from torch._dynamo.utils import counters
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    class OtherDecoderLayer(LlamaDecoderLayer):
+        pass
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    for i in (1, 3):
+        model.model.layers[i] = OtherDecoderLayer(model.config, i)
+    model.model._no_split_modules = ["LlamaDecoderLayer", "OtherDecoderLayer"]
+    model.model.embed_tokens.weight.requires_grad_(False)  # the first layer's input needs no gradient
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))  # dynamo only: fast
+    torch._dynamo.reset()
+    counters.clear()
+    layers = CompiledLayers(model)
+    ids = torch.randint(0, 40, (2, 9))
+    with torch._dynamo.config.patch(recompile_limit=2):
+        with layers.active():
+            assert torch._dynamo.config.recompile_limit == 4
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        assert torch._dynamo.config.recompile_limit == 2
+    loss.backward()
+    assert counters["stats"]["unique_graphs"] == 3, dict(counters["frames"])
 
 
 def test_layers_run_compiled_in_training_batches_only(monkeypatch):

@@ -7,9 +7,14 @@ the whole step compiled, at the same step time (``bench/compile_time.py``). The 
 in the training forward and the backward (where activation checkpointing, ``trainer.fsdp.
 activation_checkpointing``, runs them again and must find the same graph): validation, generation with
 its KV cache, LwF's teacher and the mitigations' passes between stages run eager. Each of those would
-be another compiled variant of the same code, and dynamo stops compiling a function after 8
-(``recompile_limit``); training alone makes up to 6: the first layer's input needs no gradient when the embedding is frozen (LoRA), the
-others' does, and each compiles for its first shape, then with a dynamic length and a dynamic batch.
+be another compiled variant of the same code, and dynamo stops compiling a code object after
+``recompile_limit`` variants (8) and runs it eager from then on, with only a log line to say so.
+Training alone makes up to 6 per layer class: the first layer's input needs no gradient when the
+embedding is frozen (LoRA), the others' does, and each compiles for its first shape, then with a
+dynamic length and a dynamic batch. Every transformers decoder layer runs the same code
+(``GradientCheckpointingLayer.__call__``), so a model with two layer classes (vision and text, say)
+would share one budget of 8 between them: while the layers are compiled the limit is raised to 8 per
+class.
 The embedding, the final norm, the output layer and the loss stay eager, where ``trainer.fused_loss``
 takes its row-selecting path.
 
@@ -27,6 +32,10 @@ import torch
 from ftexp.errors import FtexpError
 from ftexp.models.base import decoder_layer_classes
 
+# torch >= 2.6 calls dynamo's per-code-object variant limit recompile_limit, earlier versions cache_size_limit.
+_LIMIT = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+
+
 class CompiledLayers:
     """The model's decoder layers, switched between their compiled and eager calls."""
 
@@ -37,7 +46,9 @@ class CompiledLayers:
                              "class (its _no_split_modules is empty), so there is nothing to compile layer by "
                              "layer; set trainer.compile_scope=step to compile the whole training step")
         self.layers = [m for m in model.modules() if type(m) in classes]
+        self.n_classes = len(classes)
         self._calls: Optional[List] = None  # made at the first step, so the module still pickles (ddp_spawn)
+        self._saved_limit: Optional[int] = None  # dynamo's limit while on, to restore
 
     def on(self) -> None:
         """Each layer's ``__call__`` goes through its compiled call (what ``nn.Module.compile`` sets up,
@@ -46,10 +57,17 @@ class CompiledLayers:
             self._calls = [torch.compile(layer._call_impl) for layer in self.layers]
         for layer, call in zip(self.layers, self._calls):
             layer._compiled_call_impl = call
+        if self._saved_limit is None:  # each layer class its own budget of variants (see the module doc)
+            config = torch._dynamo.config
+            self._saved_limit = getattr(config, _LIMIT)
+            setattr(config, _LIMIT, self._saved_limit * self.n_classes)
 
     def off(self) -> None:
         for layer in self.layers:
             layer._compiled_call_impl = None
+        if self._saved_limit is not None:
+            setattr(torch._dynamo.config, _LIMIT, self._saved_limit)
+            self._saved_limit = None
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -60,4 +78,4 @@ class CompiledLayers:
             self.off()
 
     def __getstate__(self):  # compiled callables do not pickle; they are remade on the first step
-        return {**self.__dict__, "_calls": None}
+        return {**self.__dict__, "_calls": None, "_saved_limit": None}
