@@ -215,6 +215,29 @@ def test_under_ddp_every_micro_batch_is_averaged_over_the_ranks(tmp_path):
         assert torch.allclose(a, b, rtol=0.05, atol=0.02 * float(a.abs().max())), float((a - b).abs().max())
 
 
+@pytest.mark.slow
+def test_under_ddp_the_ranks_gradients_are_averaged_in_fp32(tmp_path):
+    """Two gloo ranks, one batch each: the copies step with exactly the fp32 mean of the two ranks' bf16
+    gradients, as bf16-mixed's fp32 all-reduce gives, not with DDP's own bf16 sum (which the test tells
+    apart)."""
+    from ftexp.training.module import completion_loss
+
+    ranks = _first_step(tmp_path, accumulate=1, devices=2, batch_size=8)
+    batches = [saved["batches"][0] for saved in ranks]
+    tokens = [(b["labels"][:, 1:] != -100).sum() for b in batches]
+    total = tokens[0] + tokens[1]
+    local = []
+    for batch, n in zip(batches, tokens):  # each rank's own gradients, with global_token_mean's scaling
+        model = tiny_lm().to(torch.bfloat16)
+        (completion_loss(model, batch) * (n * 2 / total)).backward()
+        local.append([p.grad for p in model.parameters()])
+    in_fp32 = [(a.float() + b.float()) / 2 for a, b in zip(*local)]
+    in_bf16 = [(a / 2 + b / 2).float() for a, b in zip(*local)]  # DDP's default: divide, then add in bf16
+    for saved in ranks:
+        assert all(torch.equal(a, b) for a, b in zip(saved["grads"], in_fp32))
+    assert not all(torch.equal(a, b) for a, b in zip(in_bf16, in_fp32))
+
+
 def _average_on_rank(rank: int, port: int, out) -> None:
     import os
 

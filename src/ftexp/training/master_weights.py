@@ -7,12 +7,17 @@ in bf16 and the optimizer steps fp32 copies of the weights that train (AdamW's m
 writing them back rounded after each step: bf16 compute with bf16-mixed's treatment of the weights.
 Each micro-batch's gradients are formed in bf16, as under autocast, and move onto the copies right after
 its backward, so with ``accumulate_grad_batches`` > 1 they add up in fp32 as bf16-mixed's do, and
-clipping takes the fp32 norm. Under DDP the micro-batches before the last skip DDP's all-reduce
+clipping takes the fp32 norm.
+
+Under DDP, ``reduce_in_fp32`` gives DDP a communication hook that averages each bucket of bf16
+gradients over the ranks in fp32 (overlapped with the backward, as DDP's own all-reduce is) and keeps
+the unrounded average for the copies: the model's gradients stay the rank's own, and the copies step
+with exactly the fp32 mean of the ranks' bf16 gradients, as bf16-mixed's do (its all-reduce is fp32;
+DDP's own would add in bf16 and round). The micro-batches before the last skip DDP's all-reduce
 (Lightning's ``no_sync``) and have left the model before it runs, so their fp32 sum is averaged over
-the ranks here, in a second all-reduce per step; the last one, averaged by DDP already, is the same on
-every rank, and averaging it again leaves it as it is (exactly with 2, 4, 8 ... ranks, to a rounding
-otherwise). One difference from bf16-mixed remains: DDP averages the last micro-batch's gradients (all
-of them without accumulation) in bf16, where bf16-mixed's are fp32.
+the ranks here, in a second all-reduce per step; the last one, averaged already, is the same on every
+rank, and averaging it again leaves it as it is (exactly with 2, 4, 8 ... ranks, to a rounding
+otherwise). The hook sends fp32, twice the bytes of bf16: what bf16-mixed sends.
 
 Memory per trainable parameter: 2 bytes of bf16 weight, 4 of fp32 copy, 4 of fp32 gradient and 8 of
 AdamW moments, 18 in all: 2 more than bf16-mixed (fp32 weight and gradient, 16) and 10 more than pure
@@ -39,14 +44,23 @@ class MasterWeightAdamW(torch.optim.AdamW):
             groups.append({**group, "params": masters})
         super().__init__(groups, **kwargs)
         self.masters = [m for g in self.param_groups for m in g["params"]]
+        self.reduced: Dict[torch.nn.Parameter, torch.Tensor] = {}  # fp32 averages over the ranks (DDP hook)
+
+    def reduce_in_fp32(self, ddp: torch.nn.parallel.DistributedDataParallel) -> None:
+        """DDP averages the model's gradients in fp32 and leaves the result here (see the module doc)."""
+        ddp.register_comm_hook(self, _fp32_average)
 
     def accumulate_grads(self) -> None:
-        """Add the model's gradients to the fp32 copies' and clear them (they are not needed twice).
-        Called after every backward (``on_after_backward``) and again before clipping."""
+        """Add the model's gradients (their fp32 average over the ranks where DDP's hook made one) to the
+        fp32 copies' and clear them (they are not needed twice). Called after every backward
+        (``on_after_backward``) and again before clipping."""
         for p, m in zip(self.model_params, self.masters):
-            if p.grad is not None:
-                m.grad = p.grad.to(torch.float32) if m.grad is None else m.grad.add_(p.grad)
+            if p.grad is not None:  # none: unused on every rank, whatever zeros the hook reduced for it
+                grad = self.reduced.pop(p, None)
+                grad = p.grad.to(torch.float32) if grad is None else grad
+                m.grad = grad if m.grad is None else m.grad.add_(grad)
                 p.grad = None
+        self.reduced.clear()
 
     def average_grads_over_ranks(self, world_size: int) -> None:
         """The copies' gradients averaged over the ranks in one flat fp32 all-reduce (gloo has no AVG).
@@ -81,3 +95,22 @@ class MasterWeightAdamW(torch.optim.AdamW):
             with torch.no_grad():
                 torch._foreach_copy_(self.masters, [s.to(m.device) for s, m in zip(saved, self.masters)])
                 torch._foreach_copy_(self.model_params, self.masters)
+
+
+def _fp32_average(optimizer: MasterWeightAdamW, bucket):  # no return annotation: DDP checks it as an object
+    """DDP communication hook: the bucket's gradients averaged over the ranks in fp32, kept per parameter
+    in ``optimizer.reduced``. DDP gets its bucket back as it was, so the model keeps the rank's own
+    gradients (``accumulate_grads`` takes the average instead)."""
+    import torch.distributed as dist
+
+    buffer = bucket.buffer()
+    total = buffer.to(torch.float32)
+
+    def keep(fut: torch.futures.Future) -> torch.Tensor:
+        average = fut.value()[0].div_(dist.get_world_size())
+        for p, grad in zip(bucket.parameters(), bucket.gradients()):  # views into the buffer
+            start = grad.storage_offset() - buffer.storage_offset()
+            optimizer.reduced[p] = average[start:start + grad.numel()].view_as(grad)
+        return buffer
+
+    return dist.all_reduce(total, async_op=True).get_future().then(keep)

@@ -113,6 +113,10 @@ class FineTuneModule(pl.LightningModule):
         # from_pretrained and the evaluators leave the model in eval mode; Lightning keeps the mode
         # it finds, and dropout (e.g. LoRA's) must be on while training.
         self.model.train()
+        optimizer = self._master_weights_optimizer()
+        ddp = self.trainer.strategy.model
+        if optimizer is not None and isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
+            optimizer.reduce_in_fp32(ddp)  # DDP's all-reduce in fp32, as bf16-mixed's (see master_weights.py)
 
     # ----------------------------------------------------------------------------- steps
 
