@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import pytorch_lightning as pl
 import torch
 
 from ftexp.data.datamodule import FineTuneDataModule
 from ftexp.mitigation.base import Mitigation
-from ftexp.training.module import FineTuneModule, completion_loss, warmup_cosine
+from ftexp.training.module import FineTuneModule, adamw_kernels, completion_loss, warmup_cosine
 from ftexp.training.throughput import Throughput
-from ftexp.config.preflight import compose_config
+from ftexp.config.preflight import ConfigError, check_overrides, compose_config
 from tests.test_eval import tiny_lm
 
 
@@ -81,6 +82,43 @@ def test_a_stage_learns_and_calls_the_mitigation_hook():
     assert math.isclose(summary["mfu"], summary["tokens_per_s"] * 6000 / 1e9)
     assert math.isclose(summary["effective_mfu"], summary["effective_tokens_per_s"] * 6000 / 1e9)
     assert "train/mfu" in trainer.callback_metrics  # logged during training too
+
+
+def _optimizer_after_two_steps(overrides, precision="32-true"):
+    pl.seed_everything(0, verbose=False)
+    data = rows()
+    dm = FineTuneDataModule(data, data[:8], pad_id=0, batch_size=8, seed=0)
+    module = FineTuneModule(tiny_lm(), compose_config(overrides).optim, lr=3e-3)
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", precision=precision, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, gradient_clip_val=1.0)
+    trainer.fit(module, datamodule=dm)
+    return trainer.optimizers[0], module.model
+
+
+def test_optim_implementation_picks_adamw_s_kernels():
+    """auto: fused on GPUs unless Lightning clips under a mixed precision (it refuses fused optimizers
+    there), torch's default elsewhere; an explicit choice reaches the optimizer and trains to the same
+    weights within rounding."""
+    assert adamw_kernels("auto", "cuda", mixed_clipping=False) == {"fused": True}
+    assert adamw_kernels("auto", "cuda", mixed_clipping=True) == {}
+    assert adamw_kernels("auto", "cpu", mixed_clipping=False) == {}
+    fused, fused_model = _optimizer_after_two_steps(["optim.implementation=fused"])
+    loop, loop_model = _optimizer_after_two_steps(["optim.implementation=for_loop"])
+    auto, _ = _optimizer_after_two_steps([])
+    assert fused.defaults["fused"] and not loop.defaults["foreach"] and not loop.defaults["fused"]
+    assert not auto.defaults["fused"]  # on the CPU
+    for a, b in zip(fused_model.parameters(), loop_model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert any(not torch.equal(a, b) for a, b in zip(fused_model.parameters(), tiny_lm().parameters()))
+
+
+def test_optim_implementation_is_checked():
+    with pytest.raises(ConfigError, match="optim.implementation='fast'"):
+        check_overrides(["optim.implementation=fast"])
+    with pytest.raises(ConfigError, match="does not clip a fused optimizer"):
+        check_overrides(["optim.implementation=fused", "trainer.precision=bf16-mixed"])
+    check_overrides(["optim.implementation=fused", "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=0"])
 
 
 def test_mfu_counts_6n_for_full_fine_tuning_and_about_4n_for_lora():

@@ -7,6 +7,8 @@ from typing import Any, List, Tuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+ADAMW_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
+
 
 def problems(cfg: DictConfig) -> List[str]:
     """Every value problem of a composed config, each naming its key and value."""
@@ -40,6 +42,13 @@ def problems(cfg: DictConfig) -> List[str]:
              "use trainer=ddp with this mitigation, or mitigation=replay with trainer=fsdp")
         need(t.early_stopping_patience is None, "trainer.early_stopping_patience", t.early_stopping_patience,
              "early stopping keeps a copy of the best weights, which FSDP shards; not supported with trainer=fsdp")
+    need(o.implementation in ADAMW_IMPLEMENTATIONS, "optim.implementation", o.implementation,
+         f"must be one of {', '.join(ADAMW_IMPLEMENTATIONS)} (auto: fused on GPUs, torch's default elsewhere)")
+    if o.implementation == "fused" and t.gradient_clip_val:
+        need(not str(t.precision).endswith("-mixed"), "optim.implementation", "fused",
+             f"Lightning does not clip a fused optimizer's gradients under trainer.precision={t.precision!r}; "
+             "set optim.implementation=auto (fused where it can be), trainer.precision=bf16-true, or "
+             "trainer.gradient_clip_val=0")
     need(t.compile_scope in ("layers", "step"), "trainer.compile_scope", t.compile_scope,
          "must be 'layers' (each decoder layer compiled) or 'step' (the whole training forward)")
     if t.fused_loss:

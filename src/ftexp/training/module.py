@@ -43,6 +43,16 @@ def global_token_mean(local_mean: torch.Tensor, labels: torch.Tensor, world_size
     return local_mean * (n * world_size / total.clamp(min=1))
 
 
+def adamw_kernels(implementation: str, device: str, mixed_clipping: bool) -> Dict[str, bool]:
+    """AdamW's keyword for ``optim.implementation``. auto is fused on GPUs: one kernel reads and writes
+    each parameter, gradient and moment once, where foreach (torch's default there) makes a pass per
+    operation. Not where Lightning clips under a mixed precision (``mixed_clipping``): it refuses fused
+    optimizers there, whose step would unscale fp16 gradients after the clipping. Elsewhere torch's default."""
+    if implementation == "auto":
+        return {"fused": True} if device == "cuda" and not mixed_clipping else {}
+    return {"fused": True} if implementation == "fused" else {"foreach": implementation == "foreach"}
+
+
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
     """LR multiplier: linear warm-up to 1, then cosine decay to ``min_ratio``."""
     if warmup > 0 and step < warmup:
@@ -204,7 +214,10 @@ class FineTuneModule(pl.LightningModule):
                 (no_decay if ndim < 2 or "norm" in name.lower() else decay).append(p)
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         adamw = MasterWeightAdamW if self.master_weights else torch.optim.AdamW
-        optimizer = adamw(groups, lr=self.lr, betas=tuple(cfg.betas))
+        device = next((p.device.type for g in groups for p in g["params"]), "cpu")
+        mixed_clipping = str(self.trainer.precision).endswith("-mixed") and bool(self.trainer.gradient_clip_val)
+        optimizer = adamw(groups, lr=self.lr, betas=tuple(cfg.betas),
+                          **adamw_kernels(cfg.get("implementation", "auto"), device, mixed_clipping))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(round(cfg.warmup_ratio * total))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
