@@ -3,11 +3,12 @@
 # not hydra-core/omegaconf/antlr4 (carried as wheels in .whl/) and no network. Banking77 travels in
 # .gpudata/ (copied from the data directory, never committed). Output lands in $OUT, phase by phase,
 # most wanted first; each phase has its own time limit so that one slow phase leaves the others theirs.
-#   PHASES="eager fused tests" bash bench/gpu_check.sh    # about 6 minutes on an H200
-#   PHASES=compile bash bench/gpu_check.sh                # about 5 minutes (a second call: 10 minutes a call)
+#   PHASES="eager profile" bash bench/gpu_check.sh     # at most 4 + 3.5 minutes (the phases' time limits)
+#   PHASES="compile tests" bash bench/gpu_check.sh     # at most 4.5 + 2.5 + 2 minutes (10 minutes a call)
+# (phase "fused": trainer.fused_loss on Banking77's masked prompts, when there is time to spare)
 set -uo pipefail
 OUT=${OUT:-/tmp/ftexp-gpu}; mkdir -p "$OUT"
-PHASES=" ${PHASES:-eager fused tests compile} "
+PHASES=" ${PHASES:-eager profile compile tests fused} "
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src:$PWD FTEXP_DATA_DIR=$PWD/.gpudata FTEXP_CACHE_DIR=/tmp/ftexp-cache PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
@@ -19,6 +20,13 @@ tidy() { grep --line-buffered -v Warning; }
 # trainer.fused_loss on Banking77 with masked prompts (SmolLM2-135M shape, LoRA, bf16-mixed).
 [[ $PHASES == *" fused "* ]] && timeout ${FUSED_S:-90} python3 bench/fused_loss.py --steps 30 --warmup 5 --repeats 2 --batch-size 32 2>&1 \
   | grep --line-buffered -E "SmolLM|loss :|ratio|Error" | tee "$OUT/fused_loss.txt"
+# Where the step's time goes (kernels by kind), for the sides the MFU goals hang on.
+if [[ $PHASES == *" profile "* ]]; then
+  for cs in ${PROFILE_SIDES:-lora7b:ftexp+m full1b:ftexp+m}; do
+    timeout ${PROFILE_S:-100} python3 bench/gpu_profile.py --case ${cs%%:*} --side ${cs##*:} 2>&1 \
+      | grep --line-buffered -v -E "Warning|warn|USDT|Tip|available|LOCAL_RANK|stopped|dataloader" | tee -a "$OUT/gpu_profile.txt"
+  done
+fi
 # The GPU tests (bf16-mixed job, hub-style LoRA job, flat packing in flash/flex attention).
 [[ $PHASES == *" tests "* ]] && timeout ${TESTS_S:-120} python3 -m pytest -p no:cacheprovider -m gpu tests/test_gpu.py -q -o addopts="" 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
 # Compiled sides (each decoder layer compiled by default: compile time does not grow with depth).

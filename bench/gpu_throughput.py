@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -83,7 +83,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def plain_loop(model, data, precision: str, device, warmup: int, compile: bool = False) -> List[float]:
+def plain_loop(model, data, precision: str, device, warmup: int, compile: bool = False,
+               step_hook: Optional[Callable[[], None]] = None) -> List[float]:
     step_forward = torch.compile(model) if compile else model
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.95), weight_decay=0.0)
@@ -101,12 +102,15 @@ def plain_loop(model, data, precision: str, device, warmup: int, compile: bool =
         sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t)
+        if step_hook:
+            step_hook()
     return times
 
 
 class StepTimes(pl.Callback):
-    def __init__(self, warmup: int, device: torch.device) -> None:
+    def __init__(self, warmup: int, device: torch.device, step_hook: Optional[Callable[[], None]] = None) -> None:
         self.warmup, self.device, self.times, self._t = warmup, device, [], 0.0
+        self.step_hook = step_hook
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         sync(self.device)
@@ -116,11 +120,14 @@ class StepTimes(pl.Callback):
         sync(self.device)
         if batch_idx >= self.warmup:
             self.times.append(time.perf_counter() - self._t)
+        if self.step_hook:
+            self.step_hook()
 
 
 def ftexp_loop(model, data, precision: str, device, warmup: int, compile: bool = False,
-               fused_loss: bool = False, master_weights: bool = False, compile_scope: str = "layers") -> List[float]:
-    clock = StepTimes(warmup, device)
+               fused_loss: bool = False, master_weights: bool = False, compile_scope: str = "layers",
+               step_hook: Optional[Callable[[], None]] = None) -> List[float]:
+    clock = StepTimes(warmup, device, step_hook)
     if master_weights:
         precision = "bf16-true"  # bf16 compute, the optimizer on fp32 copies
     trainer = pl.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=1,

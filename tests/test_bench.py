@@ -53,3 +53,52 @@ def test_compile_time_benchmark_compares_the_scopes():
     assert list(table) == ["eager", "layers", "step"]
     assert float(table["eager"][0]) < min(float(table["layers"][0]), float(table["step"][0]))  # compiling: 1st step
     assert "layers/step: first step" in done.stdout
+
+
+@pytest.mark.slow
+def test_gpu_profile_script_sums_the_step_by_kind():
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_profile.py"), "--tiny", "--case", "lora7b",
+                           "--side", "ftexp+m", "--steps", "2", "--warmup", "1"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("lora7b ftexp+m: CPU operators; step ")
+    kinds = {line.split()[0]: float(line.split()[1]) for line in lines[2:] if line and not line.startswith(" ")
+             and line.split()[0] in {"matmul", "attention", "loss", "optimizer", "element-wise", "copy", "other"}}
+    assert kinds["matmul"] > 0 and kinds["attention"] > 0 and kinds["loss"] > 0  # each found by its operators
+    busy = float(lines[0].split("busy ")[1].split()[0])
+    total = sum(float(line.split()[1]) for line in lines[2:] if line.split() and line.split()[0] not in
+                ("kind", "(not", "costliest") and not line.startswith(" "))
+    assert abs(total - busy) < 0.05 * busy + 0.1  # every operator's time lands in one kind
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4, false, false, "
+     "cutlass::bfloat16_t> >(Flash_fwd_params)", "attention"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x128_4x1x1_kernel0_0", "attention"),
+    ("fmha_cutlassB_bf16_aligned_64x64_k128_sm80", "attention"),
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_kernel__5x_cublas",
+     "matmul"),
+    ("nvjet_hsh_128x256_64x4_1x2_h_bz_coopA_NTN", "matmul"),
+    ("ampere_bf16_s16816gemm_bf16_128x128_ldg8_f2f_stages_64x3_tn", "matmul"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous namespace)::"
+     "TensorListMetadata<4>, at::native::(anonymous namespace)::FusedAdamMathFunctor<float, 4> >", "optimizer"),
+    ("void at::native::(anonymous namespace)::cunn_SoftMaxForward<4, float, float, float, "
+     "at::native::(anonymous namespace)::LogSoftMaxForwardEpilogue>(float*, float const*, int)", "loss"),
+    ("void at::native::(anonymous namespace)::nll_loss_forward_reduce_cuda_kernel_2d<float, float, long>", "loss"),
+    ("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0", "compiled"),
+    ("triton_red_fused__log_softmax_nll_loss_forward_3", "loss"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<c10::BFloat16> >", "element-wise"),
+    ("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda(at::TensorIteratorBase&)>",
+     "copy"),
+    ("Memcpy DtoD (Device -> Device)", "copy"),
+    ("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::MeanOps<float, float> > >",
+     "reduction"),
+    ("void at::native::(anonymous namespace)::embedding_backward_feature_kernel<c10::BFloat16, float, long>",
+     "other"),
+])
+def test_gpu_profile_puts_each_kernel_in_its_kind(name, expected):
+    sys.path.insert(0, str(REPO / "bench"))
+    from gpu_profile import kind
+
+    assert kind(name) == expected
