@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 
 from ftexp.config.preflight import compose_config
 from ftexp.data.datamodule import FineTuneDataModule
-from ftexp.training.compiled import CompiledLayers
+from ftexp.training.compiled import CompiledRegions
 from ftexp.training.module import FineTuneModule
 from tests.test_eval import tiny_lm
 from tests.test_packing import StepLosses, varied_rows
@@ -48,7 +48,7 @@ def test_a_compiled_stage_takes_the_same_steps_as_an_eager_one(scope):
 
 
 @pytest.mark.slow
-def test_compiled_layers_under_activation_checkpointing_take_the_eager_steps():
+def test_compiled_regions_under_activation_checkpointing_take_the_eager_steps():
     """Activation checkpointing (trainer.fsdp.activation_checkpointing wraps each decoder layer the same
     way) reruns the layers in the backward: they must run compiled there too, or the recomputation finds
     other saved tensors than the forward's."""
@@ -69,8 +69,8 @@ def test_compiled_layers_under_activation_checkpointing_take_the_eager_steps():
 @pytest.mark.parametrize("lora", [False, True])
 def test_every_decoder_layer_shares_one_compiled_graph(monkeypatch, lora):
     """compile_scope=layers: one graph for 2 layers or 4, so compile time does not grow with depth, and
-    no graph break in a layer (peft's LoRA layers included). With LoRA the first layer's input needs no
-    gradient (frozen embedding) and the others' does: two graphs."""
+    no graph break in a layer (peft's LoRA layers included) or the loss. With LoRA the first layer's input
+    needs no gradient (frozen embedding) and the others' does: two graphs for the layers, one for the loss."""
     import functools
 
     import torch
@@ -89,11 +89,12 @@ def test_every_decoder_layer_shares_one_compiled_graph(monkeypatch, lora):
             model = get_peft_model(model, LoraConfig(r=4, lora_dropout=0.1, target_modules="all-linear"))
         model.train()
         ids = torch.randint(0, 40, (2, 9))
-        with CompiledLayers(model).active():
+        with CompiledRegions(model).active():
             loss = model(input_ids=ids, labels=ids, use_cache=False).loss
         loss.backward()
         assert not counters["graph_break"], dict(counters["graph_break"])
-        assert counters["stats"]["unique_graphs"] == (2 if lora else 1), (depth, dict(counters["stats"]))
+        graphs = (2 if lora else 1) + 1  # and the loss's
+        assert counters["stats"]["unique_graphs"] == graphs, (depth, dict(counters["stats"]))
 
 
 def test_each_layer_class_gets_its_own_budget_of_compiled_variants(monkeypatch):
@@ -119,7 +120,7 @@ def test_each_layer_class_gets_its_own_budget_of_compiled_variants(monkeypatch):
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))  # dynamo only: fast
     torch._dynamo.reset()
     counters.clear()
-    layers = CompiledLayers(model)
+    layers = CompiledRegions(model)
     ids = torch.randint(0, 40, (2, 9))
     with torch._dynamo.config.patch(recompile_limit=2):
         with layers.active():
@@ -127,20 +128,21 @@ def test_each_layer_class_gets_its_own_budget_of_compiled_variants(monkeypatch):
             loss = model(input_ids=ids, labels=ids, use_cache=False).loss
         assert torch._dynamo.config.recompile_limit == 2
     loss.backward()
-    assert counters["stats"]["unique_graphs"] == 3, dict(counters["frames"])
+    assert counters["stats"]["unique_graphs"] == 3 + 1, dict(counters["frames"])  # the loss's too
 
 
-def test_layers_run_compiled_in_training_batches_only(monkeypatch):
-    """compile_scope=layers: every decoder layer call of a training forward goes through its compiled
-    call; validation (sanity check and each epoch's) and anything after fit run eager, so evaluation's
-    shapes and KV cache cost no recompiles. torch.compile recorded, not run."""
+def test_layers_and_loss_run_compiled_in_training_batches_only(monkeypatch):
+    """compile_scope=layers: every decoder layer call and the loss of a training forward go through their
+    compiled calls; validation (sanity check and each epoch's) and anything after fit run eager, so
+    evaluation's shapes and KV cache cost no recompiles. torch.compile recorded, not run."""
     import torch
+    from transformers.loss.loss_utils import ForCausalLMLoss
 
     compiled_calls, all_calls = [], []
 
     def record(fn, **kw):
         def compiled(*args, **kwargs):
-            compiled_calls.append(fn.__self__)
+            compiled_calls.append(getattr(fn, "__self__", fn))  # a layer, or the loss function
             return fn(*args, **kwargs)
         return compiled
 
@@ -150,9 +152,23 @@ def test_layers_run_compiled_in_training_batches_only(monkeypatch):
     for layer in layers:
         layer.register_forward_hook(lambda *a: all_calls.append(1))
     losses, _ = train_tiny(model=model, compile=True)
-    assert compiled_calls == layers * len(losses)  # each step, each layer, in order
-    assert len(all_calls) > len(compiled_calls)  # validation ran too, eagerly
+    assert compiled_calls == [*layers, ForCausalLMLoss] * len(losses)  # each step, each layer, then the loss
+    assert len(all_calls) > len(losses) * len(layers)  # validation ran too, eagerly
     assert all(layer._compiled_call_impl is None for layer in layers)
+    assert "_loss_function" not in model.__dict__ and model.loss_function is ForCausalLMLoss  # eager again
+
+
+def test_a_loss_function_the_user_set_is_compiled_and_given_back():
+    model = tiny_lm()
+
+    def custom(logits, labels, vocab_size, **kwargs):
+        return logits.float().mean()
+
+    model.loss_function = custom
+    regions = CompiledRegions(model)
+    with regions.active():
+        assert model.loss_function is not custom  # its compiled call
+    assert model.loss_function is custom
 
 
 def test_compile_scope_is_checked():
@@ -164,7 +180,7 @@ def test_compile_scope_is_checked():
     with pytest.raises(ConfigError, match="trainer.compile_scope='block': must be 'layers'"):
         check_overrides(["trainer.compile_scope=block"])
     with pytest.raises(FtexpError, match="Sequential names no decoder layer class.*compile_scope=step"):
-        CompiledLayers(nn.Sequential(nn.Linear(2, 2)))
+        CompiledRegions(nn.Sequential(nn.Linear(2, 2)))
 
 
 @pytest.mark.parametrize("scope", ["layers", "step"])
@@ -183,4 +199,6 @@ def test_trainer_compile_reaches_the_training_step(tiny_overrides, tmp_path, mon
     if scope == "step":
         assert compiled == [forward]
     else:
-        assert compiled and all(type(fn.__self__).__name__ == "MistralDecoderLayer" for fn in compiled)
+        *layers, loss = compiled
+        assert layers and all(type(fn.__self__).__name__ == "MistralDecoderLayer" for fn in layers)
+        assert loss.__name__ == "ForCausalLMLoss"

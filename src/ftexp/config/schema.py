@@ -239,8 +239,8 @@ class TrainerConfig:
     # tolerance).
     compile: bool = False
     # What trainer.compile compiles: "layers", each decoder layer (one compiled graph shared by every
-    # layer, so compile time does not grow with depth; compiled in the training forward only) or "step",
-    # the whole training forward with its loss (more fusion; compile time grows with depth).
+    # layer, so compile time does not grow with depth) and the loss, in the training forward only; or
+    # "step", the whole training forward with its loss (more fusion; compile time grows with depth).
     compile_scope: str = "layers"
     # Compute the training loss with the output layer a chunk of tokens at a time (no full logits
     # tensor; in eager mode only rows with a target go through the output layer), for Llama-, Mistral-,

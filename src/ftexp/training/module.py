@@ -12,7 +12,7 @@ import torch
 
 from ftexp.data.packing import model_inputs
 from ftexp.mitigation.base import Mitigation, NoMitigation
-from ftexp.training.compiled import CompiledLayers
+from ftexp.training.compiled import CompiledRegions
 from ftexp.training.fsdp import clean_name
 from ftexp.training.fused_loss import fused_forward, require_fusable
 from ftexp.training.master_weights import MasterWeightAdamW
@@ -75,8 +75,8 @@ class FineTuneModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.model = model
-        # see compiled.py: each decoder layer compiled (in the training forward and backward), or the step
-        self.compiled_layers = CompiledLayers(model) if compile and compile_scope == "layers" else None
+        # see compiled.py: each decoder layer and the loss compiled (training forward and backward), or the step
+        self.compiled_regions = CompiledRegions(model) if compile and compile_scope == "layers" else None
         self.compile_step = compile and compile_scope == "step"  # see train_forward
         if fused_loss:
             require_fusable(model)
@@ -131,7 +131,7 @@ class FineTuneModule(pl.LightningModule):
     # ----------------------------------------------------------------------------- steps
 
     def training_step(self, batch: Dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        with self.compiled_layers.active() if self.compiled_layers else contextlib.nullcontext():
+        with self.compiled_regions.active() if self.compiled_regions else contextlib.nullcontext():
             outputs = self.train_forward(self.model, batch)
         task_loss = outputs.loss
         if self.trainer.world_size > 1:
@@ -186,12 +186,12 @@ class FineTuneModule(pl.LightningModule):
         return optimizers[0] if optimizers and isinstance(optimizers[0], MasterWeightAdamW) else None
 
     def on_before_backward(self, loss: torch.Tensor) -> None:
-        if self.compiled_layers is not None:  # activation checkpointing reruns the layers in the backward
-            self.compiled_layers.on()
+        if self.compiled_regions is not None:  # activation checkpointing reruns the layers in the backward
+            self.compiled_regions.on()
 
     def on_after_backward(self) -> None:
-        if self.compiled_layers is not None:
-            self.compiled_layers.off()
+        if self.compiled_regions is not None:
+            self.compiled_regions.off()
         # Each micro-batch's bf16 gradients join the fp32 sum at once (see master_weights.py).
         optimizer = self._master_weights_optimizer()
         if optimizer is not None:
