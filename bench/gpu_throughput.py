@@ -8,8 +8,8 @@
 (c) full1b: Llama-3.2-1B architecture, full fine-tune in bf16 (Lightning's ``bf16-true``), batch
     8 x 2048 tokens.
 Both sides get the same weights, random-token batches, AdamW and gradient clipping, in the same
-process (ftexp's AdamW is fused in bf16-true, its ``optim.implementation=auto``; the plain loop's is
-torch's default); time per step is the median over steps after the warm-up (CUDA-synchronised). Printed per
+process (ftexp's AdamW is fused on a GPU, its ``optim.implementation=auto``; the plain loop's is torch's
+default); time per step is the median over steps after the warm-up (CUDA-synchronised). Printed per
 case: card, tokens/s, MFU (4N + 2N_trainable FLOPs per token against the card's peak: --peak-tflops,
 else the bf16 data-sheet figure by name), peak memory, and the ratio ftexp / plain (goal <= 1.05).
 "ftexp+f" is ftexp with ``trainer.fused_loss=true`` (output layer and cross-entropy a chunk at a time),

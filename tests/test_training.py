@@ -84,41 +84,56 @@ def test_a_stage_learns_and_calls_the_mitigation_hook():
     assert "train/mfu" in trainer.callback_metrics  # logged during training too
 
 
-def _optimizer_after_two_steps(overrides, precision="32-true"):
+def _optimizer_after_two_steps(overrides, precision="32-true", clip=1.0):
     pl.seed_everything(0, verbose=False)
     data = rows()
     dm = FineTuneDataModule(data, data[:8], pad_id=0, batch_size=8, seed=0)
     module = FineTuneModule(tiny_lm(), compose_config(overrides).optim, lr=3e-3)
     trainer = pl.Trainer(max_steps=2, accelerator="cpu", precision=precision, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, gradient_clip_val=1.0)
+                         limit_val_batches=0, gradient_clip_val=clip)
     trainer.fit(module, datamodule=dm)
     return trainer.optimizers[0], module.model
 
 
+def _max_difference(a, b):
+    return max(float((x - y).detach().abs().max()) for x, y in zip(a.parameters(), b.parameters()))
+
+
 def test_optim_implementation_picks_adamw_s_kernels():
-    """auto: fused on GPUs unless Lightning clips under a mixed precision (it refuses fused optimizers
-    there), torch's default elsewhere; an explicit choice reaches the optimizer and trains to the same
-    weights within rounding."""
-    assert adamw_kernels("auto", "cuda", mixed_clipping=False) == {"fused": True}
-    assert adamw_kernels("auto", "cuda", mixed_clipping=True) == {}
-    assert adamw_kernels("auto", "cpu", mixed_clipping=False) == {}
+    """auto: fused on GPUs unless fp16's loss scaling meets clipping, torch's default elsewhere; an
+    explicit choice reaches the optimizer and trains to the same weights within rounding."""
+    assert adamw_kernels("auto", "cuda", fp16_clipping=False) == {"fused": True}
+    assert adamw_kernels("auto", "cuda", fp16_clipping=True) == {}
+    assert adamw_kernels("auto", "cpu", fp16_clipping=False) == {}
     fused, fused_model = _optimizer_after_two_steps(["optim.implementation=fused"])
     loop, loop_model = _optimizer_after_two_steps(["optim.implementation=for_loop"])
     auto, _ = _optimizer_after_two_steps([])
     assert fused.defaults["fused"] and not loop.defaults["foreach"] and not loop.defaults["fused"]
     assert not auto.defaults["fused"]  # on the CPU
-    for a, b in zip(fused_model.parameters(), loop_model.parameters()):
-        assert torch.allclose(a, b, atol=1e-6)
-    assert any(not torch.equal(a, b) for a, b in zip(fused_model.parameters(), tiny_lm().parameters()))
+    assert _max_difference(fused_model, loop_model) < 1e-6
+    assert _max_difference(fused_model, tiny_lm()) > 1e-4  # it trained
+
+
+def test_a_fused_adamw_is_clipped_under_bf16_mixed():
+    """Lightning refuses to clip a fused optimizer under any mixed precision (for fp16's loss scaling);
+    ftexp clips it under bf16-mixed as any precision does: the same steps as the for-loop AdamW, with a
+    clipping threshold small enough to change them."""
+    fused, fused_model = _optimizer_after_two_steps(["optim.implementation=fused"], "bf16-mixed", clip=0.01)
+    _, loop_model = _optimizer_after_two_steps(["optim.implementation=for_loop"], "bf16-mixed", clip=0.01)
+    _, unclipped = _optimizer_after_two_steps(["optim.implementation=for_loop"], "bf16-mixed", clip=0.0)
+    assert fused.defaults["fused"]
+    assert _max_difference(fused_model, loop_model) < 1e-6
+    assert _max_difference(unclipped, loop_model) > 1e-4  # the threshold binds
 
 
 def test_optim_implementation_is_checked():
     with pytest.raises(ConfigError, match="optim.implementation='fast'"):
         check_overrides(["optim.implementation=fast"])
-    with pytest.raises(ConfigError, match="does not clip a fused optimizer"):
-        check_overrides(["optim.implementation=fused", "trainer.precision=bf16-mixed"])
-    check_overrides(["optim.implementation=fused", "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=0"])
+    with pytest.raises(ConfigError, match="unscales the fp16 gradients"):
+        check_overrides(["optim.implementation=fused", "trainer.precision=16-mixed"])
+    check_overrides(["optim.implementation=fused", "trainer.precision=16-mixed", "trainer.gradient_clip_val=0"])
+    check_overrides(["optim.implementation=fused", "trainer.precision=bf16-mixed"])
 
 
 def test_mfu_counts_6n_for_full_fine_tuning_and_about_4n_for_lora():

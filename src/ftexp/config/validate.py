@@ -45,10 +45,10 @@ def problems(cfg: DictConfig) -> List[str]:
     need(o.implementation in ADAMW_IMPLEMENTATIONS, "optim.implementation", o.implementation,
          f"must be one of {', '.join(ADAMW_IMPLEMENTATIONS)} (auto: fused on GPUs, torch's default elsewhere)")
     if o.implementation == "fused" and t.gradient_clip_val:
-        need(not str(t.precision).endswith("-mixed"), "optim.implementation", "fused",
-             f"Lightning does not clip a fused optimizer's gradients under trainer.precision={t.precision!r}; "
-             "set optim.implementation=auto (fused where it can be), trainer.precision=bf16-true, or "
-             "trainer.gradient_clip_val=0")
+        need(str(t.precision) not in ("16-mixed", "16"), "optim.implementation", "fused",
+             f"with trainer.precision={t.precision!r} a fused AdamW unscales the fp16 gradients in its step, "
+             "after they were clipped still scaled; set optim.implementation=auto (fused where it can be), "
+             "trainer.precision=bf16-mixed, or trainer.gradient_clip_val=0")
     need(t.compile_scope in ("layers", "step"), "trainer.compile_scope", t.compile_scope,
          "must be 'layers' (each decoder layer compiled) or 'step' (the whole training forward)")
     if t.fused_loss:

@@ -9,6 +9,8 @@ from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins.precision import MixedPrecision, Precision
+from pytorch_lightning.utilities import GradClipAlgorithmType
 
 from ftexp.data.packing import model_inputs
 from ftexp.mitigation.base import Mitigation, NoMitigation
@@ -43,13 +45,13 @@ def global_token_mean(local_mean: torch.Tensor, labels: torch.Tensor, world_size
     return local_mean * (n * world_size / total.clamp(min=1))
 
 
-def adamw_kernels(implementation: str, device: str, mixed_clipping: bool) -> Dict[str, bool]:
+def adamw_kernels(implementation: str, device: str, fp16_clipping: bool) -> Dict[str, bool]:
     """AdamW's keyword for ``optim.implementation``. auto is fused on GPUs: one kernel reads and writes
     each parameter, gradient and moment once, where foreach (torch's default there) makes a pass per
-    operation. Not where Lightning clips under a mixed precision (``mixed_clipping``): it refuses fused
-    optimizers there, whose step would unscale fp16 gradients after the clipping. Elsewhere torch's default."""
+    operation. Not with fp16's loss scaling and clipping (``fp16_clipping``): a fused step unscales the
+    gradients itself, after they were clipped scaled. Elsewhere torch's default."""
     if implementation == "auto":
-        return {"fused": True} if device == "cuda" and not mixed_clipping else {}
+        return {"fused": True} if device == "cuda" and not fp16_clipping else {}
     return {"fused": True} if implementation == "fused" else {"foreach": implementation == "foreach"}
 
 
@@ -205,6 +207,17 @@ class FineTuneModule(pl.LightningModule):
             if self.trainer.world_size > 1 and self.trainer.accumulate_grad_batches > 1:
                 optimizer.average_grads_over_ranks(self.trainer.world_size)
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        plugin = self.trainer.precision_plugin
+        if (gradient_clip_val and optimizer.defaults.get("fused") and isinstance(plugin, MixedPrecision)
+                and plugin.scaler is None):
+            # Lightning refuses to clip a fused optimizer's gradients under any mixed precision, for fp16's
+            # loss scaling, which bf16-mixed has none of: clip them as every other precision does.
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val,
+                                     GradClipAlgorithmType(gradient_clip_algorithm or "norm"))
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         cfg = self.optim_cfg
         decay, no_decay = [], []
@@ -215,9 +228,9 @@ class FineTuneModule(pl.LightningModule):
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         adamw = MasterWeightAdamW if self.master_weights else torch.optim.AdamW
         device = next((p.device.type for g in groups for p in g["params"]), "cpu")
-        mixed_clipping = str(self.trainer.precision).endswith("-mixed") and bool(self.trainer.gradient_clip_val)
+        fp16_clipping = str(self.trainer.precision) in ("16-mixed", "16") and bool(self.trainer.gradient_clip_val)
         optimizer = adamw(groups, lr=self.lr, betas=tuple(cfg.betas),
-                          **adamw_kernels(cfg.get("implementation", "auto"), device, mixed_clipping))
+                          **adamw_kernels(cfg.get("implementation", "auto"), device, fp16_clipping))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(round(cfg.warmup_ratio * total))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
