@@ -123,6 +123,56 @@ def _rank(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+def _clip_rank(rank: int, port: int, out: str) -> None:
+    """Gradients of one batch, half per rank, clipped through the module's configure_gradient_clipping
+    under FSDP; written out whole with those of one process on the whole batch, clipped by torch."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from pytorch_lightning.plugins.precision import FSDPPrecision
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    from ftexp.training.fsdp import layer_classes
+    from ftexp.training.module import FineTuneModule
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        module = FineTuneModule(tiny_llama(), compose_config([]).optim, lr=1e-3)
+        reference = tiny_llama()
+        batch = torch.randint(0, 100, (4, 8), generator=torch.Generator().manual_seed(1))
+        policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=layer_classes(module))
+        root = FSDP(module, auto_wrap_policy=policy, use_orig_params=True, device_id=torch.device("cpu"))
+        half = batch[2 * rank:2 * rank + 2]
+        root(input_ids=half, labels=half).loss.backward()  # FSDP averages the ranks' gradients
+        module._trainer = SimpleNamespace(strategy=SimpleNamespace(model=root),
+                                          precision_plugin=FSDPPrecision("32-true"), gradient_clip_val=0.01,
+                                          gradient_clip_algorithm="norm")
+        module.configure_gradient_clipping(torch.optim.SGD(root.parameters(), lr=1.0), 0.01, "norm")
+        with FSDP.summon_full_params(root, with_grads=True):
+            clipped = [p.grad.clone() for p in module.model.parameters()]
+        reference(input_ids=batch, labels=batch).loss.backward()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.01)
+        torch.save({"fsdp": clipped, "one": [p.grad for p in reference.parameters()]}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_gradients_are_clipped_by_their_norm_over_every_shard(tmp_path):
+    """Lightning's FSDP refuses to clip by norm (a rank's shards alone give the wrong norm); ftexp clips
+    through the root FSDP module: the gradients of two sharded ranks, clipped, equal one process's."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_clip_rank, args=(_free_port(), str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        total = torch.norm(torch.stack([g.norm() for g in got["fsdp"]]))
+        assert abs(float(total) - 0.01) < 1e-6
+        assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(got["fsdp"], got["one"]))
+
+
 def test_weight_decay_follows_the_shapes_before_sharding():
     """FSDP hands configure_optimizers 1-D shards named with wrapper prefixes; weight decay must still
     go to the matrices, as without sharding."""
@@ -134,7 +184,8 @@ def test_weight_decay_follows_the_shapes_before_sharding():
     module = FineTuneModule(tiny_llama(), cfg.optim, lr=1e-3)
     def decayed():
         view = SimpleNamespace(model=module.model, optim_cfg=cfg.optim, lr=1e-3, _ndim=module._ndim,
-                               master_weights=False, trainer=SimpleNamespace(estimated_stepping_batches=10))
+                               master_weights=False, trainer=SimpleNamespace(estimated_stepping_batches=10,
+                                                                             precision="32-true", gradient_clip_val=1.0))
         return {id(p) for p in FineTuneModule.configure_optimizers(view)["optimizer"].param_groups[0]["params"]}
 
     plain = decayed()

@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins.precision import MixedPrecision, Precision
 from pytorch_lightning.utilities import GradClipAlgorithmType
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
 from ftexp.data.packing import model_inputs
 from ftexp.mitigation.base import Mitigation, NoMitigation
@@ -208,13 +209,17 @@ class FineTuneModule(pl.LightningModule):
                 optimizer.average_grads_over_ranks(self.trainer.world_size)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        plugin = self.trainer.precision_plugin
-        if (gradient_clip_val and optimizer.defaults.get("fused") and isinstance(plugin, MixedPrecision)
-                and plugin.scaler is None):
-            # Lightning refuses to clip a fused optimizer's gradients under any mixed precision, for fp16's
-            # loss scaling, which bf16-mixed has none of: clip them as every other precision does.
-            Precision.clip_gradients(plugin, optimizer, gradient_clip_val,
-                                     GradClipAlgorithmType(gradient_clip_algorithm or "norm"))
+        """Lightning's clipping, except where it refuses: under FSDP, whose gradient norm only the root
+        module can take over the shards (Lightning's FSDP precision raises for clipping by norm), and for a
+        fused AdamW under bf16-mixed (Lightning refuses fused optimizers under any mixed precision, for
+        fp16's loss scale, which bf16 has none of)."""
+        algorithm = GradClipAlgorithmType(gradient_clip_algorithm or "norm")
+        wrapped, plugin = self.trainer.strategy.model, self.trainer.precision_plugin
+        if gradient_clip_val and algorithm == GradClipAlgorithmType.NORM and isinstance(wrapped, FSDP):
+            wrapped.clip_grad_norm_(gradient_clip_val)
+        elif (gradient_clip_val and optimizer.defaults.get("fused") and isinstance(plugin, MixedPrecision)
+              and plugin.scaler is None):
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
         else:
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
