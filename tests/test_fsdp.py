@@ -1,6 +1,7 @@
 """trainer=fsdp. Lightning runs FSDP on GPUs only, so on a CPU the config, its refusals and the
-strategy it builds are checked, and the step ftexp adds after a sharded stage (gather the weights,
-unwrap the FSDP units) runs under torch's FSDP itself on two gloo processes."""
+strategy it builds are checked; the step ftexp adds after a sharded stage (gather the weights, unwrap
+the FSDP units) and the clipping run under torch's FSDP itself on two gloo processes; and a whole run
+goes through Lightning's FSDP strategy on two CPU processes (tests/fsdp_on_cpu.py lifts the refusal)."""
 
 from __future__ import annotations
 
@@ -214,3 +215,35 @@ def test_after_a_sharded_step_the_model_is_whole_plain_and_equal_to_one_process(
         assert got["frozen"] == ["model.model.embed_tokens.weight"]
         assert got["max_diff"] < 1e-5 and got["logits_diff"] < 1e-4, got
         assert got["buffers"] and all(v == ["torch.float32", True] for v in got["buffers"].values()), got
+
+
+@pytest.mark.slow
+def test_a_fsdp_run_on_two_cpu_processes_matches_one_process(data_dir, cache_dir, tmp_path):
+    """The whole of ftexp's trainer=fsdp path, through Lightning's FSDP strategy (made to run on CPU
+    processes by tests/fsdp_on_cpu.py): sharded training with gradient clipping, the weights gathered
+    after the stage, evaluation. The same losses and accuracy as one process, up to summation order."""
+    import math
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import TINY
+
+    repo = Path(__file__).resolve().parents[1]
+    common = [*TINY, "trainer.max_epochs=2", "save_model=false", "trainer.checkpoints=false", f"data_dir={data_dir}",
+              f"cache_dir={cache_dir}"]
+    runs = {"one": [sys.executable, "-m", "ftexp", *common, "trainer=cpu"],
+            "fsdp": [sys.executable, str(repo / "tests" / "fsdp_on_cpu.py"), *common, "trainer=fsdp",
+                     "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]}
+    out = {}
+    for name, command in runs.items():
+        done = subprocess.run([*command, f"output_dir={tmp_path / name}", f"hydra.run.dir={tmp_path / name}"],
+                              capture_output=True, text=True, timeout=900, cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(repo)})
+        assert done.returncode == 0, done.stderr[-3000:]
+        out[name] = json.loads((tmp_path / name / "results.json").read_text())
+    one, fsdp = out["one"]["stages"][0], out["fsdp"]["stages"][0]
+    assert fsdp["world_size"] == 2 and fsdp["steps"] == one["steps"]
+    for key in ("train/loss", "val/loss"):
+        assert math.isclose(fsdp[key], one[key], rel_tol=1e-4), (key, fsdp[key], one[key])
+    assert out["fsdp"]["metrics"]["test/accuracy"] == out["one"]["metrics"]["test/accuracy"]
