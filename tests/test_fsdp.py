@@ -71,6 +71,7 @@ def test_trainer_fsdp_composes_and_builds_one_unit_per_decoder_layer():
     (["trainer=fsdp", "mitigation=lwf"], "mitigation='lwf'"),
     (["trainer=fsdp", "trainer.early_stopping_patience=2"], "not supported with trainer=fsdp"),
     (["trainer=fsdp", "trainer.fsdp.sharding_strategy=FULL"], "must be FULL_SHARD, SHARD_GRAD_OP"),
+    (["trainer=fsdp", "trainer.compile=true"], "trainer.compile=True: torch.compile cannot trace into"),
 ])
 def test_what_fsdp_cannot_do_is_refused_at_composition(overrides, words):
     with pytest.raises(ConfigError, match=words):

@@ -42,6 +42,10 @@ def problems(cfg: DictConfig) -> List[str]:
              "use trainer=ddp with this mitigation, or mitigation=replay with trainer=fsdp")
         need(t.early_stopping_patience is None, "trainer.early_stopping_patience", t.early_stopping_patience,
              "early stopping keeps a copy of the best weights, which FSDP shards; not supported with trainer=fsdp")
+        need(not t.compile, "trainer.compile", True,
+             "torch.compile cannot trace into the units of Lightning's FSDP (torch's FSDP v1 swaps each layer's "
+             "flat parameter between its shard and the whole; dynamo fails at the first step, either scope); "
+             "set trainer.compile=false with trainer=fsdp, or use trainer=ddp with compile")
     need(o.implementation in ADAMW_IMPLEMENTATIONS, "optim.implementation", o.implementation,
          f"must be one of {', '.join(ADAMW_IMPLEMENTATIONS)} (auto: fused on GPUs, torch's default elsewhere)")
     if o.implementation == "fused" and t.gradient_clip_val:
