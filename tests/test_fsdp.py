@@ -219,10 +219,13 @@ def test_after_a_sharded_step_the_model_is_whole_plain_and_equal_to_one_process(
 
 
 @pytest.mark.slow
-def test_a_fsdp_run_on_two_cpu_processes_matches_one_process(data_dir, cache_dir, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["peft=lora", "peft.dropout=0", "trainer.fsdp.activation_checkpointing=true"]])
+def test_a_fsdp_run_on_two_cpu_processes_matches_one_process(data_dir, cache_dir, tmp_path, extra):
     """The whole of ftexp's trainer=fsdp path, through Lightning's FSDP strategy (made to run on CPU
-    processes by tests/fsdp_on_cpu.py): sharded training with gradient clipping, the weights gathered
-    after the stage, evaluation. The same losses and accuracy as one process, up to summation order."""
+    processes by tests/fsdp_on_cpu.py): sharded training with gradient clipping (of a full fine-tune, or
+    of LoRA's adapters among frozen weights, no dropout, each layer's activations recomputed), the weights
+    gathered after the stage, evaluation. The same losses and accuracy as one process, up to
+    summation order."""
     import math
     import subprocess
     import sys
@@ -232,10 +235,11 @@ def test_a_fsdp_run_on_two_cpu_processes_matches_one_process(data_dir, cache_dir
 
     repo = Path(__file__).resolve().parents[1]
     common = [*TINY, "trainer.max_epochs=2", "save_model=false", "trainer.checkpoints=false", f"data_dir={data_dir}",
-              f"cache_dir={cache_dir}"]
+              f"cache_dir={cache_dir}", *[e for e in extra if e.startswith("peft")]]
     runs = {"one": [sys.executable, "-m", "ftexp", *common, "trainer=cpu"],
             "fsdp": [sys.executable, str(repo / "tests" / "fsdp_on_cpu.py"), *common, "trainer=fsdp",
-                     "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]}
+                     "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+                     *[e for e in extra if e.startswith("trainer.")]]}
     out = {}
     for name, command in runs.items():
         done = subprocess.run([*command, f"output_dir={tmp_path / name}", f"hydra.run.dir={tmp_path / name}"],
