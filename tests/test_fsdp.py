@@ -185,9 +185,9 @@ def test_weight_decay_follows_the_shapes_before_sharding():
     cfg = compose_config([])
     module = FineTuneModule(tiny_llama(), cfg.optim, lr=1e-3)
     def decayed():
+        trainer = SimpleNamespace(estimated_stepping_batches=10, precision="32-true", gradient_clip_val=1.0)
         view = SimpleNamespace(model=module.model, optim_cfg=cfg.optim, lr=1e-3, _ndim=module._ndim,
-                               master_weights=False, trainer=SimpleNamespace(estimated_stepping_batches=10,
-                                                                             precision="32-true", gradient_clip_val=1.0))
+                               master_weights=False, trainer=trainer)
         return {id(p) for p in FineTuneModule.configure_optimizers(view)["optimizer"].param_groups[0]["params"]}
 
     plain = decayed()
