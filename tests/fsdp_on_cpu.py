@@ -4,13 +4,14 @@ Lightning's launcher starts the other ranks by running this file again).
 Lightning runs FSDP on GPUs only and ftexp refuses ``trainer=fsdp`` on a CPU for that reason; here that
 refusal is lifted, and Lightning's FSDP strategy wraps the model with torch's FSDP on the CPU
 (``device_id=cpu``, which Lightning does not pass), so the rest of the strategy, ftexp's module and its
-stage loop run as on GPUs. Epoch checkpoints need ``trainer.checkpoints=false``: Lightning gathers the
-full state dict with ``offload_to_cpu``, which crashes torch's FSDP when the shards are on the CPU already.
+stage loop run as on GPUs. Lightning gathers full checkpoints with ``offload_to_cpu``, which crashes
+torch's FSDP when the shards are on the CPU already: here without it.
 """
 
 import sys
 
 import pytorch_lightning.strategies as strategies
+import pytorch_lightning.strategies.fsdp as lightning_fsdp
 import torch
 from pytorch_lightning.strategies import FSDPStrategy
 from torch.distributed.fsdp import FullyShardedDataParallel
@@ -30,7 +31,19 @@ class CPUFSDPStrategy(FSDPStrategy):
         return super()._setup_model(model)  # already wrapped: Lightning adds what it adds around it
 
 
+def _full_state_dict_context(module, world_size: int, rank0_only: bool = True):
+    """Lightning's, without ``offload_to_cpu``: the shards are on the CPU already."""
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp.api import FullOptimStateDictConfig
+
+    return FullyShardedDataParallel.state_dict_type(
+        module=module, state_dict_type=StateDictType.FULL_STATE_DICT,
+        state_dict_config=FullStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only),
+        optim_state_dict_config=FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only))
+
+
 strategies.FSDPStrategy = CPUFSDPStrategy  # what ftexp.training.fsdp.strategy builds
+lightning_fsdp._get_full_state_dict_context = _full_state_dict_context
 _problems = validate.problems
 validate.problems = lambda cfg: [p for p in _problems(cfg) if "runs on GPUs only" not in p]
 

@@ -234,7 +234,7 @@ def test_a_fsdp_run_on_two_cpu_processes_matches_one_process(data_dir, cache_dir
     from tests.conftest import TINY
 
     repo = Path(__file__).resolve().parents[1]
-    common = [*TINY, "trainer.max_epochs=2", "save_model=false", "trainer.checkpoints=false", f"data_dir={data_dir}",
+    common = [*TINY, "trainer.max_epochs=2", "save_model=false", f"data_dir={data_dir}",
               f"cache_dir={cache_dir}", *[e for e in extra if e.startswith("peft")]]
     runs = {"one": [sys.executable, "-m", "ftexp", *common, "trainer=cpu"],
             "fsdp": [sys.executable, str(repo / "tests" / "fsdp_on_cpu.py"), *common, "trainer=fsdp",
@@ -252,3 +252,48 @@ def test_a_fsdp_run_on_two_cpu_processes_matches_one_process(data_dir, cache_dir
     for key in ("train/loss", "val/loss"):
         assert math.isclose(fsdp[key], one[key], rel_tol=1e-4), (key, fsdp[key], one[key])
     assert out["fsdp"]["metrics"]["test/accuracy"] == out["one"]["metrics"]["test/accuracy"]
+
+
+@pytest.mark.slow
+def test_a_fsdp_run_killed_mid_stage_and_resumed_equals_an_uninterrupted_one(data_dir, cache_dir, tmp_path):
+    """trainer=fsdp on two CPU processes (tests/fsdp_on_cpu.py), SIGKILLed once its first epoch's
+    checkpoint is written, resumed: Lightning's FSDP strategy saves the full checkpoint and loads it
+    into the shards; the run ends with the evaluations of one that was never interrupted, bit for bit."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from tests.conftest import TINY
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    args = [a for a in TINY if not a.startswith("trainer.max_epochs")] + [
+        "trainer.max_epochs=3", "save_model=false", "cache_stages=false", f"data_dir={data_dir}",
+        f"cache_dir={cache_dir}", "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2",
+        "trainer.precision=32-true"]
+
+    def command(run_dir, *extra):
+        return [sys.executable, str(repo / "tests" / "fsdp_on_cpu.py"), *args, f"output_dir={run_dir}",
+                f"hydra.run.dir={run_dir}", *extra]
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    done = subprocess.run(command(whole), capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    proc = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env=env, cwd=tmp_path)
+    marker = killed / "checkpoints" / "stage1" / "last.ckpt"
+    deadline = time.time() + 600
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert marker.exists() and proc.poll() is None, "the run ended before its first checkpoint"
+    os.killpg(proc.pid, signal.SIGKILL)  # both ranks: the launcher's child is in the same session
+    proc.wait()
+    done = subprocess.run(command(killed, "resume=true"), capture_output=True, text=True, timeout=900, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = (json.loads((d / "results.json").read_text()) for d in (whole, killed))
+    assert b["status"] == "completed" and b["resumed"]["stage1"].endswith("stage1/last.ckpt")
+    assert b["rows"] == a["rows"]
+    assert [s["val/loss"] for s in b["stages"]] == [s["val/loss"] for s in a["stages"]]

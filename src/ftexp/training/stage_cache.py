@@ -49,7 +49,9 @@ def rng_state() -> Dict[str, Any]:
     np_kind, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
              "python_version": random.getstate()[0], "python_gauss": random.getstate()[2],
-             "numpy": torch.from_numpy(np_keys.copy()), "numpy_pos": int(np_pos),
+             # int64, not numpy's uint32: Lightning's lazy checkpoint loader (FSDP's resume) reads only
+             # the dtypes that have a typed storage class
+             "numpy": torch.from_numpy(np_keys.astype(np.int64)), "numpy_pos": int(np_pos),
              "numpy_gauss": [int(np_gauss), float(np_cached)], "numpy_kind": np_kind}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -59,7 +61,7 @@ def rng_state() -> Dict[str, Any]:
 def set_rng_state(state: Dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
-    np.random.set_state((state["numpy_kind"], state["numpy"].numpy(), state["numpy_pos"],
+    np.random.set_state((state["numpy_kind"], state["numpy"].numpy().astype(np.uint32), state["numpy_pos"],
                          *state["numpy_gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
