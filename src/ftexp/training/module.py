@@ -15,6 +15,7 @@ from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
 from ftexp.data.packing import model_inputs
 from ftexp.mitigation.base import Mitigation, NoMitigation
+from ftexp.training.adapter_casts import AdapterInputCasts
 from ftexp.training.compiled import CompiledRegions
 from ftexp.training.fsdp import clean_name
 from ftexp.training.fused_loss import fused_forward, require_fusable
@@ -81,6 +82,7 @@ class FineTuneModule(pl.LightningModule):
         # see compiled.py: each decoder layer and the loss compiled (training forward and backward), or the step
         self.compiled_regions = CompiledRegions(model) if compile and compile_scope == "layers" else None
         self.compile_step = compile and compile_scope == "step"  # see train_forward
+        self.adapter_casts = AdapterInputCasts(model)  # off in the training step under autocast (see its file)
         if fused_loss:
             require_fusable(model)
         self.fused_loss = fused_loss
@@ -134,6 +136,7 @@ class FineTuneModule(pl.LightningModule):
     # ----------------------------------------------------------------------------- steps
 
     def training_step(self, batch: Dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        self.adapter_casts.skip_under_autocast(self.device.type)  # until on_after_backward
         with self.compiled_regions.active() if self.compiled_regions else contextlib.nullcontext():
             outputs = self.train_forward(self.model, batch)
         task_loss = outputs.loss
@@ -156,6 +159,7 @@ class FineTuneModule(pl.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.adapter_casts.restore()  # should no backward have run
         # A new window starts once the optimiser step that was logged has been taken (with gradient
         # accumulation every micro-batch of that step is in the window).
         step = self.trainer.global_step
@@ -195,6 +199,7 @@ class FineTuneModule(pl.LightningModule):
     def on_after_backward(self) -> None:
         if self.compiled_regions is not None:
             self.compiled_regions.off()
+        self.adapter_casts.restore()
         # Each micro-batch's bf16 gradients join the fp32 sum at once (see master_weights.py).
         optimizer = self._master_weights_optimizer()
         if optimizer is not None:
