@@ -4,7 +4,8 @@
     python bench/gpu_throughput.py --tiny       # CPU-sized shapes: checks the script itself, no GPU
 
 (b) lora7b: Mistral-7B architecture, random bf16 weights, LoRA r16 on every linear layer (adapters
-    in fp32, bf16 autocast: Lightning's ``bf16-mixed``), batch 4 x 2048 tokens.
+    in fp32, bf16 autocast: Lightning's ``bf16-mixed``; no dropout, so ftexp's training step skips peft's
+    fp32 copies of the adapters' inputs, which the plain loop makes), batch 4 x 2048 tokens.
 (c) full1b: Llama-3.2-1B architecture, full fine-tune in bf16 (Lightning's ``bf16-true``), batch
     8 x 2048 tokens.
 Both sides get the same weights, random-token batches, AdamW and gradient clipping, in the same

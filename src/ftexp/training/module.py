@@ -11,7 +11,6 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins.precision import MixedPrecision, Precision
 from pytorch_lightning.utilities import GradClipAlgorithmType
-from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
 from ftexp.data.packing import model_inputs
 from ftexp.mitigation.base import Mitigation, NoMitigation
@@ -55,6 +54,14 @@ def adamw_kernels(implementation: str, device: str, fp16_clipping: bool) -> Dict
     if implementation == "auto":
         return {"fused": True} if device == "cuda" and not fp16_clipping else {}
     return {"fused": True} if implementation == "fused" else {"foreach": implementation == "foreach"}
+
+
+def _is_fsdp(module: Any) -> bool:
+    if not torch.distributed.is_available():  # builds without torch.distributed have no FSDP to import
+        return False
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return isinstance(module, FullyShardedDataParallel)
 
 
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -220,7 +227,7 @@ class FineTuneModule(pl.LightningModule):
         fp16's loss scale, which bf16 has none of)."""
         algorithm = GradClipAlgorithmType(gradient_clip_algorithm or "norm")
         wrapped, plugin = self.trainer.strategy.model, self.trainer.precision_plugin
-        if gradient_clip_val and algorithm == GradClipAlgorithmType.NORM and isinstance(wrapped, FSDP):
+        if gradient_clip_val and algorithm == GradClipAlgorithmType.NORM and _is_fsdp(wrapped):
             wrapped.clip_grad_norm_(gradient_clip_val)
         elif (gradient_clip_val and optimizer.defaults.get("fused") and isinstance(plugin, MixedPrecision)
               and plugin.scaler is None):
