@@ -8,14 +8,23 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from ftexp.config.preflight import ConfigError, check_overrides, compose_config
+from tests.conftest import TINY
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_llama():
@@ -218,6 +227,17 @@ def test_after_a_sharded_step_the_model_is_whole_plain_and_equal_to_one_process(
         assert got["buffers"] and all(v == ["torch.float32", True] for v in got["buffers"].values()), got
 
 
+# A whole ftexp run with trainer=fsdp on two CPU processes (tests/fsdp_on_cpu.py lifts the GPU-only refusal).
+FSDP_ON_CPU = [sys.executable, str(REPO / "tests" / "fsdp_on_cpu.py")]
+TWO_CPUS = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
+CLI_ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def run_cli(command, cwd):
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=cwd, env=CLI_ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [[], ["peft=lora", "peft.dropout=0", "trainer.fsdp.activation_checkpointing=true"]])
 def test_a_fsdp_run_on_two_cpu_processes_matches_one_process(data_dir, cache_dir, tmp_path, extra):
@@ -226,26 +246,13 @@ def test_a_fsdp_run_on_two_cpu_processes_matches_one_process(data_dir, cache_dir
     of LoRA's adapters among frozen weights, no dropout, each layer's activations recomputed), the weights
     gathered after the stage, evaluation. The same losses and accuracy as one process, up to
     summation order."""
-    import math
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from tests.conftest import TINY
-
-    repo = Path(__file__).resolve().parents[1]
     common = [*TINY, "trainer.max_epochs=2", "save_model=false", f"data_dir={data_dir}",
               f"cache_dir={cache_dir}", *[e for e in extra if e.startswith("peft")]]
     runs = {"one": [sys.executable, "-m", "ftexp", *common, "trainer=cpu"],
-            "fsdp": [sys.executable, str(repo / "tests" / "fsdp_on_cpu.py"), *common, "trainer=fsdp",
-                     "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
-                     *[e for e in extra if e.startswith("trainer.")]]}
+            "fsdp": [*FSDP_ON_CPU, *common, *TWO_CPUS, *[e for e in extra if e.startswith("trainer.")]]}
     out = {}
     for name, command in runs.items():
-        done = subprocess.run([*command, f"output_dir={tmp_path / name}", f"hydra.run.dir={tmp_path / name}"],
-                              capture_output=True, text=True, timeout=900, cwd=tmp_path,
-                              env={**os.environ, "PYTHONPATH": str(repo)})
-        assert done.returncode == 0, done.stderr[-3000:]
+        run_cli([*command, f"output_dir={tmp_path / name}", f"hydra.run.dir={tmp_path / name}"], tmp_path)
         out[name] = json.loads((tmp_path / name / "results.json").read_text())
     one, fsdp = out["one"]["stages"][0], out["fsdp"]["stages"][0]
     assert fsdp["world_size"] == 2 and fsdp["steps"] == one["steps"]
@@ -259,30 +266,17 @@ def test_a_fsdp_run_killed_mid_stage_and_resumed_equals_an_uninterrupted_one(dat
     """trainer=fsdp on two CPU processes (tests/fsdp_on_cpu.py), SIGKILLed once its first epoch's
     checkpoint is written, resumed: Lightning's FSDP strategy saves the full checkpoint and loads it
     into the shards; the run ends with the evaluations of one that was never interrupted, bit for bit."""
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    from tests.conftest import TINY
-
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(repo)}
     args = [a for a in TINY if not a.startswith("trainer.max_epochs")] + [
         "trainer.max_epochs=3", "save_model=false", "cache_stages=false", f"data_dir={data_dir}",
-        f"cache_dir={cache_dir}", "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2",
-        "trainer.precision=32-true"]
+        f"cache_dir={cache_dir}", *TWO_CPUS]
 
     def command(run_dir, *extra):
-        return [sys.executable, str(repo / "tests" / "fsdp_on_cpu.py"), *args, f"output_dir={run_dir}",
-                f"hydra.run.dir={run_dir}", *extra]
+        return [*FSDP_ON_CPU, *args, f"output_dir={run_dir}", f"hydra.run.dir={run_dir}", *extra]
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    done = subprocess.run(command(whole), capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_cli(command(whole), tmp_path)
     proc = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env=env, cwd=tmp_path)
+                            start_new_session=True, env=CLI_ENV, cwd=tmp_path)
     marker = killed / "checkpoints" / "stage1" / "last.ckpt"
     deadline = time.time() + 600
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -290,9 +284,7 @@ def test_a_fsdp_run_killed_mid_stage_and_resumed_equals_an_uninterrupted_one(dat
     assert marker.exists() and proc.poll() is None, "the run ended before its first checkpoint"
     os.killpg(proc.pid, signal.SIGKILL)  # both ranks: the launcher's child is in the same session
     proc.wait()
-    done = subprocess.run(command(killed, "resume=true"), capture_output=True, text=True, timeout=900, env=env,
-                          cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_cli(command(killed, "resume=true"), tmp_path)
     a, b = (json.loads((d / "results.json").read_text()) for d in (whole, killed))
     assert b["status"] == "completed" and b["resumed"]["stage1"].endswith("stage1/last.ckpt")
     assert b["rows"] == a["rows"]

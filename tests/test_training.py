@@ -106,6 +106,7 @@ def test_optim_implementation_picks_adamw_s_kernels():
     assert adamw_kernels("auto", "cuda", fp16_clipping=False) == {"fused": True}
     assert adamw_kernels("auto", "cuda", fp16_clipping=True) == {}
     assert adamw_kernels("auto", "cpu", fp16_clipping=False) == {}
+    assert adamw_kernels("foreach", "cpu", fp16_clipping=False) == {"foreach": True}
     fused, fused_model = _optimizer_after_two_steps(["optim.implementation=fused"])
     loop, loop_model = _optimizer_after_two_steps(["optim.implementation=for_loop"])
     auto, _ = _optimizer_after_two_steps([])

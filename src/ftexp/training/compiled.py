@@ -4,10 +4,10 @@ whole step.
 ``layers`` is regional compilation, as torchtitan compiles each transformer block. Every layer of one
 class shares one compiled graph (dynamo treats the layer's parameters as inputs), so compile time does
 not grow with depth: on a 2-core CPU a 24-layer model took 33 s to its first step (layers and loss),
-against 109 s with the whole step compiled, at eager's step time or better (``bench/compile_time.py``). The layers run compiled only
-in the training forward and the backward (where activation checkpointing, ``trainer.fsdp.
-activation_checkpointing``, runs them again and must find the same graph): validation, generation with
-its KV cache, LwF's teacher and the mitigations' passes between stages run eager. Each of those would
+against 109 s with the whole step compiled, at eager's step time or better (``bench/compile_time.py``).
+The layers run compiled only in the training forward and the backward (where activation checkpointing
+runs them again and must find the same graph): validation, generation with its KV cache, LwF's teacher
+and the mitigations' passes between stages run eager. Each of those would
 be another compiled variant of the same code, and dynamo stops compiling a code object after
 ``recompile_limit`` variants (8) and runs it eager from then on, with only a log line to say so.
 Training alone makes up to 6 per layer class: the first layer's input needs no gradient when the
