@@ -16,9 +16,9 @@ PROMPTS = [[1, 5, 6, 7], [1, 8], [1, 9, 10, 11, 12, 13], [1, 14, 15]]
 LABELS = [[20, 2], [21, 22, 23, 2], [24, 25, 2], [20, 26, 2], [27, 2]]
 
 
-def tiny_lm(impl="sdpa", seed=0):
+def tiny_lm(impl="sdpa", seed=0, head_dim=8):
     torch.manual_seed(seed)
-    cfg = MistralConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    cfg = MistralConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, head_dim=head_dim,
                         num_attention_heads=4, num_key_value_heads=2, attn_implementation=impl)
     return MistralForCausalLM(cfg).eval()
 

@@ -69,8 +69,8 @@ def test_flattened_packing_keeps_examples_apart_in_varlen_attention_on_the_gpu(i
 
     rows = varied_rows(12)
     flat, padded = flatten_batch(rows), pad_batch(rows, pad_id=0)
-    ref = tiny_lm().cuda().to(torch.bfloat16)
-    model = tiny_lm(impl).cuda().to(torch.bfloat16)
+    ref = tiny_lm(head_dim=16).cuda().to(torch.bfloat16)  # flex attention's kernels need heads of >= 16
+    model = tiny_lm(impl, head_dim=16).cuda().to(torch.bfloat16)
     with torch.no_grad():
         flat = {k: v.cuda() if torch.is_tensor(v) else v for k, v in flat.items()}  # max_length_q/k are ints
         padded = {k: v.cuda() for k, v in padded.items()}
