@@ -3,8 +3,9 @@
 # not hydra-core/omegaconf/antlr4 (carried as wheels in .whl/) and no network. Banking77 travels in
 # .gpudata/ (copied from the data directory, never committed). Output lands in $OUT, phase by phase,
 # most wanted first; each phase has its own time limit so that one slow phase leaves the others theirs.
-#   PHASES="eager profile" bash bench/gpu_check.sh     # at most 4 + 3.5 minutes (the phases' time limits)
-#   PHASES="compile tests" bash bench/gpu_check.sh     # at most 4.5 + 2.5 + 2 minutes (10 minutes a call)
+#   PHASES="eager tests compile" STEPS=15 EAGER_SIDES="plain ftexp ftexp+m" EAGER_S=160 TESTS_S=100 \
+#     COMPILE_S=300 CTIME_S=1 COMPILE_SIDES="ftexp+cm ftexp+c plain+c" bash bench/gpu_check.sh  # 511 s on an H100
+#   PHASES=profile bash bench/gpu_check.sh             # at most 2 x 100 s
 # (phase "fused": trainer.fused_loss on Banking77's masked prompts, when there is time to spare)
 set -uo pipefail
 OUT=${OUT:-/tmp/ftexp-gpu}; mkdir -p "$OUT"
