@@ -35,10 +35,11 @@ test: $(BIN)/.installed          ## every CPU test, the slow tier included
 test-fast: $(BIN)/.installed     ## the day-to-day tier
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(BIN)/.installed         ## ftexp's training step against a plain loop; each mitigation against none
+bench: $(BIN)/.installed         ## ftexp's step against a plain loop; mitigations, packing, the master-weight step
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/mitigation_overhead.py
 	$(BIN)/python bench/packing.py
+	$(BIN)/python bench/master_step.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -15,7 +15,8 @@ case: card, tokens/s, MFU (4N + 2N_trainable FLOPs per token against the card's 
 else the bf16 data-sheet figure by name), peak memory, and the ratio ftexp / plain (goal <= 1.05).
 "ftexp+f" is ftexp with ``trainer.fused_loss=true`` (output layer and cross-entropy a chunk at a time),
 "ftexp+m" ftexp in ``bf16-true`` with ``trainer.master_weights=true`` (bf16 compute, no autocast, the
-optimizer on fp32 copies of the trained weights: bf16-mixed's numerics for the weights).
+optimizer on fp32 copies of the trained weights: bf16-mixed's numerics for the weights), "ftexp+mo" the
+same with ``optim.implementation=compiled`` (the master-weight step compiled, its compilation in the warm-up).
 --compile adds the sides under torch.compile, each compared with the plain loop's model compiled
 whole: "ftexp+c" is ``trainer.compile=true`` (each decoder layer compiled), "ftexp+cs" with
 ``trainer.compile_scope=step`` (the training forward compiled whole); the compile time falls in the
@@ -127,7 +128,7 @@ class StepTimes(pl.Callback):
 
 def ftexp_loop(model, data, precision: str, device, warmup: int, compile: bool = False,
                fused_loss: bool = False, master_weights: bool = False, compile_scope: str = "layers",
-               step_hook: Optional[Callable[[], None]] = None) -> List[float]:
+               implementation: str = "auto", step_hook: Optional[Callable[[], None]] = None) -> List[float]:
     clock = StepTimes(warmup, device, step_hook)
     if master_weights:
         precision = "bf16-true"  # bf16 compute, the optimizer on fp32 copies
@@ -135,7 +136,8 @@ def ftexp_loop(model, data, precision: str, device, warmup: int, compile: bool =
                          precision=precision if device.type == "cuda" else "32-true", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          gradient_clip_val=1.0, callbacks=[clock], limit_val_batches=0)
-    trainer.fit(FineTuneModule(model, OPTIM, lr=1e-5, compile=compile, compile_scope=compile_scope,
+    optim = OmegaConf.merge(OPTIM, {"implementation": implementation})
+    trainer.fit(FineTuneModule(model, optim, lr=1e-5, compile=compile, compile_scope=compile_scope,
                                fused_loss=fused_loss, master_weights=master_weights),
                 train_dataloaders=DataLoader(data, batch_size=None))
     return clock.times
@@ -157,12 +159,14 @@ def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float:
 def sides(compile: bool) -> List[tuple]:
     """(name, loop, compile, options); each ftexp side is timed against the plain side of its mode."""
     fused, master = {"fused_loss": True}, {"master_weights": True}
+    master_compiled = {**master, "implementation": "compiled"}
     out = [("plain", plain_loop, False, {}), ("ftexp", ftexp_loop, False, {}), ("ftexp+f", ftexp_loop, False, fused),
-           ("ftexp+m", ftexp_loop, False, master)]
+           ("ftexp+m", ftexp_loop, False, master), ("ftexp+mo", ftexp_loop, False, master_compiled)]
     if compile:
         out += [("plain+c", plain_loop, True, {}), ("ftexp+c", ftexp_loop, True, {}),
                 ("ftexp+cs", ftexp_loop, True, {"compile_scope": "step"}),
-                ("ftexp+cf", ftexp_loop, True, fused), ("ftexp+cm", ftexp_loop, True, master)]
+                ("ftexp+cf", ftexp_loop, True, fused), ("ftexp+cm", ftexp_loop, True, master),
+                ("ftexp+cmo", ftexp_loop, True, master_compiled)]
     return out
 
 

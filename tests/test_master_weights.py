@@ -122,9 +122,10 @@ def test_trainer_master_weights_reaches_the_optimizer(tiny_overrides, tmp_path, 
     assert len(calls) == 4  # after each backward and before each step
 
 
-def test_a_run_resumed_from_a_checkpoint_goes_on_from_the_fp32_copies(tmp_path):
+@pytest.mark.parametrize("implementation", ["auto", "compiled"])
+def test_a_run_resumed_from_a_checkpoint_goes_on_from_the_fp32_copies(tmp_path, implementation):
     """Resumed after its first epoch, a run ends with the uninterrupted run's copies and weights, bit for
-    bit (copies rebuilt from the rounded weights would differ)."""
+    bit (copies rebuilt from the rounded weights would differ), the compiled step's too."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     def fit(folder, ckpt=None):
@@ -132,7 +133,8 @@ def test_a_run_resumed_from_a_checkpoint_goes_on_from_the_fp32_copies(tmp_path):
         rows = varied_rows(48, seed=2)
         dm = FineTuneDataModule(rows, rows[:16], pad_id=0, batch_size=8, seed=0, group_by_length=False)
         model = tiny_lm().to(torch.bfloat16)
-        module = FineTuneModule(model, compose_config(["optim.warmup_ratio=0"]).optim, lr=1e-5, master_weights=True)
+        optim = compose_config(["optim.warmup_ratio=0", f"optim.implementation={implementation}"]).optim
+        module = FineTuneModule(model, optim, lr=1e-5, master_weights=True)
         trainer = pl.Trainer(max_epochs=2, accelerator="cpu", precision="bf16-true", logger=False,
                              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                              callbacks=[ModelCheckpoint(dirpath=folder, save_top_k=-1, every_n_epochs=1,

@@ -7,7 +7,7 @@ from typing import Any, List, Tuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-ADAMW_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
+ADAMW_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop", "compiled")
 
 
 def problems(cfg: DictConfig) -> List[str]:
@@ -48,6 +48,10 @@ def problems(cfg: DictConfig) -> List[str]:
              "set trainer.compile=false with trainer=fsdp, or use trainer=ddp with compile")
     need(o.implementation in ADAMW_IMPLEMENTATIONS, "optim.implementation", o.implementation,
          f"must be one of {', '.join(ADAMW_IMPLEMENTATIONS)} (auto: fused on GPUs, torch's default elsewhere)")
+    need(o.implementation != "compiled" or t.master_weights, "optim.implementation", "compiled",
+         "compiles the step of trainer.master_weights (the bf16 gradient's cast, clipping's factor, the fp32 "
+         "update and the rounded write-back in one pass); set trainer.master_weights=true with "
+         "trainer.precision=bf16-true, or optim.implementation=auto")
     if o.implementation == "fused" and t.gradient_clip_val:
         need(str(t.precision) not in ("16-mixed", "16"), "optim.implementation", "fused",
              f"with trainer.precision={t.precision!r} a fused AdamW unscales the fp16 gradients in its step, "

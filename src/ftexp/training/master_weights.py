@@ -22,11 +22,20 @@ otherwise). The hook sends fp32, twice the bytes of bf16: what bf16-mixed sends.
 Memory per trainable parameter: 2 bytes of bf16 weight, 4 of fp32 copy, 4 of fp32 gradient and 8 of
 AdamW moments, 18 in all: 2 more than bf16-mixed (fp32 weight and gradient, 16) and 10 more than pure
 bf16 (weight, gradient and moments in bf16, 8).
+
+``compiled=True`` (``optim.implementation=compiled``) steps with one torch.compile'd function that
+casts each bf16 gradient, scales it by clipping's factor, updates the copy and its moments and writes the
+rounded weight back, in one pass over memory per weight. The eager path moves about 52 bytes per weight
+after the backward (the fp32 gradient written and read twice for clipping, a fused AdamW step, the
+write-back); this one about 30, and a gradient that never exists in fp32 (16 bytes per weight in all).
+The last micro-batch's gradients therefore stay in bf16 until the step (earlier ones still join the fp32
+sum before the next backward adds to them), and clipping by norm takes the fp32 norm of what the step
+will use and hands the step its factor instead of scaling the gradients itself.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -34,7 +43,7 @@ import torch
 class MasterWeightAdamW(torch.optim.AdamW):
     """AdamW over fp32 copies of ``param_groups``' (low-precision) parameters."""
 
-    def __init__(self, param_groups: List[Dict[str, Any]], **kwargs: Any) -> None:
+    def __init__(self, param_groups: List[Dict[str, Any]], compiled: bool = False, **kwargs: Any) -> None:
         self.model_params: List[torch.nn.Parameter] = []
         groups = []
         for group in param_groups:
@@ -44,7 +53,15 @@ class MasterWeightAdamW(torch.optim.AdamW):
             groups.append({**group, "params": masters})
         super().__init__(groups, **kwargs)
         self.masters = [m for g in self.param_groups for m in g["params"]]
+        self.model_param_of = dict(zip(self.masters, self.model_params))
         self.reduced: Dict[torch.nn.Parameter, torch.Tensor] = {}  # fp32 averages over the ranks (DDP hook)
+        self.compiled = compiled
+        if compiled:
+            if any(g["amsgrad"] or g["maximize"] for g in self.param_groups):
+                raise ValueError("the compiled master-weight step has no amsgrad or maximize")
+            self.grad_factor: Optional[torch.Tensor] = None  # clipping's, for the next step (clip_in_step)
+            self._update = torch.compile(_adamw_on_copies, fullgraph=True, dynamic=False)
+            self._lrs: List[torch.Tensor] = []  # each group's rate as a tensor: a new rate does not recompile
 
     def reduce_in_fp32(self, ddp: torch.nn.parallel.DistributedDataParallel) -> None:
         """DDP averages the model's gradients in fp32 and leaves the result here (see the module doc)."""
@@ -52,8 +69,7 @@ class MasterWeightAdamW(torch.optim.AdamW):
 
     def accumulate_grads(self) -> None:
         """Add the model's gradients (their fp32 average over the ranks where DDP's hook made one) to the
-        fp32 copies' and clear them (they are not needed twice). Called after every backward
-        (``on_after_backward``) and again before clipping."""
+        fp32 copies' and clear them (they are not needed twice)."""
         for p, m in zip(self.model_params, self.masters):
             if p.grad is not None:  # none: unused on every rank, whatever zeros the hook reduced for it
                 grad = self.reduced.pop(p, None)
@@ -61,6 +77,44 @@ class MasterWeightAdamW(torch.optim.AdamW):
                 m.grad = grad if m.grad is None else m.grad.add_(grad)
                 p.grad = None
         self.reduced.clear()
+
+    def after_backward(self) -> None:
+        """A micro-batch's gradients join the fp32 sum right after its backward; the compiled step
+        leaves them in bf16 (see ``before_backward``)."""
+        if not self.compiled:
+            self.accumulate_grads()
+
+    def before_backward(self) -> None:
+        """Compiled step: an earlier micro-batch's gradients join the fp32 sum before this backward would
+        add to them in bf16; the last one's stay for the step to cast."""
+        if self.compiled:
+            self.accumulate_grads()
+
+    def before_step(self, world_size: int, accumulating: bool) -> None:
+        """The gradients of the step on the copies, in fp32 and averaged over the ranks; except a compiled
+        step's single micro-batch, whose gradients the step casts itself."""
+        if self.compiled and all(m.grad is None for m in self.masters):
+            return
+        self.accumulate_grads()
+        if world_size > 1 and accumulating:
+            self.average_grads_over_ranks(world_size)
+
+    def clip_in_step(self, max_norm: float) -> None:
+        """Compiled step: clipping by norm as ``torch.nn.utils.clip_grad_norm_`` does it (the fp32 norm
+        of every gradient together, factor ``max_norm / (norm + 1e-6)`` up to 1), applied by the step."""
+        grads = [g for _, _, g in self._pending()]
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)))
+            self.grad_factor = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+
+    def _pending(self, masters: Optional[List[torch.nn.Parameter]] = None):
+        """(model weight, copy, gradient) for every copy with a gradient for the step: the fp32 sum of
+        the micro-batches, else the last one's as the backward (or DDP's hook, fp32) left it."""
+        for m in self.masters if masters is None else masters:
+            p = self.model_param_of[m]
+            grad = m.grad if m.grad is not None else None if p.grad is None else self.reduced.get(p, p.grad)
+            if grad is not None:
+                yield p, m, grad
 
     def average_grads_over_ranks(self, world_size: int) -> None:
         """The copies' gradients averaged over the ranks in one flat fp32 all-reduce (gloo has no AVG).
@@ -80,9 +134,42 @@ class MasterWeightAdamW(torch.optim.AdamW):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = super().step(closure)
-        torch._foreach_copy_(self.model_params, self.masters)  # rounded to the model's dtype
+        if not self.compiled:
+            loss = super().step(closure)
+            torch._foreach_copy_(self.model_params, self.masters)  # rounded to the model's dtype
+            return loss
+        loss = None
+        if closure is not None:  # Lightning's closure: the backward, on_before_optimizer_step, clipping
+            with torch.enable_grad():
+                loss = closure()
+        if not self._lrs:
+            self._lrs = [torch.zeros((), device=self.masters[0].device) for _ in self.param_groups]
+        for group, lr in zip(self.param_groups, self._lrs):
+            pending = list(self._pending(group["params"]))
+            if not pending:
+                continue
+            params, masters, grads = (list(t) for t in zip(*pending))
+            states = [self._state(m) for m in masters]
+            lr.fill_(group["lr"])
+            self._update(params, grads, masters, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                         [s["step"] for s in states], lr, self.grad_factor, beta1=group["betas"][0],
+                         beta2=group["betas"][1], eps=group["eps"], weight_decay=group["weight_decay"])
+            for p in params:
+                p.grad = None
+        self.reduced.clear()
+        self.grad_factor = None
         return loss
+
+    def _state(self, master: torch.nn.Parameter) -> Dict[str, torch.Tensor]:
+        """AdamW's state as torch keeps it, so checkpoints move between implementations."""
+        state = self.state[master]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=master.device)
+            state["exp_avg"] = torch.zeros_like(master, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(master, memory_format=torch.preserve_format)
+        elif state["step"].device != master.device:  # loaded from a checkpoint of torch's foreach AdamW
+            state["step"] = state["step"].to(master.device)
+        return state
 
     def state_dict(self) -> Dict[str, Any]:
         return {**super().state_dict(), "master_weights": [m.detach() for m in self.masters]}  # no second copy
@@ -114,3 +201,19 @@ def _fp32_average(optimizer: MasterWeightAdamW, bucket):  # no return annotation
         return buffer
 
     return dist.all_reduce(total, async_op=True).get_future().then(keep)
+
+
+def _adamw_on_copies(params, grads, masters, exp_avgs, exp_avg_sqs, steps, lr, grad_factor, *,
+                     beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
+    """torch's AdamW step (decoupled weight decay, bias-corrected moments) on the fp32 copies, from the
+    gradients as they are (bf16 or fp32) times clipping's factor, the weights written back rounded.
+    Compiled, each weight's update is one kernel: gradient, copy and moments read once, written once."""
+    for p, g, m, exp_avg, exp_avg_sq, step in zip(params, grads, masters, exp_avgs, exp_avg_sqs, steps):
+        g = g.float() if grad_factor is None else g.float() * grad_factor
+        step.add_(1)
+        m.mul_(1 - lr * weight_decay)
+        exp_avg.lerp_(g, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        denom = (exp_avg_sq.sqrt() / (1 - beta2**step).sqrt()).add_(eps)
+        m.sub_(exp_avg / denom * (lr / (1 - beta1**step)))
+        p.copy_(m)

@@ -202,23 +202,24 @@ class FineTuneModule(pl.LightningModule):
     def on_before_backward(self, loss: torch.Tensor) -> None:
         if self.compiled_regions is not None:  # activation checkpointing reruns the layers in the backward
             self.compiled_regions.on()
+        optimizer = self._master_weights_optimizer()
+        if optimizer is not None:
+            optimizer.before_backward()
 
     def on_after_backward(self) -> None:
         if self.compiled_regions is not None:
             self.compiled_regions.off()
         self.adapter_casts.restore()
-        # Each micro-batch's bf16 gradients join the fp32 sum at once (see master_weights.py).
+        # Each micro-batch's bf16 gradients join the fp32 sum (see master_weights.py).
         optimizer = self._master_weights_optimizer()
         if optimizer is not None:
-            optimizer.accumulate_grads()
+            optimizer.after_backward()
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        # Lightning clips the gradients right after this hook: they must be the fp32 copies' by then.
+        # Lightning clips the gradients right after this hook: they must be the copies' by then.
         optimizer = self._master_weights_optimizer()
         if optimizer is not None:
-            optimizer.accumulate_grads()
-            if self.trainer.world_size > 1 and self.trainer.accumulate_grad_batches > 1:
-                optimizer.average_grads_over_ranks(self.trainer.world_size)
+            optimizer.before_step(self.trainer.world_size, self.trainer.accumulate_grad_batches > 1)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Lightning's clipping, except where it refuses: under FSDP, whose gradient norm only the root
@@ -227,6 +228,12 @@ class FineTuneModule(pl.LightningModule):
         fp16's loss scale, which bf16 has none of)."""
         algorithm = GradClipAlgorithmType(gradient_clip_algorithm or "norm")
         wrapped, plugin = self.trainer.strategy.model, self.trainer.precision_plugin
+        master = self._master_weights_optimizer()
+        if gradient_clip_val and master is not None and master.compiled:  # the step applies the factor
+            if algorithm == GradClipAlgorithmType.NORM:
+                master.clip_in_step(gradient_clip_val)
+                return
+            master.accumulate_grads()  # by value: on the copies' fp32 gradients, as eagerly
         if gradient_clip_val and algorithm == GradClipAlgorithmType.NORM and _is_fsdp(wrapped):
             wrapped.clip_grad_norm_(gradient_clip_val)
         elif (gradient_clip_val and optimizer.defaults.get("fused") and isinstance(plugin, MixedPrecision)
@@ -246,8 +253,10 @@ class FineTuneModule(pl.LightningModule):
         adamw = MasterWeightAdamW if self.master_weights else torch.optim.AdamW
         device = next((p.device.type for g in groups for p in g["params"]), "cpu")
         fp16_clipping = str(self.trainer.precision) in ("16-mixed", "16") and bool(self.trainer.gradient_clip_val)
-        optimizer = adamw(groups, lr=self.lr, betas=tuple(cfg.betas),
-                          **adamw_kernels(cfg.get("implementation", "auto"), device, fp16_clipping))
+        implementation = cfg.get("implementation", "auto")
+        kernels = {"compiled": True} if implementation == "compiled" else adamw_kernels(implementation, device,
+                                                                                        fp16_clipping)
+        optimizer = adamw(groups, lr=self.lr, betas=tuple(cfg.betas), **kernels)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(round(cfg.warmup_ratio * total))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
