@@ -26,8 +26,9 @@ def _optimizers():
         params = list(m.parameters())
         return [{"params": params[::2], "weight_decay": 0.1}, {"params": params[1::2], "weight_decay": 0.0}]
 
-    eager = MasterWeightAdamW(groups(model), lr=1e-3, betas=(0.9, 0.95), foreach=False)
-    compiled = MasterWeightAdamW(groups(twin), lr=1e-3, betas=(0.9, 0.95), compiled=True)
+    # eps near sqrt(exp_avg_sq): where it enters the update shows
+    eager = MasterWeightAdamW(groups(model), lr=1e-3, betas=(0.9, 0.95), eps=1e-3, foreach=False)
+    compiled = MasterWeightAdamW(groups(twin), lr=1e-3, betas=(0.9, 0.95), eps=1e-3, compiled=True)
     return eager, compiled
 
 
@@ -75,7 +76,7 @@ def test_the_compiled_step_is_torchs_adamw_on_the_copies_with_clipping_folded_in
     assert moved > 0  # the copies hold what bf16 cannot: the test compares more than the rounded weights
 
 
-def _train(implementation: str, accumulate: int, lr: float = 1e-3):
+def _train(implementation: str, accumulate: int, clip: str = "norm", lr: float = 1e-3, callbacks=()):
     pl.seed_everything(0, verbose=False)
     rows = varied_rows(48, seed=2)
     dm = FineTuneDataModule(rows, rows[:16], pad_id=0, batch_size=8, seed=0, group_by_length=False)
@@ -83,24 +84,56 @@ def _train(implementation: str, accumulate: int, lr: float = 1e-3):
     optim = compose_config(["optim.warmup_ratio=0", f"optim.implementation={implementation}"]).optim
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", precision="bf16-true", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, gradient_clip_val=0.05, accumulate_grad_batches=accumulate)
+                         limit_val_batches=0, gradient_clip_val=0.05 if clip == "norm" else 1e-3,
+                         gradient_clip_algorithm=clip, accumulate_grad_batches=accumulate,
+                         callbacks=list(callbacks))
     trainer.fit(FineTuneModule(model, optim, lr=lr, master_weights=True), datamodule=dm)
     return trainer.optimizers[0], model
 
 
-@pytest.mark.parametrize("accumulate", [1, 3])
+@pytest.mark.parametrize("accumulate", [1, 4])
 def test_a_compiled_run_trains_as_the_eager_one(accumulate):
-    """Lightning's loop (clipping that binds, a cosine rate, micro-batches adding up in fp32 with
-    accumulate_grad_batches=3): the compiled step's copies end where the eager step's do, to float rounding."""
+    """Lightning's loop (clipping by norm that binds, a cosine rate, micro-batches adding up in fp32 with
+    accumulate_grad_batches=4, each epoch's six batches ending in a window of two): the compiled step's
+    copies end where the eager step's do, to float rounding."""
     eager, eager_model = _train("for_loop", accumulate)
     compiled, model = _train("compiled", accumulate)
     assert compiled.compiled and not eager.compiled
-    assert float(compiled.state[compiled.masters[0]]["step"]) == 12 // accumulate
+    assert float(compiled.state[compiled.masters[0]]["step"]) == 2 * -(-6 // accumulate)
     for a, b in zip(eager.masters, compiled.masters):
         assert torch.allclose(a, b, rtol=1e-5, atol=5e-7), float((a - b).abs().max())  # ulps; bf16 sums: 6e-6
     assert all(torch.equal(p, m.to(torch.bfloat16)) for p, m in zip(compiled.model_params, compiled.masters))
     changed = sum(int((a != b).sum()) for a, b in zip(eager_model.parameters(), tiny_lm().to(torch.bfloat16).parameters()))
     assert changed > 0
+
+
+class GradsStepped(pl.Callback):
+    """The largest gradient each compiled step was handed (one call per parameter group)."""
+
+    def __init__(self):
+        self.largest = []
+
+    def on_fit_start(self, trainer, pl_module):
+        optimizer = trainer.optimizers[0]
+        update = optimizer._update
+
+        def spy(params, grads, *args, **kwargs):
+            self.largest.append(max(float(g.abs().max()) for g in grads))
+            return update(params, grads, *args, **kwargs)
+
+        optimizer._update = spy
+
+
+def test_clipping_by_value_reaches_the_compiled_step():
+    """By value there is no factor to fold in: the copies' fp32 gradients are clipped before the step.
+    (Compared with the eager run the copies drift apart over the steps: Adam's update of a weight with a
+    near-zero gradient turns on that gradient's sign, which float rounding can flip.)"""
+    spy = GradsStepped()
+    _train("compiled", 1, clip="value", callbacks=[spy])
+    assert len(spy.largest) == 2 * 12 and max(spy.largest) <= 1e-3 * (1 + 1e-6)  # two groups, 12 steps; 1e-3 in fp32
+    unclipped = GradsStepped()
+    _train("compiled", 1, clip="norm", lr=1e-3, callbacks=[unclipped])
+    assert max(unclipped.largest) > 1e-2  # the gradients the value clip bounds
 
 
 def test_compiled_is_for_master_weights_only():
@@ -149,3 +182,19 @@ def test_under_ddp_the_compiled_step_trains_as_the_eager_one(tmp_path, accumulat
     assert all(torch.equal(a, b) for a, b in zip(*compiled))  # the ranks agree
     for a, b in zip(eager[0], compiled[0]):
         assert torch.allclose(a, b, rtol=1e-5, atol=5e-7), float((a - b).abs().max())
+
+
+def test_past_the_recompile_limit_the_step_runs_eagerly():
+    """Many models in one process (a sweep, a test session) outgrow dynamo's recompile limit: the step
+    then runs uncompiled, with the same result, rather than failing."""
+    with torch._dynamo.config.patch(recompile_limit=1):
+        torch._dynamo.reset()
+        steps = []
+        for width in (3, 5):  # a second shape: past the limit
+            params = [torch.nn.Parameter(torch.ones(width, dtype=torch.bfloat16))]
+            opt = MasterWeightAdamW([{"params": params, "weight_decay": 0.0}], lr=0.1, compiled=True)
+            params[0].grad = torch.ones(width, dtype=torch.bfloat16)
+            opt.step()
+            steps.append(opt.masters[0].detach().clone())
+    for m in steps:
+        assert torch.allclose(m, torch.full_like(m, 0.9))  # AdamW's first step moves each weight by lr

@@ -60,7 +60,9 @@ class MasterWeightAdamW(torch.optim.AdamW):
             if any(g["amsgrad"] or g["maximize"] for g in self.param_groups):
                 raise ValueError("the compiled master-weight step has no amsgrad or maximize")
             self.grad_factor: Optional[torch.Tensor] = None  # clipping's, for the next step (clip_in_step)
-            self._update = torch.compile(_adamw_on_copies, fullgraph=True, dynamic=False)
+            # Not fullgraph: past dynamo's recompile limit (many models or settings in one process) a
+            # fullgraph function raises, this one runs eagerly.
+            self._update = torch.compile(_adamw_on_copies, dynamic=False)
             self._lrs: List[torch.Tensor] = []  # each group's rate as a tensor: a new rate does not recompile
 
     def reduce_in_fp32(self, ddp: torch.nn.parallel.DistributedDataParallel) -> None:
@@ -142,8 +144,10 @@ class MasterWeightAdamW(torch.optim.AdamW):
         if closure is not None:  # Lightning's closure: the backward, on_before_optimizer_step, clipping
             with torch.enable_grad():
                 loss = closure()
+        device = self.masters[0].device
         if not self._lrs:
-            self._lrs = [torch.zeros((), device=self.masters[0].device) for _ in self.param_groups]
+            self._lrs = [torch.zeros((), device=device) for _ in self.param_groups]
+        factor = self.grad_factor if self.grad_factor is not None else torch.ones((), device=device)
         for group, lr in zip(self.param_groups, self._lrs):
             pending = list(self._pending(group["params"]))
             if not pending:
@@ -152,7 +156,7 @@ class MasterWeightAdamW(torch.optim.AdamW):
             states = [self._state(m) for m in masters]
             lr.fill_(group["lr"])
             self._update(params, grads, masters, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                         [s["step"] for s in states], lr, self.grad_factor, beta1=group["betas"][0],
+                         [s["step"] for s in states], lr, factor, beta1=group["betas"][0],
                          beta2=group["betas"][1], eps=group["eps"], weight_decay=group["weight_decay"])
             for p in params:
                 p.grad = None
@@ -206,10 +210,11 @@ def _fp32_average(optimizer: MasterWeightAdamW, bucket):  # no return annotation
 def _adamw_on_copies(params, grads, masters, exp_avgs, exp_avg_sqs, steps, lr, grad_factor, *,
                      beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
     """torch's AdamW step (decoupled weight decay, bias-corrected moments) on the fp32 copies, from the
-    gradients as they are (bf16 or fp32) times clipping's factor, the weights written back rounded.
-    Compiled, each weight's update is one kernel: gradient, copy and moments read once, written once."""
+    gradients as they are (bf16 or fp32) times clipping's factor (1 unclipped: a tensor either way, one
+    graph), the weights written back rounded. Compiled, each weight's update is one kernel: gradient, copy
+    and moments read once, written once."""
     for p, g, m, exp_avg, exp_avg_sq, step in zip(params, grads, masters, exp_avgs, exp_avg_sqs, steps):
-        g = g.float() if grad_factor is None else g.float() * grad_factor
+        g = g.float() * grad_factor
         step.add_(1)
         m.mul_(1 - lr * weight_decay)
         exp_avg.lerp_(g, 1 - beta1)
