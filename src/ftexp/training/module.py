@@ -50,7 +50,10 @@ def adamw_kernels(implementation: str, device: str, fp16_clipping: bool) -> Dict
     """AdamW's keyword for ``optim.implementation``. auto is fused on GPUs: one kernel reads and writes
     each parameter, gradient and moment once, where foreach (torch's default there) makes a pass per
     operation. Not with fp16's loss scaling and clipping (``fp16_clipping``): a fused step unscales the
-    gradients itself, after they were clipped scaled. Elsewhere torch's default."""
+    gradients itself, after they were clipped scaled. Elsewhere torch's default. compiled: MasterWeightAdamW's
+    compiled step (the config allows it with master weights only)."""
+    if implementation == "compiled":
+        return {"compiled": True}
     if implementation == "auto":
         return {"fused": True} if device == "cuda" and not fp16_clipping else {}
     return {"fused": True} if implementation == "fused" else {"foreach": implementation == "foreach"}
@@ -225,7 +228,8 @@ class FineTuneModule(pl.LightningModule):
         """Lightning's clipping, except where it refuses: under FSDP, whose gradient norm only the root
         module can take over the shards (Lightning's FSDP precision raises for clipping by norm), and for a
         fused AdamW under bf16-mixed (Lightning refuses fused optimizers under any mixed precision, for
-        fp16's loss scale, which bf16 has none of)."""
+        fp16's loss scale, which bf16 has none of); and for the compiled master-weight step, which applies
+        clipping's factor itself."""
         algorithm = GradClipAlgorithmType(gradient_clip_algorithm or "norm")
         wrapped, plugin = self.trainer.strategy.model, self.trainer.precision_plugin
         master = self._master_weights_optimizer()
@@ -253,10 +257,8 @@ class FineTuneModule(pl.LightningModule):
         adamw = MasterWeightAdamW if self.master_weights else torch.optim.AdamW
         device = next((p.device.type for g in groups for p in g["params"]), "cpu")
         fp16_clipping = str(self.trainer.precision) in ("16-mixed", "16") and bool(self.trainer.gradient_clip_val)
-        implementation = cfg.get("implementation", "auto")
-        kernels = {"compiled": True} if implementation == "compiled" else adamw_kernels(implementation, device,
-                                                                                        fp16_clipping)
-        optimizer = adamw(groups, lr=self.lr, betas=tuple(cfg.betas), **kernels)
+        optimizer = adamw(groups, lr=self.lr, betas=tuple(cfg.betas),
+                          **adamw_kernels(cfg.get("implementation", "auto"), device, fp16_clipping))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(round(cfg.warmup_ratio * total))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
