@@ -18,9 +18,19 @@ def test_gpu_throughput_script_runs_both_cases_at_tiny_shapes():
     assert done.returncode == 0, done.stderr[-3000:]
     table = [line.split() for line in done.stdout.splitlines() if line.startswith(("lora7b", "full1b"))]
     assert [(r[0], r[1]) for r in table] == [(case, side) for case in ("lora7b", "full1b")
-                                            for side in ("plain", "ftexp", "ftexp+f", "ftexp+m")]
+                                            for side in ("plain", "ftexp", "ftexp+f", "ftexp+m", "ftexp+mo")]
     assert all(float(r[2]) > 0 for r in table)  # tokens/s
     assert all(float(r[-1]) > 0 for r in table if r[1] != "plain")  # each ftexp side's ratio to the plain loop
+
+
+@pytest.mark.slow
+def test_master_step_benchmark_runs_at_tiny_shapes():
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "master_step.py"), "--layers", "1", "--scale", "0.02",
+                           "--steps", "3", "--warmup", "1"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ratio = [line for line in done.stdout.splitlines() if line.startswith("ratio compiled/eager")]
+    assert len(ratio) == 1 and float(ratio[0].split()[2]) > 0
+    assert float(ratio[0].split()[-1]) < 1e-5  # the two sides' copies agree
 
 
 @pytest.mark.slow
