@@ -9,8 +9,9 @@
 # optim.implementation=compiled (the master-weight step compiled), not yet measured on a GPU:
 # (full1b only: LoRA's few trained weights leave master weights nothing to save, and its 448 adapter
 # tensors would make the step's compilation long)
-#   PHASES="master eager compile" STEPS=15 EAGER_CASE=full1b EAGER_SIDES="ftexp+m ftexp+mo" EAGER_S=150 \
-#     COMPILE_CASE=full1b COMPILE_SIDES="ftexp+cmo ftexp+cm" COMPILE_S=240 CTIME_S=1 bash bench/gpu_check.sh
+#   PHASES="master eager tests compile" STEPS=15 MASTER_S=90 EAGER_CASE=full1b EAGER_SIDES="ftexp+m ftexp+mo" \
+#     EAGER_S=120 TESTS_S=100 COMPILE_CASE=full1b COMPILE_SIDES="ftexp+cmo ftexp+cm" COMPILE_S=220 CTIME_S=1 \
+#     bash bench/gpu_check.sh                          # at most 530 s
 # (phase "fused": trainer.fused_loss on Banking77's masked prompts, when there is time to spare)
 set -uo pipefail
 OUT=${OUT:-/tmp/ftexp-gpu}; mkdir -p "$OUT"
@@ -36,8 +37,8 @@ if [[ $PHASES == *" profile "* ]]; then
       | grep --line-buffered -v -E "Warning|warn|USDT|Tip|available|LOCAL_RANK|stopped|dataloader" | tee -a "$OUT/gpu_profile.txt"
   done
 fi
-# The GPU tests (bf16-mixed job, hub-style LoRA job, flat packing in flash/flex attention).
-[[ $PHASES == *" tests "* ]] && timeout ${TESTS_S:-120} python3 -m pytest -p no:cacheprovider -m gpu tests/test_gpu.py -q -o addopts="" 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
+# The GPU tests (bf16-mixed job, hub-style LoRA job, flat packing in flash/flex attention, the compiled master-weight step against the fused one).
+[[ $PHASES == *" tests "* ]] && timeout ${TESTS_S:-120} python3 -m pytest -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_master_weights_compiled.py -q -o addopts="" 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
 # Compiled sides (each decoder layer compiled by default: compile time does not grow with depth).
 [[ $PHASES == *" compile "* ]] && timeout ${COMPILE_S:-280} python3 bench/gpu_throughput.py --case ${COMPILE_CASE:-full1b lora7b} --compile \
   --sides ${COMPILE_SIDES:-ftexp+c ftexp+cm plain+c} --steps ${STEPS:-20} --warmup 5 2>&1 | tidy | tee "$OUT/gpu_throughput_compile.txt"

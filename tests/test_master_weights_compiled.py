@@ -16,10 +16,11 @@ from tests.test_eval import tiny_lm
 from tests.test_packing import varied_rows
 
 
-def _optimizers():
-    """The same bf16 weights under the eager step (torch's for-loop AdamW on the copies) and the compiled one,
-    in two groups (with and without weight decay), as ftexp builds them."""
-    model = tiny_lm().to(torch.bfloat16)
+def _optimizers(device: str):
+    """The same bf16 weights under the eager step (torch's AdamW on the copies: for-loop on a CPU, fused
+    on a GPU, as ftexp's auto picks) and the compiled one, in two groups (with and without weight decay),
+    as ftexp builds them."""
+    model = tiny_lm().to(device=device, dtype=torch.bfloat16)
     twin = copy.deepcopy(model)
 
     def groups(m):
@@ -27,19 +28,21 @@ def _optimizers():
         return [{"params": params[::2], "weight_decay": 0.1}, {"params": params[1::2], "weight_decay": 0.0}]
 
     # eps near sqrt(exp_avg_sq): where it enters the update shows
-    eager = MasterWeightAdamW(groups(model), lr=1e-3, betas=(0.9, 0.95), eps=1e-3, foreach=False)
+    kernel = {"fused": True} if device == "cuda" else {"foreach": False}
+    eager = MasterWeightAdamW(groups(model), lr=1e-3, betas=(0.9, 0.95), eps=1e-3, **kernel)
     compiled = MasterWeightAdamW(groups(twin), lr=1e-3, betas=(0.9, 0.95), eps=1e-3, compiled=True)
     return eager, compiled
 
 
-def test_the_compiled_step_is_torchs_adamw_on_the_copies_with_clipping_folded_in():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_the_compiled_step_is_torchs_adamw_on_the_copies_with_clipping_folded_in(device):
     """Five steps from the same bf16 gradients at a changing rate, clipped by norm: the compiled step's
     copies and moments equal torch's AdamW on the fp32 gradients clipped by clip_grad_norm_ (to float
     rounding), its weights are its copies rounded, no fp32 gradient was made, and the new rates did not
     recompile it (one graph per group)."""
     from torch._dynamo.utils import counters
 
-    eager, compiled = _optimizers()
+    eager, compiled = _optimizers(device)
     gen = torch.Generator().manual_seed(0)
     graphs = counters["stats"]["unique_graphs"]
     clipped = 0
@@ -51,7 +54,7 @@ def test_the_compiled_step_is_torchs_adamw_on_the_copies_with_clipping_folded_in
         for opt in (eager, compiled):
             gen.set_state(state)
             for p in opt.model_params:
-                p.grad = (torch.randn(p.shape, generator=gen) * 0.05).to(torch.bfloat16)
+                p.grad = (torch.randn(p.shape, generator=gen) * 0.05).to(device=device, dtype=torch.bfloat16)
         eager.before_step(world_size=1, accumulating=False)
         norm = torch.nn.utils.clip_grad_norm_(eager.masters, max_norm=0.5)
         clipped += int(norm > 0.5)
