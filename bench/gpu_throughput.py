@@ -19,9 +19,10 @@ optimizer on fp32 copies of the trained weights: bf16-mixed's numerics for the w
 same with ``optim.implementation=compiled`` (the master-weight step compiled, its compilation in the warm-up).
 --compile adds the sides under torch.compile, each compared with the plain loop's model compiled
 whole: "ftexp+c" is ``trainer.compile=true`` (each decoder layer compiled), "ftexp+cs" with
-``trainer.compile_scope=step`` (the training forward compiled whole); the compile time falls in the
-warm-up steps. MFU is against the card's
-bf16 matmul rate measured in the same run (the data-sheet figure is printed beside it), or --peak-tflops.
+``trainer.compile_scope=step`` (the training forward compiled whole); "ftexp+cf", "ftexp+cm" and
+"ftexp+cmo" add the fused loss, master weights and the compiled master-weight step to "ftexp+c". The
+compile time falls in the warm-up steps. MFU is against the card's bf16 matmul rate measured in the same
+run (the data-sheet figure is printed beside it), or --peak-tflops.
 """
 
 from __future__ import annotations

@@ -114,9 +114,10 @@ class MasterWeightAdamW(torch.optim.AdamW):
         the micro-batches, else the last one's as the backward (or DDP's hook, fp32) left it."""
         for m in self.masters if masters is None else masters:
             p = self.model_param_of[m]
-            grad = m.grad if m.grad is not None else None if p.grad is None else self.reduced.get(p, p.grad)
-            if grad is not None:
-                yield p, m, grad
+            if m.grad is not None:
+                yield p, m, m.grad
+            elif p.grad is not None:  # none: unused on every rank, whatever zeros the hook reduced for it
+                yield p, m, self.reduced.get(p, p.grad)
 
     def average_grads_over_ranks(self, world_size: int) -> None:
         """The copies' gradients averaged over the ranks in one flat fp32 all-reduce (gloo has no AVG).
@@ -144,10 +145,11 @@ class MasterWeightAdamW(torch.optim.AdamW):
         if closure is not None:  # Lightning's closure: the backward, on_before_optimizer_step, clipping
             with torch.enable_grad():
                 loss = closure()
-        device = self.masters[0].device
         if not self._lrs:
+            device = self.masters[0].device
             self._lrs = [torch.zeros((), device=device) for _ in self.param_groups]
-        factor = self.grad_factor if self.grad_factor is not None else torch.ones((), device=device)
+            self._one = torch.ones((), device=device)  # the factor unclipped
+        factor = self.grad_factor if self.grad_factor is not None else self._one
         for group, lr in zip(self.param_groups, self._lrs):
             pending = list(self._pending(group["params"]))
             if not pending:
