@@ -128,3 +128,13 @@ def test_the_sweep_files_run_as_multiruns(data_dir, cache_dir, tmp_path):
         assert res["status"] == "completed" and "E2" in res["config"]["tags"]
         sizes.append(res["data"]["counts"]["train"]["by_origin"]["real"])
     assert sizes == [77, 154]
+
+
+def test_a_ddp_child_rank_gets_the_command_lines_choice_of_config():
+    from ftexp.training.launch import config_choice
+
+    argv = ["-m", "--config-dir", "/x/confs", "-cn", "myrun", "seed=1,2", "hydra.searchpath=[file:///y]",
+            "+hydra.job.chdir=false", "model=tiny"]
+    assert config_choice(argv) == ["--config-name", "myrun", "--config-dir", "/x/confs", "hydra.searchpath=[file:///y]"]
+    assert config_choice(["--config-path", "rel/confs", "model=tiny"]) == ["--config-path", "rel/confs"]
+    assert config_choice(["model=tiny", "seed=2"]) == []

@@ -92,3 +92,24 @@ def test_ddp_two_stage_ewc_run_matches_the_single_process_one(data_dir, cache_di
     general = [row["metrics"]["general"]["test/loss"] for row in one["rows"]]
     assert all(math.isclose(x, y, rel_tol=1e-4)
                for x, y in zip(general, [row["metrics"]["general"]["test/loss"] for row in two["rows"]]))
+
+
+def test_ddp_child_rank_composes_the_config_chosen_on_the_command_line(data_dir, cache_dir, tmp_path):
+    """A primary config and a model that exist only in a --config-dir folder: rank 1 must compose
+    the same config as rank 0 (it used to compose ftexp's default config, and fail or train on
+    something else)."""
+    extra = tmp_path / "extra"
+    (extra / "model").mkdir(parents=True)
+    (extra / "model" / "tiny_extra.yaml").write_text("defaults:\n  - tiny\n  - _self_\nhidden_size: 32\n")
+    (extra / "myrun.yaml").write_text("defaults:\n  - config\n  - override model: tiny_extra\n  - _self_\nseed: 3\n")
+    common = [a for a in BASE if a != "logger=wandb"] + ["logger=none", "trainer.max_epochs=1",
+                                                          f"data_dir={data_dir}", f"cache_dir={cache_dir}"]
+    runs = {}
+    for name, head in (("extra", ["--config-dir", str(extra), "--config-name", "myrun"]),
+                       ("plain", ["model=tiny", "seed=3"])):
+        done = ftexp(tmp_path / name, *head, *common, "trainer=ddp_cpu", f"hydra.run.dir={tmp_path / name / 'run'}")
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[name] = results(tmp_path / name / "run")
+    assert runs["extra"]["seed"] == 3
+    for key in ("train/loss", "val/loss"):  # both ranks seed 3: the same run as the plain command line's
+        assert runs["extra"]["stages"][0][key] == runs["plain"]["stages"][0][key], key
