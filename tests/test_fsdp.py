@@ -61,13 +61,18 @@ def test_trainer_fsdp_composes_and_builds_one_unit_per_decoder_layer():
     cfg = compose_config(["trainer=fsdp", "trainer.fsdp.activation_checkpointing=true",
                           "trainer.fsdp.sharding_strategy=SHARD_GRAD_OP"])
     check_overrides(["trainer=fsdp", "model=llama3_8b", "peft=full"])
-    built = strategy(cfg.trainer.fsdp, tiny_llama())
+    built = strategy(cfg.trainer.fsdp, tiny_llama(), cfg.trainer.precision)
+    assert cfg.trainer.precision == "bf16-mixed"  # bf16 compute; buffers (RoPE) and gradient reduction fp32
+    mp = built.mixed_precision_config
+    assert (mp.param_dtype, mp.reduce_dtype, mp.buffer_dtype) == (torch.bfloat16, torch.float32, torch.float32)
+    assert strategy(cfg.trainer.fsdp, tiny_llama(), "32-true").mixed_precision is None  # Lightning's own
     assert isinstance(built, FSDPStrategy) and built.sharding_strategy == ShardingStrategy.SHARD_GRAD_OP
     assert built.kwargs["use_orig_params"] is True  # LoRA mixes frozen and trainable parameters
     assert built.kwargs["auto_wrap_policy"]._module_classes == {LlamaDecoderLayer}
     assert built._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == {LlamaDecoderLayer}
     assert built.cpu_offload.offload_params is False
-    offloaded = strategy(compose_config(["trainer=fsdp", "trainer.fsdp.cpu_offload=true"]).trainer.fsdp, tiny_llama())
+    offloaded = strategy(compose_config(["trainer=fsdp", "trainer.fsdp.cpu_offload=true"]).trainer.fsdp, tiny_llama(),
+                         "bf16-mixed")
     assert offloaded.cpu_offload.offload_params is True and offloaded._activation_checkpointing_kwargs == {}
     assert layer_classes(Holder(tiny_llama())) == {LlamaDecoderLayer}
     with pytest.raises(ValueError, match="names no layer class"):

@@ -30,14 +30,29 @@ def layer_classes(model: nn.Module) -> Set[Type[nn.Module]]:
     return found
 
 
-def strategy(fsdp_cfg: Any, model: nn.Module):
+def mixed_precision(precision: str):
+    """FSDP's mixed precision for a ``*-mixed`` trainer precision: compute in 16 bits, but keep the
+    buffers (RoPE's inverse frequencies: rounded to bf16 they put the angles radians off at long
+    positions) and the reduction of the gradients over the ranks in fp32, as DDP under autocast does.
+    Lightning's own casts all three to 16 bits. None (Lightning's) for the other precisions."""
+    from torch.distributed.fsdp import MixedPrecision
+
+    low = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
+    if low is None:
+        return None
+    return MixedPrecision(param_dtype=low, reduce_dtype=torch.float32, buffer_dtype=torch.float32)
+
+
+def strategy(fsdp_cfg: Any, model: nn.Module, precision: str):
     """Lightning's FSDPStrategy for ``model``: one unit per decoder layer, original parameters kept
-    (LoRA mixes frozen and trainable ones), full state dicts in checkpoints."""
+    (LoRA mixes frozen and trainable ones), full state dicts in checkpoints, fp32 buffers and gradient
+    reduction under mixed precision."""
     from pytorch_lightning.strategies import FSDPStrategy
     from torch.distributed.fsdp import CPUOffload, ShardingStrategy
 
     layers = layer_classes(model)
     return FSDPStrategy(
+        mixed_precision=mixed_precision(precision),
         auto_wrap_policy=layers,
         activation_checkpointing_policy=layers if fsdp_cfg.activation_checkpointing else None,
         sharding_strategy=ShardingStrategy[fsdp_cfg.sharding_strategy],
