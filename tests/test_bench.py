@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,22 @@ def test_gpu_profile_puts_each_kernel_in_its_kind(name, expected):
     from gpu_profile import kind
 
     assert kind(name) == expected
+
+
+@pytest.mark.slow
+def test_cpu_loop_benchmark_prints_the_ratio_against_the_plain_loop():
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "train_step.py"), "--steps", "6", "--warmup", "2",
+                           "--repeats", "2"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = re.search(r"ratio ftexp/plain \(time per step\): median ([0-9.]+), best run ([0-9.]+)", done.stdout)
+    assert found and float(found[1]) > 0 and float(found[2]) > 0, done.stdout
+
+
+@pytest.mark.slow
+def test_packing_benchmark_checks_the_loss_and_prints_both_ratios():
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "packing.py"), "--steps", "6", "--warmup", "2",
+                           "--repeats", "1"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "packed loss = padded loss" in done.stdout
+    ratios = [line for line in done.stdout.splitlines() if line.startswith("ratio effective tok/s")]
+    assert len(ratios) == 2 and all(float(line.split("padded plain ")[1].split("x")[0]) > 0 for line in ratios)

@@ -8,7 +8,7 @@ from typing import Mapping, Optional
 # Dense bf16 tensor-core peak per device, TFLOP/s, from the vendors' data sheets (SXM parts unless
 # named). MFU is measured against this; trainer.peak_tflops overrides it (e.g. a measured matmul peak).
 PEAK_BF16_TFLOPS: Mapping[str, float] = {
-    "H100": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H200": 989.0, "GH200": 989.0, "B200": 2250.0,
+    "H100": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H200": 989.0, "H200 NVL": 835.0, "GH200": 989.0, "B200": 2250.0,
     "A100": 312.0, "L40S": 362.0, "L4": 121.0, "MI300X": 1307.0,
 }
 
