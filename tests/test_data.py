@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 
 import pytest
+import torch
 
 from ftexp.config.preflight import compose_config
 from ftexp.data.base import DataError, Example, assemble, encode_completion, encode_prompt, encode_split
-from ftexp.data.datamodule import LengthGroupedBatches, RankShare, pad_batch
+from ftexp.data.datamodule import FineTuneDataModule, LengthGroupedBatches, Lent, RankShare, pad_batch
 from ftexp.data.sources import read_rows
 from ftexp.models.tokenizer import bpe_tokenizer
 from ftexp.utils.build import build
@@ -139,6 +141,7 @@ def test_length_grouped_batches_cover_every_example_once_per_epoch():
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
     tiny = list(RankShare([[7], [1, 2, 3]], rank=1, world_size=2))
     assert tiny == [[7], [2]]  # a one-row batch is lent round rather than leave a rank without one
+    assert isinstance(tiny[0][0], Lent) and not isinstance(tiny[1][0], Lent)  # ... marked: learnt from once
     plain = list(LengthGroupedBatches(lengths, 16, seed=3, window=0))  # group_by_length=false
     assert sorted(i for batch in plain for i in batch) == list(range(1000))
     assert padding(first) < 0.25 * padding(plain)
@@ -175,3 +178,45 @@ def test_long_completions_are_cut_from_the_right_and_fit_max_length():
     long_prompt = list(range(1000, 1100))
     row = assemble(long_prompt, completion, max_length=64)
     assert len(row["input_ids"]) == 64 and row["input_ids"][:32] == long_prompt[-32:]
+
+
+def test_a_lent_row_is_computed_but_adds_nothing_to_the_global_loss(monkeypatch):
+    """Three ranks, an epoch of five rows in batches of three: the last batch has two rows, so rank 2
+    runs on a lent row (DDP waits for its backward), and the ranks' rescaled losses average to the mean
+    over the batch's own tokens, each row once."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from ftexp.training.module import global_token_weight
+
+    rows = [{"input_ids": [1] + [5] * (i + 1), "labels": [-100] + [5] * (i + 1)} for i in range(5)]
+    per_rank = []
+    for rank in range(3):
+        dm = FineTuneDataModule(rows, rows, pad_id=0, batch_size=3, seed=0)
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=3, current_epoch=0)
+        per_rank.append(list(dm.train_dataloader()))
+    short = next(step for step in range(2) if per_rank[2][step].get("lent"))
+    batches = [shard[short] for shard in per_rank]
+    assert [b.get("lent", False) for b in batches] == [False, False, True]
+    assert batches[2]["input_ids"].shape[0] == 1  # a real row, computed as any other
+
+    counts = [int((b["labels"][:, 1:] != -100).sum()) * (not b.get("lent", False)) for b in batches]
+    monkeypatch.setattr(dist, "all_reduce", lambda t: t.fill_(sum(counts)))  # the three ranks' sum
+    means = [torch.tensor(float(i + 1)) for i in range(3)]  # each rank's mean over its own tokens
+    weights = [global_token_weight(b["labels"], 3, b.get("lent", False)) for b in batches]
+    assert float(weights[2]) == 0.0
+    ddp_average = sum(m * w for m, w in zip(means, weights)) / 3
+    assert math.isclose(float(ddp_average), (1 * counts[0] + 2 * counts[1]) / (counts[0] + counts[1]), rel_tol=1e-6)
+
+
+def test_a_global_batch_smaller_than_the_devices_is_refused():
+    from types import SimpleNamespace
+
+    from ftexp.errors import FtexpError
+
+    rows = [{"input_ids": [1, 5], "labels": [-100, 5]}] * 8
+    dm = FineTuneDataModule(rows, rows, pad_id=0, batch_size=4, seed=0)
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=8, current_epoch=0)
+    with pytest.raises(FtexpError, match=r"optim.batch_size=4 is the global batch .* 8 devices"):
+        dm.train_dataloader()

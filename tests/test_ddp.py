@@ -41,7 +41,8 @@ def results(job: Path):
 
 
 def test_ddp_single_run_and_two_job_sweep_give_one_folder_and_result_per_job(data_dir, cache_dir, tmp_path):
-    common = [*BASE, f"data_dir={data_dir}", f"cache_dir={cache_dir}"]
+    # 225 = 7 x 32 + 1: each epoch ends on a one-row batch, which rank 1 computes on but must not learn from
+    common = [*BASE, "data.n_train=225", f"data_dir={data_dir}", f"cache_dir={cache_dir}"]
     single = ftexp(tmp_path / "single", *common, "trainer=cpu")
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = ftexp(tmp_path / "ddp", *common, "trainer=ddp_cpu")
@@ -62,6 +63,9 @@ def test_ddp_single_run_and_two_job_sweep_give_one_folder_and_result_per_job(dat
         assert len(list((job / "wandb").glob("offline-run-*"))) == 1  # one W&B run per job, not per rank
         assert (job / "rank_1.log").is_file()  # rank 1 ran this job, in this folder
     assert [results(j)["seed"] for j in jobs] == [0, 1]
+    for key in ("train/loss", "val/loss"):  # the sweep's seed-0 job is the single DDP run (seed 0)
+        assert results(jobs[0])["stages"][0][key] == results(ddp_dir)["stages"][0][key], key
+    assert results(jobs[1])["stages"][0]["train/loss"] != results(ddp_dir)["stages"][0]["train/loss"]
 
     # The same global batches, split over two ranks, with the loss a mean over the global batch's
     # tokens: the run follows the single-process one up to float summation order.
@@ -70,6 +74,9 @@ def test_ddp_single_run_and_two_job_sweep_give_one_folder_and_result_per_job(dat
     for key in ("train/loss", "val/loss"):
         assert math.isclose(dist["stages"][0][key], ref["stages"][0][key], rel_tol=1e-5), key
     assert dist["rows"][-1]["metrics"]["banking77"]["test/accuracy"] == ref["metrics"]["test/accuracy"]
+    # Tokens summed over the ranks, the lent row (computed by rank 1, learnt from once) counted once
+    assert dist["stages"][0]["effective_tokens"] == ref["stages"][0]["effective_tokens"]
+    assert dist["stages"][0]["tokens"] > ref["stages"][0]["tokens"]  # ... though computed twice
 
 
 def test_ddp_two_stage_ewc_run_matches_the_single_process_one(data_dir, cache_dir, tmp_path):

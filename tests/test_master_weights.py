@@ -229,7 +229,7 @@ def test_under_ddp_the_ranks_gradients_are_averaged_in_fp32(tmp_path):
     tokens = [(b["labels"][:, 1:] != -100).sum() for b in batches]
     total = tokens[0] + tokens[1]
     local = []
-    for batch, n in zip(batches, tokens):  # each rank's own gradients, with global_token_mean's scaling
+    for batch, n in zip(batches, tokens):  # each rank's own gradients, with global_token_weight's scaling
         model = tiny_lm().to(torch.bfloat16)
         (completion_loss(model, batch) * (n * 2 / total)).backward()
         local.append([p.grad for p in model.parameters()])

@@ -37,12 +37,15 @@ def run(args):
     return done
 
 
-def test_killed_mid_stage_and_resumed_equals_uninterrupted(data_dir, cache_dir, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["trainer=ddp_cpu", "peft=lora", "peft.dropout=0.1"]], ids=["one", "ddp"])
+def test_killed_mid_stage_and_resumed_equals_uninterrupted(data_dir, cache_dir, tmp_path, extra):
+    """ddp: two ranks whose random states part ways (LoRA dropout on each rank's own rows, rank 0
+    alone evaluates): each must resume from its own."""
     whole = tmp_path / "whole"
-    run(command(data_dir, cache_dir, whole))
+    run(command(data_dir, cache_dir, whole, *extra))
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(command(data_dir, cache_dir, killed), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(command(data_dir, cache_dir, killed, *extra), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     marker = killed / "checkpoints" / "stage2" / "last.ckpt"  # stage 2's first epoch is done
     deadline = time.time() + 600
@@ -55,7 +58,7 @@ def test_killed_mid_stage_and_resumed_equals_uninterrupted(data_dir, cache_dir, 
     status = json.loads((killed / "results.json").read_text())["status"] if (killed / "results.json").exists() else None
     assert status != "completed"
 
-    again = run(command(data_dir, cache_dir, killed, "resume=true"))
+    again = run(command(data_dir, cache_dir, killed, *extra, "resume=true"))
     a, b = (json.loads((d / "results.json").read_text()) for d in (whole, killed))
     assert b["status"] == "completed" and b["resumed"]["after_stage"] == 1
     assert b["resumed"]["stage2"].endswith("stage2/last.ckpt")

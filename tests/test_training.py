@@ -161,6 +161,7 @@ def test_peak_flops_by_device_name():
     assert lookup("NVIDIA H100 80GB HBM3", PEAK_BF16_TFLOPS) == 989.0
     assert lookup("NVIDIA H100 PCIe", PEAK_BF16_TFLOPS) == 756.0  # the longer name wins
     assert lookup("NVIDIA GH200 480GB", PEAK_BF16_TFLOPS) == 989.0
+    assert lookup("NVIDIA H200 NVL", PEAK_BF16_TFLOPS) == 835.0 and lookup("NVIDIA H200", PEAK_BF16_TFLOPS) == 989.0
     assert lookup("NVIDIA L40S", PEAK_BF16_TFLOPS) == 362.0 and lookup("NVIDIA L4", PEAK_BF16_TFLOPS) == 121.0
     assert lookup("Tesla T4", PEAK_BF16_TFLOPS) is None
 
@@ -227,3 +228,29 @@ def test_early_stopping_ends_a_stage_once_validation_stops_improving(tiny_overri
     stage = json.loads((Path(cfg.output_dir) / "results.json").read_text())["stages"][0]
     assert stage["epochs"] < 200 and stage["best_step"] <= stage["steps"]
     assert stage["best_step"] % 6 == 0  # validation runs once per epoch of 6 steps (24 examples / 4)
+
+
+def test_a_stage_resumed_from_its_final_checkpoint_reports_the_whole_stage(tmp_path):
+    """Killed after the last epoch's checkpoint but before the stage's own: on resume fit trains no
+    more, and the stage's tokens, training time and last losses come from the checkpoint."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    def fit(ckpt_path=None):
+        pl.seed_everything(0, verbose=False)
+        data = rows()
+        dm = FineTuneDataModule(data, data[:16], pad_id=0, batch_size=8, seed=0)
+        module = FineTuneModule(tiny_lm(), compose_config([]).optim, lr=3e-3)
+        throughput = Throughput()
+        saver = ModelCheckpoint(dirpath=str(tmp_path), filename="last", save_on_train_epoch_end=True,
+                                enable_version_counter=False)
+        trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, callbacks=[throughput, saver], log_every_n_steps=4)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        return trainer, module, throughput.summary()
+
+    whole, _, summary = fit()
+    resumed, module, again = fit(str(tmp_path / "last.ckpt"))
+    assert resumed.global_step == whole.global_step == 16
+    assert again["tokens"] == summary["tokens"] > 0 and again["effective_tokens"] == summary["effective_tokens"]
+    assert 0.5 * summary["train_time_s"] < again["train_time_s"] <= summary["train_time_s"] * 1.5
+    assert module.losses_at_checkpoint == {k: float(whole.callback_metrics[k]) for k in ("train/loss", "val/loss")}

@@ -30,7 +30,8 @@ from ftexp.training.best_weights import BestWeights
 from ftexp.training.divergence import FiniteLoss
 from ftexp.training.module import FineTuneModule
 from ftexp.training import checkpoints, fsdp
-from ftexp.training.stage_cache import device_count, set_rng_state, stage_entry, stage_key
+from ftexp.training.stage_cache import (device_count, rng_states_of_ranks, set_rank_rng_state, stage_entry,
+                                        stage_key)
 from ftexp.training.throughput import Throughput
 from ftexp.training.trainer import build_trainer
 from ftexp.utils.build import allow_targets, build, typed
@@ -158,7 +159,7 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord, rank: i
         tracker.log_metrics({**flat, "stage": float(index)}, step=record.step)
         log.info("row %d (%s): %s", index, stage_name, _short(metrics))
 
-    done = resume_point(cfg, run_dir, model, mitigation, record) if cfg.resume else 0
+    done = resume_point(cfg, run_dir, model, mitigation, record, rank) if cfg.resume else 0
     if not done:
         add_row("base", 0)
     for index, (stage, stage_data) in enumerate(zip(cfg.stages, stage_tasks), start=1):
@@ -170,8 +171,10 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord, rank: i
         record.wall_time_s[f"stage/{index}"] = time.perf_counter() - started
         record.stages.append(summary)
         add_row(stage.name, index)
-        if cfg.trainer.checkpoints and rank == 0 and index < len(cfg.stages):
-            checkpoints.save_stage(run_dir, index, model, mitigation, record)
+        if cfg.trainer.checkpoints and index < len(cfg.stages):
+            rngs = rng_states_of_ranks()  # on every rank (a collective under DDP)
+            if rank == 0:
+                checkpoints.save_stage(run_dir, index, model, mitigation, record, rngs)
 
     if rank == 0:
         for evaluator in evaluators:  # e.g. the human-review export of the last row's outputs
@@ -187,7 +190,8 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord, rank: i
     return record
 
 
-def resume_point(cfg: DictConfig, run_dir: Path, model, mitigation: Mitigation, record: RunRecord) -> int:
+def resume_point(cfg: DictConfig, run_dir: Path, model, mitigation: Mitigation, record: RunRecord,
+                 rank: int) -> int:
     """Load the newest stage checkpoint of an interrupted run into the model, the mitigation and the
     record; the number of stages it covers (0: none, start from row 0)."""
     found = checkpoints.latest_stage(run_dir, len(cfg.stages))
@@ -200,7 +204,7 @@ def resume_point(cfg: DictConfig, run_dir: Path, model, mitigation: Mitigation, 
     record.rows[:], record.stages[:] = saved["rows"], saved["stages"]  # in place: the eval context holds them
     record.step = saved["step"]
     record.wall_time_s.update(saved["wall_time_s"])
-    set_rng_state(state["rng"])
+    set_rank_rng_state(state["rng"], rank)
     record.info["resumed"] = {"after_stage": state["index"], "checkpoint": str(path)}
     log.info("resume: stages 1-%d and their rows from %s", state["index"], path)
     return state["index"]
@@ -356,17 +360,18 @@ def fit_stage(cfg, stage, index, lr, model, datamodule, task, mitigation, run_di
     buffers = fsdp.saved_buffers(module) if sharded else {}
     trainer = build_trainer(cfg.trainer, stage, run_dir, tracker.lightning, callbacks=callbacks,
                             validate=bool(datamodule.val),
-                            strategy=fsdp.strategy(cfg.trainer.fsdp, model) if sharded else None)
+                            strategy=fsdp.strategy(cfg.trainer.fsdp, model, cfg.trainer.precision) if sharded else None)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last else None)
     if sharded:  # evaluation, the mitigation and the next stage take the plain model, whole
         fsdp.unshard_in_place(trainer.strategy.model, module, buffers)  # (FSDP's teardown leaves it wrapped)
     summary: Dict[str, Any] = {"index": index, "name": stage.name, "data": task.name, "lr": lr,
                                "steps": trainer.global_step, "epochs": trainer.current_epoch,
                                "world_size": trainer.world_size}
-    summary.update(throughput.summary(trainer.world_size))
+    summary.update(throughput.summary())
+    losses = {**module.losses_at_checkpoint, **trainer.callback_metrics}  # (a resumed stage may train no more)
     for key in ("train/loss", "val/loss"):
-        if key in trainer.callback_metrics:
-            summary[key] = float(trainer.callback_metrics[key])
+        if key in losses:
+            summary[key] = float(losses[key])
     best = next((c for c in trainer.callbacks if isinstance(c, BestWeights)), None)
     if best is not None and best.best_step is not None:  # early stopping: the weights kept are the best check's
         summary["best_step"], summary["val/loss"] = best.best_step, best.best

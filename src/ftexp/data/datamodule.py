@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ftexp.data.packing import flatten_batch, pack_batch
+from ftexp.errors import FtexpError
 from ftexp.data.replay_batches import ReplayBatches
 
 Encoded = Dict[str, List[int]]
@@ -70,10 +71,36 @@ class LengthGroupedBatches(Sampler[List[int]]):
         return batches
 
 
+class Lent(int):
+    """The index of a row a rank computes on but does not learn from (see :class:`RankShare`)."""
+
+
+class LendingRows:
+    """``rows`` indexed by :class:`RankShare`'s batches: a :class:`Lent` row comes marked ``lent``, and its
+    batch then adds no tokens to the loss (``ftexp.training.module.global_token_weight``)."""
+
+    def __init__(self, rows: List[Any]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Any:
+        row = self.rows[index]
+        if not isinstance(index, Lent):
+            return row
+        if isinstance(row, tuple):  # (is_replay, row)
+            return row[0], {**row[1], "lent": True}
+        return {**row, "lent": True}
+
+
 class RankShare(Sampler[List[int]]):
     """This rank's part of every global batch: rows ``rank``, ``rank + world``, ... So
     ``optim.batch_size`` is the batch of an optimiser step whatever the number of devices, and every
-    rank takes the same number of steps. A batch with fewer rows than ranks lends its rows round."""
+    rank takes the same number of steps. A batch with fewer rows than ranks (an epoch's last, short one)
+    lends a row to each rank it leaves without one: that rank runs the forward and backward that DDP
+    waits for, on a row marked :class:`Lent`, which adds nothing to the step (counted once, by its own
+    rank, as in one process)."""
 
     def __init__(self, batches: Sampler, rank: int, world_size: int) -> None:
         self.batches, self.rank, self.world_size = batches, rank, world_size
@@ -87,7 +114,7 @@ class RankShare(Sampler[List[int]]):
     def __iter__(self) -> Iterator[List[int]]:
         for batch in self.batches:
             batch = list(batch)
-            yield batch[self.rank::self.world_size] or [batch[self.rank % len(batch)]]
+            yield batch[self.rank::self.world_size] or [Lent(batch[self.rank % len(batch)])]
 
 
 class AtEpoch(Sampler[List[int]]):
@@ -138,12 +165,16 @@ class FineTuneDataModule(pl.LightningDataModule):
         """Replay ``rows`` in every training step at ``ratio`` (see :class:`ReplayBatches`)."""
         self.replay, self.replay_ratio, self.replay_mode = list(rows), ratio, mode
 
-    def _collate(self, rows: List[Encoded]) -> Dict[str, torch.Tensor]:
+    def _collate(self, rows: List[Encoded]) -> Dict[str, Any]:
         if self.pack_flat:
-            return flatten_batch(rows)
-        if self.pack_length:
-            return pack_batch(rows, self.pad_id, self.pack_length)
-        return pad_batch(rows, self.pad_id)
+            batch = flatten_batch(rows)
+        elif self.pack_length:
+            batch = pack_batch(rows, self.pad_id, self.pack_length)
+        else:
+            batch = pad_batch(rows, self.pad_id)
+        if any(r.get("lent") for r in rows):  # a lent row comes alone (RankShare)
+            batch["lent"] = True
+        return batch
 
     def _collate_marked(self, rows: List[Tuple[bool, Encoded]]) -> Dict[str, torch.Tensor]:
         batch = self._collate([r for _, r in rows])  # is_replay: one flag per example (not per packed row)
@@ -154,6 +185,11 @@ class FineTuneDataModule(pl.LightningDataModule):
         lengths = [len(r["input_ids"]) for r in self.train]
         window = 64 if self.group_by_length else 0
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        if self.batch_size < world:
+            raise FtexpError(f"optim.batch_size={self.batch_size} is the global batch of an optimiser step, split "
+                             f"over the {world} devices of this run: each device needs at least one row. Set "
+                             f"optim.batch_size to {world} or more (a multiple of {world} keeps the devices "
+                             "equally busy), or run on fewer devices (trainer.devices).")
         batches: Sampler = LengthGroupedBatches(lengths, self.batch_size, self.seed, window=window)
         rows: List[Any] = self.train
         if self.replay:
@@ -161,7 +197,7 @@ class FineTuneDataModule(pl.LightningDataModule):
             batches = ReplayBatches(batches, len(self.train), len(self.replay), self.replay_ratio, self.replay_mode,
                                     self.batch_size, self.seed + 7919)
         if world > 1:
-            batches = RankShare(batches, rank, world)
+            batches, rows = RankShare(batches, rank, world), LendingRows(rows)
         if self.trainer is not None:
             trainer = self.trainer
             batches = AtEpoch(batches, lambda: trainer.current_epoch)

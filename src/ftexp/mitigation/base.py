@@ -30,7 +30,11 @@ class Mitigation:
 
     ``training_loss`` receives the task loss of one batch (and the model's outputs for it, with
     ``logits``) and returns the loss to optimise plus a dict of scalars to log (e.g. the penalty
-    and its ratio to the task loss). It runs inside the training step, on every rank.
+    and its ratio to the task loss). It runs inside the training step, on every rank. Under DDP the task
+    loss is this rank's share of the global batch's per-token mean (``global_token_weight``), and
+    ``batch["token_weight"]`` the factor that made it so: a term that is a per-token mean too
+    multiplies by it to count each token of the global batch once (see LwF). The logged scalars are
+    averaged over the ranks.
     """
 
     def __init__(self, cfg: Optional[Any] = None) -> None:

@@ -135,6 +135,7 @@ class LwF(Mitigation):
             self.snapshot(model)
         teacher = self.teacher_logits(model, batch)
         kd = forward_kl(outputs.logits, teacher, batch["labels"], self.cfg.temperature, self.cfg.vocab_chunk)
+        kd = kd * batch.get("token_weight", 1.0)  # DDP: this rank's share of the global batch's mean
         weighted = self.cfg.alpha * kd
         return loss + weighted, {"lwf_kd": kd.detach(), "lwf_ratio": (weighted / loss).detach()}
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from ftexp.training.stage_cache import rng_state, trained_state
+from ftexp.training.stage_cache import trained_state
 
 FOLDER = "checkpoints"
 
@@ -47,14 +47,16 @@ def last_epoch_checkpoint(run_dir: Path, index: int) -> Optional[Path]:
     return path if path.is_file() else None
 
 
-def save_stage(run_dir: Path, index: int, model: torch.nn.Module, mitigation: Any, record: Any) -> Path:
-    """The state after stage ``index`` and its evaluation row, written atomically."""
+def save_stage(run_dir: Path, index: int, model: torch.nn.Module, mitigation: Any, record: Any,
+               rngs: List[Dict[str, Any]]) -> Path:
+    """The state after stage ``index`` and its evaluation row, written atomically; ``rngs``: every
+    rank's random state (``rng_states_of_ranks``)."""
     path = Path(run_dir) / FOLDER / f"stage{index}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"index": index, "weights": trained_state(model), "mitigation": mitigation.state_dict(),
              "record": {"rows": record.rows, "stages": record.stages, "step": record.step,
                         "wall_time_s": record.wall_time_s},
-             "rng": rng_state()}
+             "rng": rngs}
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)

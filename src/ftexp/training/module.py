@@ -19,7 +19,7 @@ from ftexp.training.compiled import CompiledRegions
 from ftexp.training.fsdp import clean_name
 from ftexp.training.fused_loss import fused_forward, require_fusable
 from ftexp.training.master_weights import MasterWeightAdamW
-from ftexp.training.stage_cache import rng_state, set_rng_state
+from ftexp.training.stage_cache import rng_states_of_ranks, set_rank_rng_state
 
 
 def completion_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -34,16 +34,17 @@ def forward(model: torch.nn.Module, batch: Dict[str, torch.Tensor]):
     return model(**model_inputs(batch), labels=batch["labels"], use_cache=False)
 
 
-def global_token_mean(local_mean: torch.Tensor, labels: torch.Tensor, world_size: int) -> torch.Tensor:
-    """Rescale a rank's mean over its own target tokens so that DDP's average of the ranks'
-    gradients is the gradient of the mean over the whole global batch's target tokens: the same
-    step as one process on that batch, however unevenly the ranks' tokens fall."""
+def global_token_weight(labels: torch.Tensor, world_size: int, lent: bool = False) -> torch.Tensor:
+    """The factor that rescales a rank's mean over its own target tokens so that DDP's average of the
+    ranks' gradients is the gradient of the mean over the whole global batch's target tokens: the same
+    step as one process on that batch, however unevenly the ranks' tokens fall. A ``lent`` batch (a
+    row another rank counts, see ``RankShare``) has no tokens of its own: weight 0."""
     import torch.distributed as dist
 
-    n = (labels[:, 1:] != -100).sum()
+    n = (labels[:, 1:] != -100).sum() * (not lent)
     total = n.detach().clone()
     dist.all_reduce(total)
-    return local_mean * (n * world_size / total.clamp(min=1))
+    return n * world_size / total.clamp(min=1)
 
 
 def adamw_kernels(implementation: str, device: str, fp16_clipping: bool) -> Dict[str, bool]:
@@ -103,6 +104,7 @@ class FineTuneModule(pl.LightningModule):
         self._window_loss: Any = 0.0  # sum of train losses since the last logged step
         self._window_batches = 0
         self._window_end = 0  # global step at which the current window began
+        self.losses_at_checkpoint: Dict[str, float] = {}  # what a resumed stage last logged (on_load_checkpoint)
         self.strict_loading = False  # checkpoints hold the trainable weights only (see on_save_checkpoint)
         # Sharding (FSDP) flattens parameters to 1-D before configure_optimizers: decide weight decay
         # on their shapes now.
@@ -116,11 +118,16 @@ class FineTuneModule(pl.LightningModule):
         frozen = {f"model.{clean_name(n)}" for n, p in self.model.named_parameters() if not p.requires_grad}
         for key in frozen & checkpoint["state_dict"].keys():
             del checkpoint["state_dict"][key]
-        checkpoint["ftexp_rng"] = rng_state()
+        checkpoint["ftexp_rng"] = rng_states_of_ranks()  # every rank's: rank 0 alone writes the file
+        # The stage's last losses: a stage resumed from its final checkpoint trains no more, and its
+        # summary reports these (the same on every rank: both are reduced over the ranks).
+        checkpoint["ftexp_losses"] = {k: float(v) for k, v in self.trainer.callback_metrics.items()
+                                      if k in ("train/loss", "val/loss")}
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         if "ftexp_rng" in checkpoint:
-            set_rng_state(checkpoint["ftexp_rng"])
+            set_rank_rng_state(checkpoint["ftexp_rng"], self.trainer.global_rank)
+        self.losses_at_checkpoint = dict(checkpoint.get("ftexp_losses", {}))
 
     def forward(self, **batch):
         return self.model(**batch)
@@ -151,7 +158,8 @@ class FineTuneModule(pl.LightningModule):
             outputs = self.train_forward(self.model, batch)
         task_loss = outputs.loss
         if self.trainer.world_size > 1:
-            task_loss = global_token_mean(task_loss, batch["labels"], self.trainer.world_size)
+            batch["token_weight"] = global_token_weight(batch["labels"], self.trainer.world_size, batch.get("lent", False))
+            task_loss = task_loss * batch["token_weight"]
         loss, extra = self.mitigation.training_loss(task_loss, batch, self.model, outputs)
         self._window_loss = self._window_loss + task_loss.detach()
         self._window_batches += 1
@@ -162,10 +170,11 @@ class FineTuneModule(pl.LightningModule):
             self.log("train/loss", self._window_loss / self._window_batches, prog_bar=True, batch_size=bs,
                      sync_dist=self.trainer.world_size > 1)  # each rank's share sums to the global mean
             self.log("lr", self.lr_schedulers().get_last_lr()[0], batch_size=bs)
+            sync = self.trainer.world_size > 1  # the ranks' shares of the loss sum to the global one
             if loss is not task_loss:
-                self.log("train/total_loss", loss, batch_size=bs)
+                self.log("train/total_loss", loss, batch_size=bs, sync_dist=sync)
             for name, value in extra.items():
-                self.log(f"mitigation/{name}", value, batch_size=bs)
+                self.log(f"mitigation/{name}", value, batch_size=bs, sync_dist=sync)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -33,6 +33,7 @@ import transformers
 
 from ftexp.utils.cache import file_lock, update_with_tensors
 from ftexp.utils.io import atomic_write_json, publish_dir
+from ftexp.utils.ranks import every_rank, own
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,18 @@ def rng_state() -> Dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def rng_states_of_ranks() -> List[Dict[str, Any]]:
+    """Every rank's random state, rank k's at k (a collective under DDP: call it on every rank). The
+    ranks' states part ways in training (dropout draws on each rank's own rows, rank 0 alone
+    evaluates), so a resumed rank continues from its own, not from rank 0's."""
+    return every_rank(rng_state())
+
+
+def set_rank_rng_state(states: Any, rank: int) -> None:
+    """Restore ``rank``'s state from :func:`rng_states_of_ranks` (or from one state: older checkpoints)."""
+    set_rng_state(own([states] if isinstance(states, dict) else states, rank))
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
