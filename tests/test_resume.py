@@ -68,3 +68,31 @@ def test_killed_mid_stage_and_resumed_equals_uninterrupted(data_dir, cache_dir, 
     assert [s["steps"] for s in b["stages"]] == [s["steps"] for s in a["stages"]]
     assert not (killed / "checkpoints").exists() and not (whole / "checkpoints").exists()  # removed when done
     assert "resume" in again.stderr + again.stdout
+
+
+def test_killed_inside_an_epoch_and_resumed_equals_uninterrupted(data_dir, cache_dir, tmp_path):
+    """trainer.checkpoint_every_n_steps: killed right after stage 2's first checkpoint, two optimiser
+    steps (four micro-batches) into its first epoch of five batches and inside a train/loss window; the
+    resumed epoch skips the batches it had done, draws the random numbers an uninterrupted run would,
+    and the stage ends as an uninterrupted one."""
+    extra = ["trainer.checkpoint_every_n_steps=2", "trainer.accumulate_grad_batches=2", "trainer.log_every_n_steps=3",
+             "peft=lora", "peft.dropout=0.1"]  # dropout: the random state must pick up where it was
+    whole = tmp_path / "whole"
+    run(command(data_dir, cache_dir, whole, *extra))
+
+    killed = tmp_path / "killed"
+    args = command(data_dir, cache_dir, killed, *extra)
+    died = subprocess.run([sys.executable, str(Path(__file__).parent / "kill_at_checkpoint.py"), *args[3:]],
+                          capture_output=True, text=True, timeout=900, env={**os.environ, "FTEXP_KILL_STAGE": "2"})
+    assert died.returncode == 137, died.stderr[-3000:]
+    import torch
+
+    saved = torch.load(killed / "checkpoints" / "stage2" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 2 and saved["FineTuneDataModule"] == {"epoch": 0, "batches_done": 4}
+
+    run(command(data_dir, cache_dir, killed, *extra, "resume=true"))
+    a, b = (json.loads((d / "results.json").read_text()) for d in (whole, killed))
+    assert b["status"] == "completed" and b["resumed"]["stage2"].endswith("stage2/last.ckpt")
+    assert b["rows"] == a["rows"]  # every evaluation of every row, bit for bit
+    for key in ("steps", "train/loss", "val/loss", "tokens", "effective_tokens"):
+        assert [s[key] for s in b["stages"]] == [s[key] for s in a["stages"]], key

@@ -351,7 +351,7 @@ def fit_stage(cfg, stage, index, lr, model, datamodule, task, mitigation, run_di
     throughput = Throughput(*mfu_inputs(model, cfg.trainer))
     callbacks: List[Any] = [throughput, FiniteLoss(stage.name, lr)]
     if cfg.trainer.checkpoints:
-        callbacks.append(checkpoints.epoch_checkpoints(run_dir, index))
+        callbacks += checkpoints.epoch_checkpoints(run_dir, index, cfg.trainer.checkpoint_every_n_steps)
     last = checkpoints.last_epoch_checkpoint(run_dir, index) if cfg.resume else None
     if last is not None:
         log.info("resume: stage %d (%s) from %s", index, stage.name, last)

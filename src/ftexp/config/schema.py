@@ -227,6 +227,9 @@ class TrainerConfig:
     # Checkpoint every epoch and after every stage but the last (resume=true continues from them;
     # a completed job deletes them).
     checkpoints: bool = True
+    # Also every this many optimiser steps inside an epoch (None: at epoch ends only): for epochs long
+    # enough that redoing one after a kill costs too much. A resumed epoch skips the batches it had done.
+    checkpoint_every_n_steps: Optional[int] = None
     # Pack each training step's examples into rows of up to pack_length tokens (None = model.max_length)
     # with a block-diagonal attention mask: the same examples and loss per step, without the padding.
     # Models with a flash-attention kernel or flex_attention get one unpadded row per step instead (no

@@ -84,6 +84,8 @@ def problems(cfg: DictConfig) -> List[str]:
              "trainer.packing needs attention that takes a 4-D mask (sdpa, eager) or reads example boundaries "
              "from position_ids (flash-attention kernels, flex_attention); turn packing off for this one")
     need(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", t.accumulate_grad_batches, "must be >= 1")
+    need(t.checkpoint_every_n_steps is None or t.checkpoint_every_n_steps >= 1, "trainer.checkpoint_every_n_steps",
+         t.checkpoint_every_n_steps, "must be >= 1 (or null: checkpoints at epoch ends only)")
     need(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     need(o.batch_size >= 1, "optim.batch_size", o.batch_size, "must be >= 1")
     need(0 <= o.warmup_ratio < 1, "optim.warmup_ratio", o.warmup_ratio, "must be in [0, 1)")

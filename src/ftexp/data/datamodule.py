@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -119,19 +120,37 @@ class RankShare(Sampler[List[int]]):
 
 class AtEpoch(Sampler[List[int]]):
     """The batches of the epoch ``epoch()`` says (the trainer's): a run resumed at epoch k from a
-    checkpoint draws the same batches as one that never stopped."""
+    checkpoint draws the same batches as one that never stopped. ``resume_at()`` (epoch, batches
+    done, from a checkpoint written inside an epoch; or None) makes that epoch skip what it had done."""
 
-    def __init__(self, batches: Sampler, epoch: Callable[[], int]) -> None:
-        self.batches, self.epoch = batches, epoch
+    def __init__(self, batches: Sampler, epoch: Callable[[], int],
+                 resume_at: Callable[[], Optional[Tuple[int, int]]] = lambda: None) -> None:
+        self.batches, self.epoch, self.resume_at = batches, epoch, resume_at
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.batches)  # the whole epoch's: Lightning counts the skipped batches as done
 
     def __iter__(self) -> Iterator[List[int]]:
         # A generator: the epoch is read at the first batch, not when Lightning calls iter(), which
-        # on resume happens before it has moved past the epoch the checkpoint closed.
-        self.batches.set_epoch(self.epoch())
-        yield from self.batches
+        # on resume happens before it has moved past the epoch the checkpoint closed (and before it
+        # has restored the datamodule's position).
+        epoch = self.epoch()
+        self.batches.set_epoch(epoch)
+        at = self.resume_at()
+        yield from itertools.islice(self.batches, at[1] if at is not None and at[0] == epoch else 0, None)
+
+
+class ResumableLoader(DataLoader):
+    """The training loader, marked resumable inside an epoch for Lightning (it warns about a loader
+    without ``state_dict``/``load_state_dict``). The position itself is the datamodule's state:
+    Lightning builds this loader before it restores loader states (to count the steps), and would
+    never hand them over."""
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        pass
 
 
 class FineTuneDataModule(pl.LightningDataModule):
@@ -159,6 +178,7 @@ class FineTuneDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.val_batch_size = val_batch_size or batch_size * 2
         self.replay: List[Encoded] = []
+        self._resume_at: Optional[Tuple[int, int]] = None  # (epoch, batches done) from a checkpoint
         self.replay_ratio, self.replay_mode = 0.0, "replace"
 
     def mix_in(self, rows: List[Encoded], ratio: float, mode: str) -> None:
@@ -198,11 +218,28 @@ class FineTuneDataModule(pl.LightningDataModule):
                                     self.batch_size, self.seed + 7919)
         if world > 1:
             batches, rows = RankShare(batches, rank, world), LendingRows(rows)
-        if self.trainer is not None:
-            trainer = self.trainer
-            batches = AtEpoch(batches, lambda: trainer.current_epoch)
         collate = self._collate_marked if self.replay else self._collate
-        return DataLoader(rows, batch_sampler=batches, collate_fn=collate, num_workers=self.num_workers)
+        if self.trainer is None:
+            return DataLoader(rows, batch_sampler=batches, collate_fn=collate, num_workers=self.num_workers)
+        trainer = self.trainer
+        batches = AtEpoch(batches, lambda: trainer.current_epoch, self._take_resume_at)
+        return ResumableLoader(rows, batch_sampler=batches, collate_fn=collate, num_workers=self.num_workers)
+
+    # Checkpoints: the position inside the epoch (batches done), for a checkpoint written inside one.
+
+    def state_dict(self) -> Dict[str, int]:
+        if self.trainer is None:
+            return {}
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed  # the trainer's count:
+        return {"epoch": self.trainer.current_epoch, "batches_done": done}  # the loader fetches ahead
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        if state:
+            self._resume_at = (state["epoch"], state["batches_done"])
+
+    def _take_resume_at(self) -> Optional[Tuple[int, int]]:
+        at, self._resume_at = self._resume_at, None
+        return at
 
     def val_dataloader(self) -> DataLoader:
         rows = self.val

@@ -1,11 +1,12 @@
 """What ``resume=true`` continues from: Lightning checkpoints inside a stage, a stage checkpoint
 between stages.
 
-- Inside stage k, Lightning writes ``checkpoints/stage<k>/last.ckpt`` at the end of every epoch:
-  trainable weights (frozen base weights are left out: a LoRA checkpoint is the adapter's size),
-  optimiser, scheduler, loop counters, the early-stopping and best-weights callbacks, and the random
-  state. A run killed mid-epoch redoes that epoch from its start; the batches of an epoch depend
-  only on the seed and the epoch number, so it redoes it exactly.
+- Inside stage k, Lightning writes ``checkpoints/stage<k>/last.ckpt`` at the end of every epoch (and
+  every ``trainer.checkpoint_every_n_steps`` optimiser steps): trainable weights (frozen base weights
+  are left out: a LoRA checkpoint is the adapter's size), optimiser, scheduler, loop counters, the
+  early-stopping and best-weights callbacks, the random state and how far into its epoch the data
+  loader was. The batches of an epoch depend only on the seed and the epoch number, so a run killed
+  mid-epoch redoes the batches after its checkpoint exactly, and skips those before it.
 - After stage k and its evaluation row, ``checkpoints/stage<k>.pt`` holds the trainable weights,
   the mitigation's state (EWC Fisher and anchors, the LwF teacher, the replay buffer), the rows and
   stage summaries so far and the random state; the stage's Lightning folder is then removed.
@@ -33,13 +34,17 @@ def stage_folder(run_dir: Path, index: int) -> Path:
     return Path(run_dir) / FOLDER / f"stage{index}"
 
 
-def epoch_checkpoints(run_dir: Path, index: int) -> ModelCheckpoint:
-    """Lightning's checkpoint callback: ``last.ckpt`` at the end of every training epoch."""
+def epoch_checkpoints(run_dir: Path, index: int, every_n_steps: Optional[int] = None) -> List[ModelCheckpoint]:
+    """Lightning's checkpoint callbacks: ``last.ckpt`` at the end of every training epoch and, with
+    ``every_n_steps``, after every that many optimiser steps as well (the newest overwrites it)."""
     # save_top_k=1 with no monitor keeps the newest, under one name; (save_top_k=0 + save_last
-    # writes only when fit ends).
-    return ModelCheckpoint(dirpath=str(stage_folder(run_dir, index)), filename="last", save_top_k=1,
-                           save_last=False, every_n_epochs=1, save_on_train_epoch_end=True,
-                           enable_version_counter=False)
+    # writes only when fit ends). Lightning takes steps and epochs from separate callbacks.
+    common = dict(dirpath=str(stage_folder(run_dir, index)), filename="last", save_top_k=1, save_last=False,
+                  enable_version_counter=False)
+    savers = [ModelCheckpoint(every_n_epochs=1, save_on_train_epoch_end=True, **common)]
+    if every_n_steps:
+        savers.append(ModelCheckpoint(every_n_train_steps=every_n_steps, **common))
+    return savers
 
 
 def last_epoch_checkpoint(run_dir: Path, index: int) -> Optional[Path]:

@@ -20,6 +20,7 @@ from ftexp.training.fsdp import clean_name
 from ftexp.training.fused_loss import fused_forward, require_fusable
 from ftexp.training.master_weights import MasterWeightAdamW
 from ftexp.training.stage_cache import rng_states_of_ranks, set_rank_rng_state
+from ftexp.utils.ranks import every_rank, own
 
 
 def completion_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -105,6 +106,7 @@ class FineTuneModule(pl.LightningModule):
         self._window_batches = 0
         self._window_end = 0  # global step at which the current window began
         self.losses_at_checkpoint: Dict[str, float] = {}  # what a resumed stage last logged (on_load_checkpoint)
+        self._rng_at_checkpoint: Any = None  # every rank's random state, from the checkpoint resumed
         self.strict_loading = False  # checkpoints hold the trainable weights only (see on_save_checkpoint)
         # Sharding (FSDP) flattens parameters to 1-D before configure_optimizers: decide weight decay
         # on their shapes now.
@@ -123,11 +125,19 @@ class FineTuneModule(pl.LightningModule):
         # summary reports these (the same on every rank: both are reduced over the ranks).
         checkpoint["ftexp_losses"] = {k: float(v) for k, v in self.trainer.callback_metrics.items()
                                       if k in ("train/loss", "val/loss")}
+        # A checkpoint inside an epoch (trainer.checkpoint_every_n_steps) may fall inside train/loss's
+        # window: the resumed run's window goes on from this rank's part of it.
+        self._roll_window()
+        checkpoint["ftexp_window"] = every_rank([float(self._window_loss), self._window_batches, self._window_end])
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         if "ftexp_rng" in checkpoint:
             set_rank_rng_state(checkpoint["ftexp_rng"], self.trainer.global_rank)
+            self._rng_at_checkpoint = checkpoint["ftexp_rng"]
         self.losses_at_checkpoint = dict(checkpoint.get("ftexp_losses", {}))
+        if "ftexp_window" in checkpoint:
+            self._window_loss, self._window_batches, self._window_end = own(checkpoint["ftexp_window"],
+                                                                            self.trainer.global_rank)
 
     def forward(self, **batch):
         return self.model(**batch)
@@ -177,10 +187,22 @@ class FineTuneModule(pl.LightningModule):
                 self.log(f"mitigation/{name}", value, batch_size=bs, sync_dist=sync)
         return loss
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Resumed inside an epoch: between the restore and this batch the data loader's iterator drew
+        # its seed, which an uninterrupted run drew at the epoch's start; draw on from the checkpoint's
+        # state. (At an epoch's start, batch 0, the uninterrupted run drew it after its checkpoint too.)
+        if self._rng_at_checkpoint is not None and batch_idx > 0:
+            set_rank_rng_state(self._rng_at_checkpoint, self.trainer.global_rank)
+        self._rng_at_checkpoint = None
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.adapter_casts.restore()  # should no backward have run
-        # A new window starts once the optimiser step that was logged has been taken (with gradient
-        # accumulation every micro-batch of that step is in the window).
+        self._roll_window()
+
+    def _roll_window(self) -> None:
+        """A new window starts once the optimiser step that was logged has been taken (with gradient
+        accumulation every micro-batch of that step is in the window). Lightning saves a checkpoint
+        between a step and this module's on_train_batch_end: on_save_checkpoint rolls it first."""
         step = self.trainer.global_step
         if step != self._window_end and step % max(1, self.trainer.log_every_n_steps) == 0:
             self._window_loss, self._window_batches, self._window_end = 0.0, 0, step
