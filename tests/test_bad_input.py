@@ -130,6 +130,33 @@ def completed_run_in_output_folder(ws: Workspace) -> Attempt:
     return job(*ws.base)
 
 
+def completed_run_folder_from_the_command_line(ws: Workspace) -> Attempt:
+    """Hydra's own files of the completed run (.hydra/) must stay as they are too."""
+    completed_run_in_output_folder(ws)
+    (ws.root / "run" / ".hydra").mkdir()
+    (ws.root / "run" / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+    return cli(ws, *[o for o in ws.base if not o.startswith("output_dir=")], f"hydra.run.dir={ws.root / 'run'}")
+
+
+def resume_with_another_config(ws: Workspace) -> Attempt:
+    """An interrupted run's checkpoints in the folder, and resume=true with another seed and rate."""
+    from omegaconf import OmegaConf
+
+    from ftexp.config.preflight import compose_config
+    from ftexp.training.checkpoints import save_config
+
+    save_config(ws.root / "run", OmegaConf.to_container(compose_config(list(ws.base)), resolve=True))
+    return job(*ws.base, "seed=5", "optim.lr=0.5", "resume=true")
+
+
+def gpu_trainer_without_a_gpu(ws: Workspace) -> Attempt:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    return job(*ws.base, "trainer=gpu")
+
+
 def no_hub(monkeypatch):
     """The hub fallbacks fail as they would without network (never touch the network in tests)."""
     from ftexp.data import sources
@@ -179,6 +206,15 @@ CASES: List[Tuple[str, Callable[[Workspace], Attempt], List[str]]] = [
      ["stage 'finetune'", "NaN or infinite at step", "(it is 1e+06)"]),
     ("output folder holds a completed run", completed_run_in_output_folder,
      ["{root}/run/results.json holds a completed run; refusing to overwrite it"]),
+    ("completed run folder named on the command line", completed_run_folder_from_the_command_line,
+     ["{root}/run/results.json holds a completed run; refusing to overwrite it"]),
+    ("resume with another config", resume_with_another_config,
+     ["resume=true: {root}/run holds a run of another config", "optim.lr: 0.002 -> 0.5", "seed: 0 -> 5"]),
+    ("GPU trainer on a machine without one", gpu_trainer_without_a_gpu,
+     ["trainer.accelerator='gpu'", "needs a CUDA GPU", "trainer=cpu"]),
+    ("pack_length without packing", lambda ws: cli(ws, "trainer.pack_length=256"),
+     ["trainer.pack_length=256", "packing, which is off"]),
+    ("negative peak FLOP/s", lambda ws: cli(ws, "trainer.peak_tflops=-1"), ["trainer.peak_tflops=-1.0", "must be > 0"]),
     # review-rating files
     ("out-of-range rating", lambda ws: ratings_with(ws, "qa/test/3", helpfulness=7),
      ["{root}/ratings.jsonl", "'qa/test/3'", "column 'helpfulness' is 7, not an integer from 1 to 5"]),

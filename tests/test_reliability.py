@@ -180,7 +180,7 @@ def test_a_failed_run_keeps_its_checkpoints_and_checkpoints_false_writes_none(ti
     out = Path(compose_config(overrides).output_dir)
     assert json.loads((out / "results.json").read_text())["status"] == "failed"
     saved = sorted(p.relative_to(out).as_posix() for p in out.glob("checkpoints/**/*") if p.is_file())
-    assert saved == (["checkpoints/stage1/last.ckpt"] if keep else [])
+    assert saved == (["checkpoints/config.json", "checkpoints/stage1/last.ckpt"] if keep else [])  # (what resumes)
 
 
 def test_a_resumed_job_continues_its_own_wandb_run(tiny_overrides, monkeypatch):
@@ -205,3 +205,31 @@ def test_a_resumed_job_continues_its_own_wandb_run(tiny_overrides, monkeypatch):
     runs = sorted((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and len({r.name.rsplit("-", 1)[-1] for r in runs}) == 1, runs  # one run id
     assert json.loads((out / "results.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_sigterm_exits_non_zero_and_says_how_to_resume(data_dir, cache_dir, tmp_path):
+    """Lightning turns SIGTERM into an exit with no code (0); a stopped run must not look finished."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import TINY
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "ftexp", *TINY, f"data_dir={data_dir}", f"cache_dir={cache_dir}",
+                             "trainer.max_epochs=50", "save_model=false", f"hydra.run.dir={run_dir}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    marker = run_dir / "checkpoints" / "stage1" / "last.ckpt"  # training is under way
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    assert "stopped by SIGTERM; resume=true" in err and "Traceback" not in err
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["status"] == "failed" and res["metrics"] == {} and marker.exists()  # kept for the resume

@@ -21,6 +21,7 @@ from typing import Any, Dict, Iterator, List, Optional
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ftexp.errors import FtexpError, OutputExistsError
 from ftexp.run import RunRecord, run
@@ -145,29 +146,35 @@ def run_job(cfg: DictConfig) -> Optional[float]:
     quiet_libraries()
     run_dir = Path(cfg.output_dir)
     rank = global_rank()
-    done = completed_results(run_dir) if cfg.resume else None
-    if done is not None:  # a re-run sweep skips the jobs that finished (every rank: none waits for the others)
-        if rank == 0:
-            print(f"ftexp: resume: {run_dir / RESULTS_FILE} is completed; skipping this job")
-        return done["metrics"].get(cfg.objective) if cfg.objective else None
-    if not cfg.overwrite and completed_results(run_dir) is not None:
-        # Checked before anything is written: the finished run's files stay as they are.
-        message = (f"{run_dir / RESULTS_FILE} holds a completed run; refusing to overwrite it. Use resume=true "
-                   f"to keep it (and skip this job), overwrite=true to run again into the same folder, or "
-                   f"another hydra.run.dir / hydra.sweep.dir")
-        if rank == 0:
-            print(f"ftexp: error: {message}", file=sys.stderr)
-        raise OutputExistsError(message) if multirun_mode() else SystemExit(1)
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
     # Credentials (secret-named environment variables, config values read from them) never reach
     # results.json, the saved Hydra config, the logs or W&B.
     secrets = secret_values(extra=referenced_secrets(OmegaConf.to_container(cfg, resolve=False)))
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True), secrets)
+    done = completed_results(run_dir)
+    if cfg.resume:
+        # Every rank checks (none waits for the others); the earlier run's files stay as they are.
+        _refuse_if_changed(run_dir, done["config"] if done else checkpoints.saved_config(run_dir), resolved, rank)
+        if done is not None:  # a re-run sweep skips the jobs that finished
+            if rank == 0:
+                print(f"ftexp: resume: {run_dir / RESULTS_FILE} is completed; skipping this job")
+            return done["metrics"].get(cfg.objective) if cfg.objective else None
+        if rank == 0 and not (run_dir / checkpoints.FOLDER).is_dir():
+            print(f"ftexp: resume: no checkpoints in {run_dir}; starting from the beginning")
+    elif not cfg.overwrite and done is not None:
+        # Checked before anything is written: the finished run's files stay as they are.
+        _refuse(f"{run_dir / RESULTS_FILE} holds a completed run; refusing to overwrite it. Use resume=true "
+                f"to keep it (and skip this job), overwrite=true to run again into the same folder, or "
+                f"another hydra.run.dir / hydra.sweep.dir", rank)
+    _refuse_if_no_gpu(cfg.trainer, rank)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_hydra_files(run_dir, cfg)
+        if cfg.trainer.checkpoints:  # what resume=true holds a later command line to
+            checkpoints.save_config(run_dir, resolved)
+    t0 = time.perf_counter()
     log_filter = install_log_filter(secrets)
     if rank == 0:
         scrub_files(run_dir / ".hydra", secrets)
-    resolved = redact(OmegaConf.to_container(cfg, resolve=True), secrets)
     record = RunRecord()
     base: Dict[str, Any] = {"status": "running", "run_dir": str(run_dir), "seed": cfg.seed, "started_at": now(),
                             **redact(hydra_info(), secrets), "config": resolved, "environment": environment(),
@@ -184,6 +191,10 @@ def run_job(cfg: DictConfig) -> Optional[float]:
             if rank == 0:
                 _record(run_dir, base, record, cfg, tracker, t0, error=exc)
             tracker.finish(failed=True, error=redact(f"{type(exc).__name__}: {exc}", secrets))
+            if isinstance(exc, SIGTERMException):  # Lightning's: a SystemExit with no code, i.e. exit 0
+                print(f"ftexp: error: stopped by SIGTERM; resume=true (same hydra.run.dir) continues from the "
+                      f"last checkpoint\nftexp: results: {run_dir / RESULTS_FILE} (status: failed)", file=sys.stderr)
+                raise SystemExit(143) from None
             if isinstance(exc, FtexpError):
                 print(f"ftexp: error: {redact(str(exc), secrets)}\nftexp: results: {run_dir / RESULTS_FILE} (status: failed)",
                       file=sys.stderr)
@@ -201,6 +212,50 @@ def run_job(cfg: DictConfig) -> Optional[float]:
     tracker.finish(failed=False)
     _print_summary(results)
     return results["metrics"].get(cfg.objective) if cfg.objective else None
+
+
+def save_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
+    """The job's ``.hydra/`` as Hydra writes it (config.yaml, hydra.yaml, overrides.yaml); ftexp's config
+    turns Hydra's own writing off (``hydra.output_subdir: null``), which would come before ftexp has
+    checked that the folder holds no completed run."""
+    if not HydraConfig.initialized():
+        return
+    from hydra.core.utils import _save_config
+
+    hydra_cfg = HydraConfig.get()
+    folder = run_dir / ".hydra"
+    _save_config(cfg, "config.yaml", folder)
+    _save_config(OmegaConf.create({"hydra": hydra_cfg}), "hydra.yaml", folder)
+    _save_config(hydra_cfg.overrides.task, "overrides.yaml", folder)
+
+
+def _refuse(message: str, rank: int, error: type = OutputExistsError) -> None:
+    """Stop the job before it writes anything: one paragraph, a non-zero exit (under -m, the job fails
+    and the sweep goes on)."""
+    if rank == 0:
+        print(f"ftexp: error: {message}", file=sys.stderr)
+    raise error(message) if multirun_mode() else SystemExit(1)
+
+
+def _refuse_if_no_gpu(trainer: Any, rank: int) -> None:
+    """trainer=gpu/ddp/fsdp where torch sees no CUDA device: said before the model loads."""
+    import torch
+
+    if str(trainer.accelerator) in ("gpu", "cuda") and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else "no device visible (CUDA_VISIBLE_DEVICES?)"
+        _refuse(f"trainer.accelerator={trainer.accelerator!r} (trainer=gpu, ddp or fsdp) needs a CUDA GPU, and torch "
+                f"{torch.__version__} has none ({build}). Use trainer=cpu, or trainer=ddp_cpu for data "
+                f"parallelism over CPU processes.", rank, FtexpError)
+
+
+def _refuse_if_changed(run_dir: Path, before: Optional[Dict[str, Any]], now: Dict[str, Any], rank: int) -> None:
+    """resume=true continues (or skips) the run in ``run_dir`` only with the config it was started with."""
+    changes = checkpoints.config_changes(before, now) if before is not None else []
+    if changes:
+        shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+        _refuse(f"resume=true: {run_dir} holds a run of another config ({shown}). Resuming would join the two "
+                f"into one result. Resume with the settings it was started with, or start this one in another "
+                f"hydra.run.dir / hydra.sweep.dir (overwrite=true starts again in this folder).", rank)
 
 
 def multirun_mode() -> bool:
@@ -221,7 +276,8 @@ def _record(run_dir, base, record: RunRecord, cfg, tracker, t0, error: Optional[
     results.update(
         status="failed" if error is not None else "completed",
         finished_at=now(),
-        metrics=record.final_metrics(cfg.data.name),
+        # A failed run has no final metrics: its rows say how far it got (row 0 is the untrained model's).
+        metrics=record.final_metrics(cfg.data.name) if error is None else {},
         rows=record.rows,
         stages=record.stages,
         wall_time_s={**record.wall_time_s, "total": time.perf_counter() - t0},

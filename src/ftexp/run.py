@@ -369,6 +369,8 @@ def fit_stage(cfg, stage, index, lr, model, datamodule, task, mitigation, run_di
                                "world_size": trainer.world_size}
     summary.update(throughput.summary())
     losses = {**module.losses_at_checkpoint, **trainer.callback_metrics}  # (a resumed stage may train no more)
+    if "train/loss" not in losses and (window := module.unlogged_train_loss()) is not None:
+        losses["train/loss"] = window  # fewer steps than trainer.log_every_n_steps
     for key in ("train/loss", "val/loss"):
         if key in losses:
             summary[key] = float(losses[key])

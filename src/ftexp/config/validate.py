@@ -84,6 +84,14 @@ def problems(cfg: DictConfig) -> List[str]:
              "trainer.packing needs attention that takes a 4-D mask (sdpa, eager) or reads example boundaries "
              "from position_ids (flash-attention kernels, flex_attention); turn packing off for this one")
     need(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", t.accumulate_grad_batches, "must be >= 1")
+    if t.pack_length is not None:
+        need(bool(t.packing), "trainer.pack_length", t.pack_length,
+             "sets the row length of packing, which is off: add trainer.packing=true (or drop pack_length)")
+        need(t.pack_length >= m.max_length, "trainer.pack_length", t.pack_length,
+             f"must be at least model.max_length ({m.max_length}) so that every example fits a packed row "
+             "(null: model.max_length)")
+    need(t.peak_tflops is None or t.peak_tflops > 0, "trainer.peak_tflops", t.peak_tflops,
+         "must be > 0 (one device's peak bf16 TFLOP/s, for MFU) or null (looked up from the GPU's name)")
     need(t.checkpoint_every_n_steps is None or t.checkpoint_every_n_steps >= 1, "trainer.checkpoint_every_n_steps",
          t.checkpoint_every_n_steps, "must be >= 1 (or null: checkpoints at epoch ends only)")
     need(o.lr > 0, "optim.lr", o.lr, "must be > 0")

@@ -17,6 +17,7 @@ stage's ``last.ckpt`` (if any) to ``Trainer.fit``. A completed job removes its c
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -81,3 +82,42 @@ def latest_stage(run_dir: Path, stages: int) -> Optional[Tuple[Path, Dict[str, A
 
 def remove(run_dir: Path) -> None:
     shutil.rmtree(Path(run_dir) / FOLDER, ignore_errors=True)
+
+
+CONFIG_FILE = "config.json"
+# What a resumed run may change: where things are read from and shown, not what is trained.
+RESUMABLE_CHANGES = ("resume", "overwrite", "data_dir", "cache_dir", "logger", "tags", "trainer.enable_progress_bar",
+                     "trainer.num_workers", "trainer.devices", "trainer.num_nodes")
+
+
+def save_config(run_dir: Path, config: Dict[str, Any]) -> None:
+    """The resolved config of the run the checkpoints belong to (rank 0, at the job's start)."""
+    path = Path(run_dir) / FOLDER / CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(config, indent=1, sort_keys=True, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def saved_config(run_dir: Path) -> Optional[Dict[str, Any]]:
+    try:
+        return json.loads((Path(run_dir) / FOLDER / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def config_changes(before: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
+    """``key: old -> new`` for every setting that differs, but those a resumed run may change."""
+    a, b = _flat(before), _flat(now)
+    changed = [k for k in sorted(a.keys() | b.keys()) if a.get(k, "<unset>") != b.get(k, "<unset>")
+               and not any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)]
+    return [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in changed]
+
+
+def _flat(node: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(node, dict):
+        out: Dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: json.loads(json.dumps(node, default=str))}  # as saved: tuples are lists

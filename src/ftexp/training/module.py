@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 from typing import Any, Dict, Optional
 
@@ -21,6 +22,8 @@ from ftexp.training.fused_loss import fused_forward, require_fusable
 from ftexp.training.master_weights import MasterWeightAdamW
 from ftexp.training.stage_cache import rng_states_of_ranks, set_rank_rng_state
 from ftexp.utils.ranks import every_rank, own
+
+log = logging.getLogger(__name__)
 
 
 def completion_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -224,8 +227,23 @@ class FineTuneModule(pl.LightningModule):
             dist.all_reduce(sums)
         # sync_dist averages a value already equal on every rank (leaving it as it is, exactly with 2, 4 ...
         # ranks); it tells Lightning the epoch-level value is global, which it otherwise warns about.
-        self.log("val/loss", (sums[0] / sums[1].clamp(min=1)).float(), prog_bar=True,
-                 sync_dist=self.trainer.world_size > 1)
+        val_loss = (sums[0] / sums[1].clamp(min=1)).float()
+        self.log("val/loss", val_loss, prog_bar=True, sync_dist=self.trainer.world_size > 1)
+        if self.trainer.is_global_zero:  # progress in the log, also where no progress bar is drawn
+            train = self.trainer.callback_metrics.get("train/loss")
+            log.info("epoch %d, step %d: val/loss %.4f%s", self.trainer.current_epoch, self.trainer.global_step,
+                     float(val_loss), f", train/loss {float(train):.4f}" if train is not None else "")
+
+    def unlogged_train_loss(self) -> Optional[float]:
+        """The mean task loss of the steps since train/loss was last logged (over every rank: call it on
+        all), for a stage with fewer steps than trainer.log_every_n_steps; None if there were none."""
+        total = torch.tensor([float(self._window_loss), float(self._window_batches)], dtype=torch.float64,
+                             device=self.device)
+        if self.trainer.world_size > 1:  # the ranks' shares of each batch's loss add up to world x its mean
+            import torch.distributed as dist
+
+            dist.all_reduce(total)
+        return float(total[0] / total[1]) if total[1] > 0 else None
 
     # ------------------------------------------------------------------------- optimiser
 
