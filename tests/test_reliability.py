@@ -233,3 +233,23 @@ def test_a_run_stopped_by_sigterm_exits_non_zero_and_says_how_to_resume(data_dir
     assert "stopped by SIGTERM; resume=true" in err and "Traceback" not in err
     res = json.loads((run_dir / "results.json").read_text())
     assert res["status"] == "failed" and res["metrics"] == {} and marker.exists()  # kept for the resume
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_a_resumed_job_keeps_the_csv_rows_it_logged_before(tmp_path, resume):
+    """Lightning's CSV writer deletes an existing metrics.csv: right for overwrite=true, not for resume."""
+    import csv
+
+    from ftexp.tracking.loggers import CSVLogger, RunIdentity
+
+    first = CSVLogger(None)
+    first.start(tmp_path, {"resume": False}, RunIdentity(name="run"))
+    first.lightning.log_metrics({"train/loss": 2.0}, step=1)
+    first.finish(failed=True)
+    again = CSVLogger(None)
+    again.start(tmp_path, {"resume": resume}, RunIdentity(name="run"))
+    again.lightning.log_metrics({"train/loss": 1.0, "val/loss": 1.5}, step=2)
+    again.finish(failed=False)
+    with open(tmp_path / "csv" / "metrics.csv", newline="") as file:
+        rows = [(r["step"], r["train/loss"], r["val/loss"]) for r in csv.DictReader(file)]
+    assert rows == ([("1", "2.0", ""), ("2", "1.0", "1.5")] if resume else [("2", "1.0", "1.5")])

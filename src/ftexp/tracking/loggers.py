@@ -86,12 +86,28 @@ class CSVLogger(NoLogger):
     """``logger=csv``: Lightning's CSVLogger, ``<run dir>/csv/metrics.csv``."""
 
     def start(self, run_dir: Path, config: Dict[str, Any], identity: RunIdentity) -> None:
+        # Lightning's writer deletes an existing metrics.csv; a resumed job keeps what it logged before
+        # the interruption (rows after its last checkpoint appear twice, as in W&B).
+        earlier = _csv_rows(Path(run_dir) / "csv" / "metrics.csv") if config.get("resume") else []
         self.lightning = OffsetCSVLogger(save_dir=str(run_dir), name="csv", version="")
+        if earlier:
+            writer = self.lightning.experiment
+            writer.metrics = earlier + writer.metrics
         self.lightning.log_hyperparams(config)
 
     @property
     def location(self) -> Optional[str]:
         return self.lightning.log_dir if self.lightning is not None else None
+
+
+def _csv_rows(path: Path) -> List[Dict[str, str]]:
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as file:
+            return list(csv.DictReader(file))
+    except OSError:
+        return []
 
 
 def previous_run_id(run_dir: Path) -> Optional[str]:
