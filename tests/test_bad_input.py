@@ -210,6 +210,11 @@ CASES: List[Tuple[str, Callable[[Workspace], Attempt], List[str]]] = [
      ["{root}/run/results.json holds a completed run; refusing to overwrite it"]),
     ("resume with another config", resume_with_another_config,
      ["resume=true: {root}/run holds a run of another config", "optim.lr: 0.002 -> 0.5", "seed: 0 -> 5"]),
+    ("missing data directory in a sweep", lambda ws: cli(
+        ws, "-m", *[o for o in ws.base if not o.startswith(("output_dir=", "data_dir="))],
+        f"data_dir={ws.root}/none_a,{ws.root}/none_b", f"hydra.sweep.dir={ws.root}/sweep_b"),
+     ["Error executing job with overrides", "{root}/none_a/banking77/", "does not exist",  # (the first failure)
+      "{root}/sweep_b/0/results.json (status: failed)"]),
     ("GPU trainer on a machine without one", gpu_trainer_without_a_gpu,
      ["trainer.accelerator='gpu'", "needs a CUDA GPU", "trainer=cpu"]),
     ("pack_length without packing", lambda ws: cli(ws, "trainer.pack_length=256"),

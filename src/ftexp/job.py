@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from ftexp.errors import FtexpError, OutputExistsError
+from ftexp.errors import FtexpError, JobFailed
 from ftexp.run import RunRecord, run
 from ftexp.training import checkpoints
 from ftexp.tracking.loggers import NoLogger, RunIdentity
@@ -196,10 +196,12 @@ def run_job(cfg: DictConfig) -> Optional[float]:
                       f"last checkpoint\nftexp: results: {run_dir / RESULTS_FILE} (status: failed)", file=sys.stderr)
                 raise SystemExit(143) from None
             if isinstance(exc, FtexpError):
-                print(f"ftexp: error: {redact(str(exc), secrets)}\nftexp: results: {run_dir / RESULTS_FILE} (status: failed)",
-                      file=sys.stderr)
-                if not multirun:
-                    raise SystemExit(1) from None
+                paragraph = (f"ftexp: error: {redact(str(exc), secrets)}\n"
+                             f"ftexp: results: {run_dir / RESULTS_FILE} (status: failed)")
+                if multirun:
+                    raise JobFailed(paragraph) from None
+                print(paragraph, file=sys.stderr)
+                raise SystemExit(1) from None
             # Under -m an Exception is Hydra's to record: the other jobs still run, and the sweep
             # exits non-zero at the end. SystemExit or KeyboardInterrupt stop the sweep.
             raise
@@ -229,12 +231,14 @@ def save_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
     _save_config(hydra_cfg.overrides.task, "overrides.yaml", folder)
 
 
-def _refuse(message: str, rank: int, error: type = OutputExistsError) -> None:
+def _refuse(message: str, rank: int) -> None:
     """Stop the job before it writes anything: one paragraph, a non-zero exit (under -m, the job fails
     and the sweep goes on)."""
+    if multirun_mode():
+        raise JobFailed(f"ftexp: error: {message}")
     if rank == 0:
         print(f"ftexp: error: {message}", file=sys.stderr)
-    raise error(message) if multirun_mode() else SystemExit(1)
+    raise SystemExit(1)
 
 
 def _refuse_if_no_gpu(trainer: Any, rank: int) -> None:
@@ -245,7 +249,7 @@ def _refuse_if_no_gpu(trainer: Any, rank: int) -> None:
         build = "a CPU-only build" if torch.version.cuda is None else "no device visible (CUDA_VISIBLE_DEVICES?)"
         _refuse(f"trainer.accelerator={trainer.accelerator!r} (trainer=gpu, ddp or fsdp) needs a CUDA GPU, and torch "
                 f"{torch.__version__} has none ({build}). Use trainer=cpu, or trainer=ddp_cpu for data "
-                f"parallelism over CPU processes.", rank, FtexpError)
+                f"parallelism over CPU processes.", rank)
 
 
 def _refuse_if_changed(run_dir: Path, before: Optional[Dict[str, Any]], now: Dict[str, Any], rank: int) -> None:
