@@ -169,6 +169,8 @@ def run_job(cfg: DictConfig) -> Optional[float]:
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_hydra_files(run_dir, cfg)
+        if not cfg.resume:  # an earlier run's checkpoints must not pass for this one's
+            checkpoints.remove(run_dir)
         if cfg.trainer.checkpoints:  # what resume=true holds a later command line to
             checkpoints.save_config(run_dir, resolved)
     t0 = time.perf_counter()
@@ -252,9 +254,9 @@ def _refuse_if_no_gpu(trainer: Any, rank: int) -> None:
                 f"parallelism over CPU processes.", rank)
 
 
-def _refuse_if_changed(run_dir: Path, before: Optional[Dict[str, Any]], now: Dict[str, Any], rank: int) -> None:
+def _refuse_if_changed(run_dir: Path, before: Optional[Dict[str, Any]], current: Dict[str, Any], rank: int) -> None:
     """resume=true continues (or skips) the run in ``run_dir`` only with the config it was started with."""
-    changes = checkpoints.config_changes(before, now) if before is not None else []
+    changes = checkpoints.config_changes(before, current) if before is not None else []
     if changes:
         shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
         _refuse(f"resume=true: {run_dir} holds a run of another config ({shown}). Resuming would join the two "
