@@ -254,3 +254,31 @@ def test_a_stage_resumed_from_its_final_checkpoint_reports_the_whole_stage(tmp_p
     assert again["tokens"] == summary["tokens"] > 0 and again["effective_tokens"] == summary["effective_tokens"]
     assert 0.5 * summary["train_time_s"] < again["train_time_s"] <= summary["train_time_s"] * 1.5
     assert module.losses_at_checkpoint == {k: float(whole.callback_metrics[k]) for k in ("train/loss", "val/loss")}
+
+
+def test_a_stage_shorter_than_the_logging_interval_still_has_a_train_loss_and_logs_its_progress(caplog):
+    """Three steps, log_every_n_steps=20: train/loss is never logged, the stage's summary takes the mean
+    of its steps; every validation leaves a line in the log (where no progress bar is drawn)."""
+    import logging
+
+    pl.seed_everything(0, verbose=False)
+    data = rows(24)
+    dm = FineTuneDataModule(data, data[:8], pad_id=0, batch_size=8, seed=0)
+    module = FineTuneModule(tiny_lm(), compose_config([]).optim, lr=3e-3, mitigation=Recording())
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=20)
+    with caplog.at_level(logging.INFO, logger="ftexp.training.module"):
+        trainer.fit(module, datamodule=dm)
+    assert "train/loss" not in trainer.callback_metrics and trainer.global_step == 3
+    assert math.isclose(module.unlogged_train_loss(), sum(module.mitigation.losses) / 3, rel_tol=1e-6)
+    assert f"epoch 0, step 3: val/loss {float(trainer.callback_metrics['val/loss']):.4f}" in caplog.text
+
+
+class Recording(Mitigation):
+    def __init__(self):
+        super().__init__()
+        self.losses = []
+
+    def training_loss(self, loss, batch, model, outputs=None):
+        self.losses.append(float(loss))
+        return loss, {}

@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ftexp.data.packing import flatten_batch, pack_batch
-from ftexp.errors import FtexpError
 from ftexp.data.replay_batches import ReplayBatches
+from ftexp.errors import FtexpError
 
 Encoded = Dict[str, List[int]]
 

@@ -106,9 +106,9 @@ def saved_config(run_dir: Path) -> Optional[Dict[str, Any]]:
         return None
 
 
-def config_changes(before: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
+def config_changes(before: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
     """``key: old -> new`` for every setting that differs, but those a resumed run may change."""
-    a, b = _flat(before), _flat(now)
+    a, b = _flat(before), _flat(current)
     changed = [k for k in sorted(a.keys() | b.keys()) if a.get(k, "<unset>") != b.get(k, "<unset>")
                and not any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)]
     return [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in changed]

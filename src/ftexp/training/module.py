@@ -171,7 +171,8 @@ class FineTuneModule(pl.LightningModule):
             outputs = self.train_forward(self.model, batch)
         task_loss = outputs.loss
         if self.trainer.world_size > 1:
-            batch["token_weight"] = global_token_weight(batch["labels"], self.trainer.world_size, batch.get("lent", False))
+            batch["token_weight"] = global_token_weight(batch["labels"], self.trainer.world_size,
+                                                        batch.get("lent", False))
             task_loss = task_loss * batch["token_weight"]
         loss, extra = self.mitigation.training_loss(task_loss, batch, self.model, outputs)
         self._window_loss = self._window_loss + task_loss.detach()
@@ -183,7 +184,7 @@ class FineTuneModule(pl.LightningModule):
             self.log("train/loss", self._window_loss / self._window_batches, prog_bar=True, batch_size=bs,
                      sync_dist=self.trainer.world_size > 1)  # each rank's share sums to the global mean
             self.log("lr", self.lr_schedulers().get_last_lr()[0], batch_size=bs)
-            sync = self.trainer.world_size > 1  # the ranks' shares of the loss sum to the global one
+            sync = self.trainer.world_size > 1  # averaged over the ranks, their shares make the global mean
             if loss is not task_loss:
                 self.log("train/total_loss", loss, batch_size=bs, sync_dist=sync)
             for name, value in extra.items():
