@@ -204,3 +204,17 @@ def test_no_teacher_in_the_first_stage_of_a_model_trained_from_scratch():
     assert out is loss and extras == {} and lwf.teacher_bytes == 0
     lwf.before_stage(StageContext(index=2, name="s2", model=model, datamodule=None, task=None, pretrained=False))
     assert lwf.teacher_bytes > 0  # from stage 2 on, the previous stage's model is the teacher
+
+
+def test_under_ddp_the_distillation_term_is_weighted_like_the_task_loss():
+    """A rank's term is its share of the global batch's per-token mean: times the batch's token_weight
+    (global_token_weight's factor, which the module also applies to the task loss)."""
+    model, lwf = lora_lm().eval(), LwF(LwfConfig(alpha=1.0))
+    start_stage(lwf, model)
+    perturb(model)
+    outputs = model(**{k: BATCH[k] for k in ("input_ids", "attention_mask")})
+    zero = torch.tensor(0.0)
+    one_process, _ = lwf.training_loss(zero, dict(BATCH), model, outputs)
+    weighted, extra = lwf.training_loss(zero, {**BATCH, "token_weight": torch.tensor(0.25)}, model, outputs)
+    assert float(one_process) > 0 and torch.isclose(weighted, 0.25 * one_process)
+    assert torch.isclose(extra["lwf_kd"], 0.25 * one_process)
