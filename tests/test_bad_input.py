@@ -220,6 +220,8 @@ CASES: List[Tuple[str, Callable[[Workspace], Attempt], List[str]]] = [
     ("pack_length without packing", lambda ws: cli(ws, "trainer.pack_length=256"),
      ["trainer.pack_length=256", "packing, which is off"]),
     ("negative peak FLOP/s", lambda ws: cli(ws, "trainer.peak_tflops=-1"), ["trainer.peak_tflops=-1.0", "must be > 0"]),
+    ("checkpoints every 0 steps", lambda ws: cli(ws, "trainer.checkpoint_every_n_steps=0"),
+     ["trainer.checkpoint_every_n_steps=0", "must be >= 1"]),
     # review-rating files
     ("out-of-range rating", lambda ws: ratings_with(ws, "qa/test/3", helpfulness=7),
      ["{root}/ratings.jsonl", "'qa/test/3'", "column 'helpfulness' is 7, not an integer from 1 to 5"]),

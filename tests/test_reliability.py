@@ -253,3 +253,16 @@ def test_a_resumed_job_keeps_the_csv_rows_it_logged_before(tmp_path, resume):
     with open(tmp_path / "csv" / "metrics.csv", newline="") as file:
         rows = [(r["step"], r["train/loss"], r["val/loss"]) for r in csv.DictReader(file)]
     assert rows == ([("1", "2.0", ""), ("2", "1.0", "1.5")] if resume else [("2", "1.0", "1.5")])
+
+
+def test_resume_tells_a_changed_setting_from_where_things_are_read_and_shown():
+    from ftexp.training.checkpoints import config_changes
+
+    before = {"seed": 0, "optim": {"lr": 1e-3, "betas": [0.9, 0.95]}, "data_dir": "/a", "logger": {"project": "x"},
+              "trainer": {"devices": 1, "max_epochs": 3}, "resume": False}
+    moved = {**before, "data_dir": "/b", "logger": {"project": "y"}, "resume": True,
+             "trainer": {"devices": 2, "max_epochs": 3}}
+    assert config_changes(before, moved) == []  # read elsewhere, shown elsewhere, on more devices
+    changed = {**moved, "seed": 5, "optim": {"lr": 1e-3, "betas": (0.9, 0.99)}, "trainer": {"devices": 2}}
+    assert config_changes(before, changed) == ["optim.betas: [0.9, 0.95] -> [0.9, 0.99]", "seed: 0 -> 5",
+                                               "trainer.max_epochs: 3 -> '<unset>'"]

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ftexp.errors import FtexpError, JobFailed
-from ftexp.run import RunRecord, run
+from ftexp.run import RunRecord, eval_device, run
 from ftexp.training import checkpoints
 from ftexp.tracking.loggers import NoLogger, RunIdentity
 from ftexp.tracking.results import RESULTS_FILE, environment, now, write_results
@@ -247,7 +247,7 @@ def _refuse_if_no_gpu(trainer: Any, rank: int) -> None:
     """trainer=gpu/ddp/fsdp where torch sees no CUDA device: said before the model loads."""
     import torch
 
-    if str(trainer.accelerator) in ("gpu", "cuda") and not torch.cuda.is_available():
+    if eval_device(trainer).type == "cuda" and not torch.cuda.is_available():
         build = "a CPU-only build" if torch.version.cuda is None else "no device visible (CUDA_VISIBLE_DEVICES?)"
         _refuse(f"trainer.accelerator={trainer.accelerator!r} (trainer=gpu, ddp or fsdp) needs a CUDA GPU, and torch "
                 f"{torch.__version__} has none ({build}). Use trainer=cpu, or trainer=ddp_cpu for data "

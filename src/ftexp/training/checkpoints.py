@@ -27,6 +27,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from ftexp.training.stage_cache import trained_state
+from ftexp.utils.io import atomic_write_json
 
 FOLDER = "checkpoints"
 
@@ -92,11 +93,7 @@ RESUMABLE_CHANGES = ("resume", "overwrite", "data_dir", "cache_dir", "logger", "
 
 def save_config(run_dir: Path, config: Dict[str, Any]) -> None:
     """The resolved config of the run the checkpoints belong to (rank 0, at the job's start)."""
-    path = Path(run_dir) / FOLDER / CONFIG_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(config, indent=1, sort_keys=True, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(Path(run_dir) / FOLDER / CONFIG_FILE, config)
 
 
 def saved_config(run_dir: Path) -> Optional[Dict[str, Any]]:

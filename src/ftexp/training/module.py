@@ -21,7 +21,7 @@ from ftexp.training.fsdp import clean_name
 from ftexp.training.fused_loss import fused_forward, require_fusable
 from ftexp.training.master_weights import MasterWeightAdamW
 from ftexp.training.stage_cache import rng_states_of_ranks, set_rank_rng_state
-from ftexp.utils.ranks import every_rank, own
+from ftexp.utils.ranks import every_rank, own, summed
 
 log = logging.getLogger(__name__)
 
@@ -238,13 +238,9 @@ class FineTuneModule(pl.LightningModule):
     def unlogged_train_loss(self) -> Optional[float]:
         """The mean task loss of the steps since train/loss was last logged (over every rank: call it on
         all), for a stage with fewer steps than trainer.log_every_n_steps; None if there were none."""
-        total = torch.tensor([float(self._window_loss), float(self._window_batches)], dtype=torch.float64,
-                             device=self.device)
-        if self.trainer.world_size > 1:  # the ranks' shares of each batch's loss add up to world x its mean
-            import torch.distributed as dist
-
-            dist.all_reduce(total)
-        return float(total[0] / total[1]) if total[1] > 0 else None
+        # (the ranks' shares of each batch's loss add up to world x its mean, their batches to world x B)
+        loss, batches = summed([self._window_loss, self._window_batches], self.trainer.world_size, self.device)
+        return loss / batches if batches > 0 else None
 
     # ------------------------------------------------------------------------- optimiser
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
-import torch
 
 from ftexp.data.packing import real_tokens
-from ftexp.utils.ranks import every_rank, own
+from ftexp.utils.ranks import every_rank, own, summed
 
 
 class Throughput(pl.Callback):
@@ -73,7 +72,7 @@ class Throughput(pl.Callback):
             return
         elapsed = self._window_time + time.perf_counter() - self._window_start
         world = trainer.world_size
-        tokens, effective = _summed_over_ranks(self._window, world, pl_module.device)
+        tokens, effective = summed(self._window, world, pl_module.device)
         pl_module.log("train/tokens_per_s", tokens / elapsed, on_step=True, on_epoch=False)
         pl_module.log("train/effective_tokens_per_s", effective / elapsed, on_step=True, on_epoch=False)
         if self.flops_per_token and self.peak_flops:  # per device: the ranks' mean
@@ -97,8 +96,8 @@ class Throughput(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.train_time_s = self._train_time_so_far()
         self.world_size = trainer.world_size
-        self.total_tokens, self.total_effective = _summed_over_ranks(
-            [self.total_tokens, self.total_effective], trainer.world_size, pl_module.device)
+        self.total_tokens, self.total_effective = (int(v) for v in summed(
+            [self.total_tokens, self.total_effective], trainer.world_size, pl_module.device))
 
     def mfu(self, tokens_per_s_per_device: float) -> float:
         return tokens_per_s_per_device * self.flops_per_token / self.peak_flops
@@ -121,13 +120,3 @@ class Throughput(pl.Callback):
             out["peak_tflops"] = self.peak_flops / 1e12
         return out
 
-
-def _summed_over_ranks(counts: List[int], world_size: int, device: torch.device) -> List[int]:
-    """``counts`` added up over the ranks (the ranks' shares of a global batch differ in tokens)."""
-    if world_size == 1:
-        return list(counts)
-    import torch.distributed as dist
-
-    total = torch.tensor(counts, dtype=torch.long, device=device)
-    dist.all_reduce(total)
-    return [int(v) for v in total.tolist()]
