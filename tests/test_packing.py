@@ -10,7 +10,8 @@ import torch
 
 from ftexp.config.preflight import ConfigError, check_overrides, compose_config
 from ftexp.data.datamodule import FineTuneDataModule, pad_batch
-from ftexp.data.packing import first_fit_decreasing, flatten_batch, pack_batch, real_tokens
+from ftexp.data.packing import (first_fit_decreasing, flatten_batch, pack_batch, pack_rows, real_tokens,
+                                spread_evenly)
 from ftexp.training.module import FineTuneModule, completion_loss
 from tests.test_eval import tiny_lm
 
@@ -33,6 +34,22 @@ def test_first_fit_decreasing_respects_the_capacity_and_keeps_every_item():
     assert all(sum(lengths[i] for i in b) <= 10 for b in bins if len(b) > 1)
     assert [8] in bins  # longer than the capacity: a row of its own
     assert len(bins) == 5  # the other 40 tokens fill 4 rows of exactly 10: the least possible
+
+
+def test_pack_rows_spreads_a_step_over_the_fewest_rows_and_narrows_the_widest():
+    def widths(lengths, bins):
+        return [sum(lengths[i] for i in b) for b in bins]
+
+    lengths = [30, 28, 25, 20, 18, 15, 12, 10, 8, 5]
+    assert widths(lengths, first_fit_decreasing(lengths, 64)) == [63, 63, 45]  # a batch 63 wide, 18 % padding
+    rows = pack_rows(lengths, 64)
+    assert sorted(i for b in rows for i in b) == list(range(len(lengths)))
+    assert len(rows) == 3 and max(widths(lengths, rows)) == 58  # 171 tokens: 57 at best; 2 % padding
+    assert max(widths(lengths, spread_evenly(lengths, 3))) == 59  # longest first into the emptiest row
+    # where nothing narrower is found, first-fit's rows stay
+    lengths = [3, 3, 3, 8, 6, 5, 7]
+    assert max(widths(lengths, pack_rows(lengths, 12))) == 12
+    assert pack_rows(lengths, 12) == first_fit_decreasing(lengths, 12)
 
 
 def test_packed_logits_and_loss_equal_the_padded_batch():

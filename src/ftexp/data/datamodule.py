@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ftexp.data.packing import flatten_batch, pack_batch
+from ftexp.data.packing import flatten_batch, long_tensor, pack_batch
 from ftexp.data.replay_batches import ReplayBatches
 from ftexp.errors import FtexpError
 
@@ -20,14 +20,10 @@ Encoded = Dict[str, List[int]]
 def pad_batch(rows: List[Encoded], pad_id: int) -> Dict[str, torch.Tensor]:
     """Right-pad to the longest row of the batch; pads get label -100 and attention 0."""
     width = max(len(r["input_ids"]) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        n = len(r["input_ids"])
-        ids[i, :n] = torch.tensor(r["input_ids"])
-        labels[i, :n] = torch.tensor(r["labels"])
-        mask[i, :n] = 1
+    gaps = [width - len(r["input_ids"]) for r in rows]
+    ids = long_tensor([r["input_ids"] + [pad_id] * g for r, g in zip(rows, gaps)])
+    labels = long_tensor([r["labels"] + [-100] * g for r, g in zip(rows, gaps)])
+    mask = long_tensor([[1] * (width - g) + [0] * g for g in gaps])
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
