@@ -101,17 +101,19 @@ def _max_difference(a, b):
 
 
 def test_optim_implementation_picks_adamw_s_kernels():
-    """auto: fused on GPUs unless fp16's loss scaling meets clipping, torch's default elsewhere; an
-    explicit choice reaches the optimizer and trains to the same weights within rounding."""
+    """auto: fused on GPUs and CPUs unless fp16's loss scaling meets clipping, torch's default elsewhere;
+    an explicit choice reaches the optimizer and trains to the same weights within rounding."""
     assert adamw_kernels("auto", "cuda", fp16_clipping=False) == {"fused": True}
     assert adamw_kernels("auto", "cuda", fp16_clipping=True) == {}
-    assert adamw_kernels("auto", "cpu", fp16_clipping=False) == {}
+    assert adamw_kernels("auto", "cpu", fp16_clipping=False) == {"fused": True}
+    assert adamw_kernels("auto", "cpu", fp16_clipping=True) == {}
+    assert adamw_kernels("auto", "mps", fp16_clipping=False) == {}
     assert adamw_kernels("foreach", "cpu", fp16_clipping=False) == {"foreach": True}
     fused, fused_model = _optimizer_after_two_steps(["optim.implementation=fused"])
     loop, loop_model = _optimizer_after_two_steps(["optim.implementation=for_loop"])
     auto, _ = _optimizer_after_two_steps([])
     assert fused.defaults["fused"] and not loop.defaults["foreach"] and not loop.defaults["fused"]
-    assert not auto.defaults["fused"]  # on the CPU
+    assert auto.defaults["fused"]  # on the CPU too
     assert _max_difference(fused_model, loop_model) < 1e-6
     assert _max_difference(fused_model, tiny_lm()) > 1e-4  # it trained
 
