@@ -208,8 +208,11 @@ def test_a_resumed_job_continues_its_own_wandb_run(tiny_overrides, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_run_stopped_by_sigterm_exits_non_zero_and_says_how_to_resume(data_dir, cache_dir, tmp_path):
-    """Lightning turns SIGTERM into an exit with no code (0); a stopped run must not look finished."""
+@pytest.mark.parametrize("trainer", ["cpu", "ddp_cpu"])
+def test_a_run_stopped_by_sigterm_exits_non_zero_and_says_how_to_resume(data_dir, cache_dir, tmp_path, trainer):
+    """Lightning turns SIGTERM into an exit with no code (0); a stopped run must not look finished. The
+    signal goes to the whole process group, as a scheduler sends it: under DDP every rank stops, and
+    one message says so."""
     import os
     import signal
     import subprocess
@@ -220,19 +223,48 @@ def test_a_run_stopped_by_sigterm_exits_non_zero_and_says_how_to_resume(data_dir
 
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "ftexp", *TINY, f"data_dir={data_dir}", f"cache_dir={cache_dir}",
-                             "trainer.max_epochs=50", "save_model=false", f"hydra.run.dir={run_dir}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "trainer.max_epochs=50", "save_model=false", f"hydra.run.dir={run_dir}",
+                             f"trainer={trainer}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     marker = run_dir / "checkpoints" / "stage1" / "last.ckpt"  # training is under way
     deadline = time.time() + 300
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
     assert proc.poll() is None, proc.communicate()[1][-3000:]
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err[-3000:]
-    assert "stopped by SIGTERM; resume=true" in err and "Traceback" not in err
+    assert err.count("stopped by SIGTERM; resume=true") == 1 and "Traceback" not in err, err[-3000:]
     res = json.loads((run_dir / "results.json").read_text())
     assert res["status"] == "failed" and res["metrics"] == {} and marker.exists()  # kept for the resume
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank", [0, 1])
+def test_sigterm_to_one_ddp_rank_stops_every_rank_at_the_same_batch(data_dir, cache_dir, tmp_path, rank):
+    """One rank gets SIGTERM in the middle of its step (before the step's collectives). Lightning's
+    handler broadcast from inside the signal handler and checked the flag per rank: the job hung.
+    Here every rank stops after that batch, and the run exits 143 with its last checkpoint kept."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import TINY
+
+    run_dir = tmp_path / "run"
+    args = [*TINY, f"data_dir={data_dir}", f"cache_dir={cache_dir}", "trainer=ddp_cpu", "trainer.max_epochs=3",
+            "trainer.checkpoint_every_n_steps=1", "save_model=false", f"hydra.run.dir={run_dir}"]
+    done = subprocess.run([sys.executable, str(Path(__file__).parent / "sigterm_at_batch.py"), *args],
+                          capture_output=True, text=True, timeout=240, env={**os.environ, "FTEXP_SIGTERM_AT": f"{rank}:2"})
+    assert done.returncode == 143, done.stderr[-3000:]
+    assert done.stderr.count("stopped by SIGTERM; resume=true") == 1 and "Traceback" not in done.stderr
+    assert f"[rank {rank}] received SIGTERM" in done.stderr + done.stdout
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["status"] == "failed" and res["error"]["type"] == "SIGTERMException"
+    import torch
+
+    saved = torch.load(run_dir / "checkpoints" / "stage1" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 2  # batches 0 and 1 checkpointed; batch 2 stopped the run before its own
 
 
 @pytest.mark.parametrize("resume", [True, False])

@@ -194,8 +194,10 @@ def run_job(cfg: DictConfig) -> Optional[float]:
                 _record(run_dir, base, record, cfg, tracker, t0, error=exc)
             tracker.finish(failed=True, error=redact(f"{type(exc).__name__}: {exc}", secrets))
             if isinstance(exc, SIGTERMException):  # Lightning's: a SystemExit with no code, i.e. exit 0
-                print(f"ftexp: error: stopped by SIGTERM; resume=true (same hydra.run.dir) continues from the "
-                      f"last checkpoint\nftexp: results: {run_dir / RESULTS_FILE} (status: failed)", file=sys.stderr)
+                if rank == 0:  # every rank receives it; one message
+                    print(f"ftexp: error: stopped by SIGTERM; resume=true (same hydra.run.dir) continues from "
+                          f"the last checkpoint\nftexp: results: {run_dir / RESULTS_FILE} (status: failed)",
+                          file=sys.stderr)
                 raise SystemExit(143) from None
             if isinstance(exc, FtexpError):
                 paragraph = (f"ftexp: error: {redact(str(exc), secrets)}\n"

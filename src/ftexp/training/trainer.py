@@ -10,6 +10,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from ftexp.training import launch
 from ftexp.training.best_weights import BestWeights
+from ftexp.training.sigterm import StopTogether
 
 
 def build_trainer(cfg: Any, stage: Any, out_dir: Path, logger: Optional[Any], callbacks: List[Any] = (),
@@ -17,7 +18,7 @@ def build_trainer(cfg: Any, stage: Any, out_dir: Path, logger: Optional[Any], ca
     """``strategy``: a built Lightning strategy (FSDP's depends on the model) instead of ``cfg.strategy``."""
     max_epochs = stage.max_epochs if stage.max_epochs is not None else cfg.max_epochs
     max_steps = stage.max_steps if stage.max_steps is not None else cfg.max_steps
-    callbacks = list(callbacks)
+    callbacks = [*callbacks, StopTogether()]
     launch.install()  # child ranks of a DDP job run that job, not the command line's sweep
     if validate and cfg.get("early_stopping_patience") is not None:
         callbacks += [EarlyStopping(monitor="val/loss", mode="min", patience=cfg.early_stopping_patience,
