@@ -5,8 +5,9 @@
 Both sides start from the same weights and run the same pre-collated batches (Banking77 from
 FTEXP_DATA_DIR when it is set, else random tokens of Banking77-like lengths) with AdamW, warm-up +
 cosine and gradient clipping. The plain loop is the baseline; ftexp runs the real FineTuneModule
-under a Lightning Trainer with its throughput callback. Each side uses its own default AdamW kernel:
-torch's (a for-loop over tensors on a CPU) in the plain loop, fused in ftexp (optim.implementation=auto). Time per step excludes the first
+under a Lightning Trainer with its throughput callback. Both sides use the fused AdamW (ftexp's
+optim.implementation=auto; torch's own default on a CPU is a for-loop over tensors, 4.5x slower for this
+model, 6.5 % of the step), so the ratio is what the framework costs. Time per step excludes the first
 ``--warmup`` steps; runs alternate (first side swapped each repeat) and the median of ``--repeats`` is reported. Goal: ratio <= 1.05.
 """
 
@@ -88,7 +89,8 @@ class StepClock(pl.Callback):
 def run_plain(model, batches, optim_cfg, lr: float, warmup: int) -> float:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, betas=tuple(optim_cfg.betas), weight_decay=optim_cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=lr, betas=tuple(optim_cfg.betas), weight_decay=optim_cfg.weight_decay,
+                            fused=True)
     total, warm = len(batches), int(round(optim_cfg.warmup_ratio * len(batches)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warm, optim_cfg.min_lr_ratio))
     start = None

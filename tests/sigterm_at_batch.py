@@ -1,7 +1,8 @@
-"""``python -m ftexp`` that sends itself SIGTERM in the middle of training batch B on rank R only
-(``FTEXP_SIGTERM_AT=R:B``; run as a script, so that DDP's child ranks run it too). A scheduler's
-signal reaches the ranks at moments of its own; this one lands at a known point of one rank's step,
-before that step's collectives, where a rank that acts on it alone leaves the others waiting."""
+"""``python -m ftexp`` that sends itself SIGTERM on rank R only: in the middle of training batch B
+(``FTEXP_SIGTERM_AT=R:B``) or of the first validation batch (``R:val``). Run as a script, so that
+DDP's child ranks run it too. A scheduler's signal reaches the ranks at moments of its own; this one
+lands at a known point of one rank's work, before that step's collectives, where a rank that acts on
+it alone leaves the others waiting."""
 
 import os
 import signal
@@ -9,17 +10,23 @@ import sys
 
 from ftexp.training.module import FineTuneModule
 
-_step = FineTuneModule.training_step
+_RANK, _AT = os.environ["FTEXP_SIGTERM_AT"].split(":")
+_train_step, _val_step = FineTuneModule.training_step, FineTuneModule.validation_step
 
 
-def _step_then_signal(self, batch, batch_idx):
-    rank, at = (int(x) for x in os.environ["FTEXP_SIGTERM_AT"].split(":"))
-    if self.global_rank == rank and batch_idx == at:
+def _training_step(self, batch, batch_idx):
+    if self.global_rank == int(_RANK) and _AT != "val" and batch_idx == int(_AT):
         os.kill(os.getpid(), signal.SIGTERM)
-    return _step(self, batch, batch_idx)
+    return _train_step(self, batch, batch_idx)
 
 
-FineTuneModule.training_step = _step_then_signal
+def _validation_step(self, batch, batch_idx, *args):
+    if self.global_rank == int(_RANK) and _AT == "val" and batch_idx == 0:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return _val_step(self, batch, batch_idx, *args)
+
+
+FineTuneModule.training_step, FineTuneModule.validation_step = _training_step, _validation_step
 
 if __name__ == "__main__":
     from ftexp.cli import main

@@ -17,8 +17,8 @@ from tests.test_packing import varied_rows
 
 
 def _optimizers(device: str):
-    """The same bf16 weights under the eager step (torch's AdamW on the copies: for-loop on a CPU, fused
-    on a GPU, as ftexp's auto picks) and the compiled one, in two groups (with and without weight decay),
+    """The same bf16 weights under the eager step (torch's AdamW on the copies: the for-loop on a CPU,
+    which differs from the compiled step most, fused on a GPU) and the compiled one, in two groups (with and without weight decay),
     as ftexp builds them."""
     model = tiny_lm().to(device=device, dtype=torch.bfloat16)
     twin = copy.deepcopy(model)

@@ -240,31 +240,43 @@ def test_a_run_stopped_by_sigterm_exits_non_zero_and_says_how_to_resume(data_dir
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rank", [0, 1])
-def test_sigterm_to_one_ddp_rank_stops_every_rank_at_the_same_batch(data_dir, cache_dir, tmp_path, rank):
-    """One rank gets SIGTERM in the middle of its step (before the step's collectives). Lightning's
-    handler broadcast from inside the signal handler and checked the flag per rank: the job hung.
-    Here every rank stops after that batch, and the run exits 143 with its last checkpoint kept."""
+@pytest.mark.parametrize("at", ["0:2", "1:2", "1:val"])
+def test_sigterm_to_one_ddp_rank_stops_every_rank_at_the_same_point(data_dir, cache_dir, tmp_path, at):
+    """One rank gets SIGTERM in the middle of training batch 2 (before the step's collectives) or of
+    the last validation. Lightning's handler broadcast from inside the signal handler and checked the
+    flag per rank: the job hung. Here every rank stops after that batch, or after that validation
+    (which a check after training batches alone would miss: the run went on to evaluate), and the run
+    exits 143 with its last checkpoint kept."""
     import os
+    import signal
     import subprocess
     import sys
+
+    import torch
 
     from tests.conftest import TINY
 
     run_dir = tmp_path / "run"
-    args = [*TINY, f"data_dir={data_dir}", f"cache_dir={cache_dir}", "trainer=ddp_cpu", "trainer.max_epochs=3",
+    epochs = 1 if at.endswith("val") else 3
+    args = [*TINY, f"data_dir={data_dir}", f"cache_dir={cache_dir}", "trainer=ddp_cpu", f"trainer.max_epochs={epochs}",
             "trainer.checkpoint_every_n_steps=1", "save_model=false", f"hydra.run.dir={run_dir}"]
-    done = subprocess.run([sys.executable, str(Path(__file__).parent / "sigterm_at_batch.py"), *args],
-                          capture_output=True, text=True, timeout=240, env={**os.environ, "FTEXP_SIGTERM_AT": f"{rank}:2"})
-    assert done.returncode == 143, done.stderr[-3000:]
-    assert done.stderr.count("stopped by SIGTERM; resume=true") == 1 and "Traceback" not in done.stderr
-    assert f"[rank {rank}] received SIGTERM" in done.stderr + done.stdout
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "sigterm_at_batch.py"), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "FTEXP_SIGTERM_AT": at})
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:  # hung: take every rank down, then fail
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the job hung after SIGTERM to rank {at}:\n{err[-3000:]}")
+    assert proc.returncode == 143, err[-3000:]
+    assert err.count("stopped by SIGTERM; resume=true") == 1 and "Traceback" not in err
+    assert f"[rank {at[0]}] received SIGTERM" in err + out
     res = json.loads((run_dir / "results.json").read_text())
     assert res["status"] == "failed" and res["error"]["type"] == "SIGTERMException"
-    import torch
-
     saved = torch.load(run_dir / "checkpoints" / "stage1" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert saved["global_step"] == 2  # batches 0 and 1 checkpointed; batch 2 stopped the run before its own
+    if at.endswith(":2"):
+        assert saved["global_step"] == 2  # batches 0 and 1 checkpointed; batch 2 stopped the run before its own
 
 
 @pytest.mark.parametrize("resume", [True, False])

@@ -313,7 +313,7 @@ class OptimConfig:
     warmup_ratio: float = 0.05  # fraction of a stage's steps spent warming up
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
     batch_size: int = II("model.batch_size")
-    # AdamW's kernels: auto = fused (one kernel for every parameter) on GPUs, torch's default elsewhere;
+    # AdamW's kernels: auto = fused (one kernel for every parameter) on GPUs and CPUs, torch's default elsewhere;
     # or fused, foreach, for_loop; compiled (with trainer.master_weights only): the master-weight step
     # torch.compile'd, cast, clipping and write-back included. Same update rule, different rounding order.
     implementation: str = "auto"

@@ -47,7 +47,7 @@ def problems(cfg: DictConfig) -> List[str]:
              "flat parameter between its shard and the whole; dynamo fails at the first step, either scope); "
              "set trainer.compile=false with trainer=fsdp, or use trainer=ddp with compile")
     need(o.implementation in ADAMW_IMPLEMENTATIONS, "optim.implementation", o.implementation,
-         f"must be one of {', '.join(ADAMW_IMPLEMENTATIONS)} (auto: fused on GPUs, torch's default elsewhere)")
+         f"must be one of {', '.join(ADAMW_IMPLEMENTATIONS)} (auto: fused on GPUs and CPUs, torch's default elsewhere)")
     need(o.implementation != "compiled" or t.master_weights, "optim.implementation", "compiled",
          "compiles the step of trainer.master_weights (the bf16 gradient's cast, clipping's factor, the fp32 "
          "update and the rounded write-back in one pass); set trainer.master_weights=true with "

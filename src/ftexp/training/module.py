@@ -55,7 +55,7 @@ def adamw_kernels(implementation: str, device: str, fp16_clipping: bool) -> Dict
     """AdamW's keyword for ``optim.implementation``. auto is fused on GPUs and CPUs: one kernel reads and
     writes each parameter, gradient and moment once, where foreach (torch's default on GPUs) makes a pass
     per operation and the for-loop (its default on CPUs) a pass per operation and tensor: 4.5x the
-    fused step's time for the tiny model, 6 % of its training step. Not with fp16's loss scaling and
+    fused step's time for the tiny model, 6.5 % of its training step. Not with fp16's loss scaling and
     clipping (``fp16_clipping``): a fused step unscales the gradients itself, after they were clipped
     scaled. Elsewhere torch's default. compiled: MasterWeightAdamW's compiled step (the config allows it
     with master weights only)."""
