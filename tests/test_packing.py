@@ -52,6 +52,22 @@ def test_pack_rows_spreads_a_step_over_the_fewest_rows_and_narrows_the_widest():
     assert pack_rows(lengths, 12) == first_fit_decreasing(lengths, 12)
 
 
+def test_pack_rows_never_needs_more_rows_or_width_than_first_fit():
+    """Random steps, examples longer than the capacity included: every example once, no more rows
+    than first-fit-decreasing, never wider, and never wider than the capacity or the longest example."""
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(500):
+        capacity = int(torch.randint(8, 64, (1,), generator=gen))
+        lengths = torch.randint(1, capacity + 8, (int(torch.randint(1, 40, (1,), generator=gen)),),
+                                generator=gen).tolist()
+        rows, fewest = pack_rows(lengths, capacity), first_fit_decreasing(lengths, capacity)
+        assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
+        assert len(rows) == len(fewest)
+        width = max(sum(lengths[i] for i in r) for r in rows)
+        assert width <= max(sum(lengths[i] for i in r) for r in fewest)
+        assert width <= max(capacity, max(lengths))
+
+
 def test_packed_logits_and_loss_equal_the_padded_batch():
     model = tiny_lm()
     rows = varied_rows(12)
