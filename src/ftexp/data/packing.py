@@ -70,7 +70,9 @@ def pack_rows(lengths: Sequence[int], capacity: int) -> List[List[int]]:
 
     tried = [fewest, spread_evenly(lengths, len(fewest))]
     low, high = max(-(-sum(lengths) // len(fewest)), max(lengths)), width(fewest)
-    while low < high:  # bisect the capacity (first-fit's row count is monotone enough for a search)
+    # Bisect the capacity. First-fit's row count is not strictly monotone in it, so this finds a narrow
+    # width, not always the narrowest.
+    while low < high:
         mid = (low + high) // 2
         bins = first_fit_decreasing(lengths, mid)
         if len(bins) <= len(fewest):
