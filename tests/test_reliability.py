@@ -207,6 +207,21 @@ def test_a_resumed_job_continues_its_own_wandb_run(tiny_overrides, monkeypatch):
     assert json.loads((out / "results.json").read_text())["status"] == "completed"
 
 
+def _finish_or_fail(proc, timeout: int, what: str):
+    """A job started in its own process group: its (stdout, stderr), or, if it hangs, every rank
+    killed and the test failed (a rank left blocked in a collective would outlive the test)."""
+    import os
+    import signal
+    import subprocess
+
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        pytest.fail(f"the job hung after {what}:\n{err[-3000:]}")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("trainer", ["cpu", "ddp_cpu"])
 def test_a_run_stopped_by_sigterm_exits_non_zero_and_says_how_to_resume(data_dir, cache_dir, tmp_path, trainer):
@@ -232,7 +247,7 @@ def test_a_run_stopped_by_sigterm_exits_non_zero_and_says_how_to_resume(data_dir
         time.sleep(0.1)
     assert proc.poll() is None, proc.communicate()[1][-3000:]
     os.killpg(proc.pid, signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
+    _, err = _finish_or_fail(proc, 300, "SIGTERM to the process group")
     assert proc.returncode == 143, err[-3000:]
     assert err.count("stopped by SIGTERM; resume=true") == 1 and "Traceback" not in err, err[-3000:]
     res = json.loads((run_dir / "results.json").read_text())
@@ -248,7 +263,6 @@ def test_sigterm_to_one_ddp_rank_stops_every_rank_at_the_same_point(data_dir, ca
     (which a check after training batches alone would miss: the run went on to evaluate), and the run
     exits 143 with its last checkpoint kept."""
     import os
-    import signal
     import subprocess
     import sys
 
@@ -263,12 +277,7 @@ def test_sigterm_to_one_ddp_rank_stops_every_rank_at_the_same_point(data_dir, ca
     proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "sigterm_at_batch.py"), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, "FTEXP_SIGTERM_AT": at})
-    try:
-        out, err = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:  # hung: take every rank down, then fail
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"the job hung after SIGTERM to rank {at}:\n{err[-3000:]}")
+    out, err = _finish_or_fail(proc, 240, f"SIGTERM to rank {at}")
     assert proc.returncode == 143, err[-3000:]
     assert err.count("stopped by SIGTERM; resume=true") == 1 and "Traceback" not in err
     assert f"[rank {at[0]}] received SIGTERM" in err + out
