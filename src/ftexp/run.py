@@ -135,7 +135,7 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord, rank: i
     mitigation: Mitigation = build(cfg.mitigation)
     record.info.update(
         model={"name": cfg.model.name, "parameters": count_parameters(model),
-               "trust_remote_code": model_source.trust_remote_code},
+               "trust_remote_code": model_source.trust_remote_code, "weights": model_source.provenance},
         data=task_info(task),
         device=str(device) if device.type == "cpu" else f"cuda:{torch.cuda.get_device_name()}",
     )

