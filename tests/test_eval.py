@@ -53,6 +53,24 @@ def test_memory_bound_splits_labels_into_chunks():
     assert torch.allclose(got, full, atol=1e-5)
 
 
+def test_memory_bound_splits_prompts_before_labels():
+    """Where one prompt's logits over all labels fit, prompts are split, never labels: every pass then
+    holds every label, and no prompt is run through the model twice."""
+    model = tiny_lm()
+    full = label_logprobs(model, PROMPTS, LABELS, pad_id=0)
+    one_row = (1 + sum(len(label) - 1 for label in LABELS)) * 40
+    passes = []
+    hook = model.register_forward_hook(lambda mod, args, kwargs, out: passes.append(kwargs["input_ids"].shape),
+                                       with_kwargs=True)
+    got = label_logprobs(model, PROMPTS, LABELS, pad_id=0, max_logits=2 * one_row)
+    hook.remove()
+    assert torch.allclose(got, full, atol=1e-5)
+    assert [shape[0] for shape in passes] == [2] * (len(PROMPTS) // 2) + [1] * (len(PROMPTS) % 2)
+    block = sum(len(label) - 1 for label in LABELS)
+    widths = [max(len(p) for p in PROMPTS[i:i + 2]) + block for i in range(0, len(PROMPTS), 2)]
+    assert [shape[1] for shape in passes] == widths  # every label in every pass
+
+
 def toy_task(labels, n=12):
     task = Task(name="toy")
     task.labels = labels

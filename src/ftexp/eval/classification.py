@@ -75,13 +75,20 @@ def label_logprobs(
 ) -> torch.Tensor:
     """log p(label | prompt) summed over each label's tokens: a (len(prompts), len(labels)) tensor.
 
-    ``label_chunk`` > 0 caps the labels per forward pass; ``max_logits`` caps the logits' elements.
+    ``label_chunk`` > 0 caps the labels per forward pass; ``max_logits`` caps the logits' elements. Where
+    one prompt's logits over every label fit ``max_logits``, fewer prompts go per pass rather than fewer
+    labels: each chunk of labels would run the prompts through the model again (with a 49k vocabulary
+    and 77 labels of ~4 tokens, chunking the labels of 64 prompts doubled the tokens computed).
     """
     device = model_device(model)
     impl = getattr(model.config, "_attn_implementation", "sdpa")
     if impl not in ("sdpa", "eager"):
         raise ValueError(f"label scoring needs a 4D attention mask: attn_implementation sdpa or eager, not {impl}")
     vocab = model.get_output_embeddings().weight.shape[0] if hasattr(model, "get_output_embeddings") else 1
+    per_pass = max_logits // ((1 + sum(len(label) - 1 for label in labels)) * vocab)
+    if not label_chunk and 1 <= per_pass < len(prompts):
+        return torch.cat([label_logprobs(model, prompts[i:i + per_pass], labels, pad_id, 0, max_logits)
+                          for i in range(0, len(prompts), per_pass)])
     scores = torch.empty(len(prompts), len(labels))
     for start, end in label_chunks(labels, len(prompts), vocab, max_logits, label_chunk):
         chunk = labels[start:end]
