@@ -54,6 +54,17 @@ def test_n_test_is_a_fixed_stratified_subset(toy_data):
     assert [e.prompt for e in a] == [e.prompt for e in b]  # the run's seed does not change the test set
 
 
+def test_n_val_shortens_validation_without_changing_training(toy_data):
+    full = task_for(toy_data, "data.val_fraction=0.3")
+    short = task_for(toy_data, "data.val_fraction=0.3", "data.n_val=3")
+    assert Counter(ex.label for ex in short.splits["val"]) == {"card_arrival": 1, "refund": 1, "top_up": 1}
+    assert {e.prompt for e in short.splits["val"]} < {e.prompt for e in full.splits["val"]}
+    assert [e.prompt for e in short.splits["train"]] == [e.prompt for e in full.splits["train"]]
+    other_seed = build(compose_config([f"data.path={toy_data}", "data.val_fraction=0.3", "data.n_val=3"]).data,
+                       data_dir="unused", seed=5)
+    assert [e.prompt for e in other_seed.splits["val"]] == [e.prompt for e in short.splits["val"]]
+
+
 def test_malformed_jsonl_names_file_and_line(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text('{"text": "ok", "label": "a"}\n{"text": broken}\n')

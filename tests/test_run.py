@@ -128,3 +128,12 @@ def test_resume_skips_a_job_whose_results_say_completed_and_reruns_a_failed_one(
     path.write_text(json.dumps(res))
     run_job(cfg)  # a failed job is run again
     assert results(tmp_path / "run")["status"] == "completed"
+
+
+def test_no_stages_scores_the_untouched_model_only(tiny_overrides):
+    cfg = compose_config([*tiny_overrides, "stages=[]", "save_model=false"])
+    run_job(cfg)
+    res = results(Path(cfg.output_dir))
+    assert res["status"] == "completed" and res["stages"] == []
+    assert [r["index"] for r in res["rows"]] == [0]
+    assert res["metrics"]["test/accuracy"] == res["rows"][0]["metrics"]["banking77"]["test/accuracy"]

@@ -22,6 +22,7 @@ from ftexp.data.base import DataError, Task, encode_split
 from ftexp.data.datamodule import FineTuneDataModule
 from ftexp.eval.base import EvalContext, Evaluator
 from ftexp.eval.continual_summary import continual_summary, flat_continual
+from ftexp.eval.row_cache import RowCache
 from ftexp.mitigation.base import Mitigation, StageContext
 from ftexp.models.attention import takes_flat_batches
 from ftexp.models.base import count_parameters
@@ -77,9 +78,12 @@ def eval_device(trainer_cfg: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def evaluate_row(model, ctx: EvalContext, tasks: Dict[str, Task], evaluators: List[Evaluator], device, precision: str):
+def evaluate_row(model, ctx: EvalContext, tasks: Dict[str, Task], evaluators: List[Evaluator], device, precision: str,
+                 cache: Optional[RowCache] = None):
     """Every evaluator that runs on this row, on every task it applies to: ``{task: {metric: value}}``;
-    model-scoped evaluators (lm-evaluation-harness) file their metrics under their own name."""
+    model-scoped evaluators (lm-evaluation-harness) file their metrics under their own name. Scores
+    that ``cache`` holds for these weights and data are reused."""
+    cache = cache or RowCache(None)
     model.to(device)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
@@ -93,12 +97,12 @@ def evaluate_row(model, ctx: EvalContext, tasks: Dict[str, Task], evaluators: Li
         for name, task in tasks.items():
             for evaluator in active:
                 if evaluator.scope == "task" and evaluator.applies_to(task):
-                    row.setdefault(name, {}).update(evaluator.evaluate(model, task, ctx))
+                    row.setdefault(name, {}).update(cache.evaluate(evaluator, model, task, ctx))
         for evaluator in active:
             if evaluator.scope == "model":
                 prefix = f"{evaluator.name}/"  # filed under the name already: lm_eval/arc_easy/acc
                 metrics = {k[len(prefix):] if k.startswith(prefix) else k: v
-                           for k, v in evaluator.evaluate(model, None, ctx).items()}
+                           for k, v in cache.evaluate(evaluator, model, None, ctx).items()}
                 if metrics:
                     row.setdefault(evaluator.name, {}).update(metrics)
     return row
@@ -146,13 +150,14 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord, rank: i
     if len(tasks) > 1:
         record.info["tasks"] = {name: task_info(t) for name, t in tasks.items() if t is not task}
     record.wall_time_s["setup"] = time.perf_counter() - t0
+    row_cache = RowCache(cfg.cache_dir if cfg.cache_rows else None, tokenizer)
 
     def add_row(stage_name: str, index: int) -> None:
         if rank != 0:
             return
         started = time.perf_counter()
         eval_ctx.row, eval_ctx.last_row = index, index == len(cfg.stages)
-        metrics = evaluate_row(model, eval_ctx, tasks, evaluators, device, cfg.trainer.precision)
+        metrics = evaluate_row(model, eval_ctx, tasks, evaluators, device, cfg.trainer.precision, row_cache)
         record.wall_time_s[f"eval/{index}"] = time.perf_counter() - started
         record.rows.append({"index": index, "stage": stage_name, "metrics": metrics})
         flat = {f"eval/{name}/{k}": v for name, m in metrics.items() for k, v in m.items()}
@@ -184,6 +189,8 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord, rank: i
     if rank == 0 and len(cfg.stages) > 1:
         record.continual = continual_summary(record.rows, tasks, stage_tasks, run_dir, [s.name for s in cfg.stages])
         tracker.log_metrics(flat_continual(record.continual), step=record.step)
+    if row_cache.hits:
+        record.info["row_cache"] = {"reused": row_cache.hits, "path": str(Path(cfg.cache_dir) / "rows")}
     if cfg.save_model and rank == 0:
         record.info["saved_to"] = str(adapter.save(model, tokenizer, run_dir))
     record.wall_time_s["run"] = time.perf_counter() - t0

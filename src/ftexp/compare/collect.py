@@ -21,8 +21,8 @@ RESULTS_FILE = "results.json"  # as ftexp.tracking.results writes it (not import
 REPLICATE = "seed"
 # Overrides that change how a job runs, not what it computes: never a swept key. (A sweep resumed
 # with resume=true carries it on the jobs that ran after the resume only; cells must not split there.)
-RUN_CONTROL = ("resume", "overwrite", "output_dir", "cache_dir", "cache_stages", "save_model", "objective", "logger",
-               "trainer.checkpoints", "trainer.enable_progress_bar", "trainer.num_workers",
+RUN_CONTROL = ("resume", "overwrite", "output_dir", "cache_dir", "cache_stages", "cache_rows", "save_model",
+               "objective", "logger", "trainer.checkpoints", "trainer.enable_progress_bar", "trainer.num_workers",
                "trainer.log_every_n_steps")
 
 

@@ -99,6 +99,9 @@ class DataConfig(SourceConfig):
     group_field: Optional[str] = None  # records sharing this field stay on one side of the validation split
     n_train: Optional[int] = None  # real training examples (seeded subsample; None = all the weights allow)
     n_test: Optional[int] = None  # score a fixed subset of N test examples (None = all)
+    # Compute val/loss on a fixed subset of N validation examples (None = all). The validation split
+    # itself, and so the training set, stays as val_fraction made it: this only shortens each check.
+    n_val: Optional[int] = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     slices: List[SliceConfig] = field(default_factory=list)

@@ -46,6 +46,10 @@ class ModelConfig:
     name: str = MISSING  # short name, recorded in results
     dtype: str = "float32"  # weights dtype: float32 | bfloat16 | float16
     lr: float = 2e-4  # learning rate that suits this size (optim.lr defaults to it)
+    # Learning rates that suit each way of training it, for finetune=lora | full (which compare the two on
+    # one model): full fine-tuning of a pretrained model moves every weight and wants a smaller step.
+    lora_lr: float = II(".lr")
+    full_lr: float = II(".lr")
     batch_size: int = 8  # per-device micro-batch size that suits this size
     max_epochs: int = 3  # epochs per stage that suit this size (trainer.max_epochs defaults to it)
     weight_decay: float = 0.0  # AdamW weight decay that suits this size (optim.weight_decay defaults to it)
@@ -373,6 +377,7 @@ class Config:
     # More tasks besides `data`, each a data config (`- /data@tasks.cuad: cuad` in a defaults list):
     # stages train on them by name, and every task is evaluated after every stage.
     tasks: Dict[str, Any] = field(default_factory=dict)
+    # The rounds of fine-tuning; [] scores the untouched model only (row 0: e.g. the random-weight floor).
     stages: List[StageConfig] = field(default_factory=lambda: [StageConfig()])
     seed: int = 0
     tags: List[str] = field(default_factory=list)  # labels of the run (W&B tags, results.json); experiments set them
@@ -382,6 +387,9 @@ class Config:
     # Train a stage that only prepares a later one (e.g. E3's first stage, the same for every
     # mitigation) once per sweep: later jobs load its weights from cache_dir/stages/<content hash>.
     cache_stages: bool = True
+    # Reuse an evaluator's scores where the same weights were scored on the same data before (row 0 of
+    # every job of a sweep, rows after a shared stage): cache_dir/rows/<content hash of weights and data>.
+    cache_rows: bool = True
     save_model: bool = True  # write the adapter (LoRA) or the weights (full) at the end
     # Skip the job when its output folder already holds a completed results.json, and continue an
     # interrupted one from its checkpoints (re-run a sweep with the same hydra.sweep.dir and

@@ -105,6 +105,7 @@ def problems(cfg: DictConfig) -> List[str]:
     need(0 <= d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in [0, 1)")
     need(d.n_train is None or d.n_train >= 1, "data.n_train", d.n_train, "must be >= 1 (or null for all)")
     need(d.n_test is None or d.n_test >= 1, "data.n_test", d.n_test, "must be >= 1 (or null for all)")
+    need(d.n_val is None or d.n_val >= 1, "data.n_val", d.n_val, "must be >= 1 (or null for all)")
     need(d.weight >= 0, "data.weight", d.weight, "must be >= 0")
     for i, src in enumerate(d.extra_sources):
         need(src.weight >= 0, f"data.extra_sources[{i}].weight", src.weight, "must be >= 0")
@@ -117,7 +118,6 @@ def problems(cfg: DictConfig) -> List[str]:
     need(syn.oversample >= 1, "data.synthetic.oversample", syn.oversample, "must be >= 1")
     need(0 <= d.checks.max_test_overlap <= 1, "data.checks.max_test_overlap", d.checks.max_test_overlap,
          "must be in [0, 1]")
-    need(len(cfg.stages) >= 1, "stages", "[]", "a run needs at least one stage")
     names = [s.name for s in cfg.stages]
     need(len(set(names)) == len(names), "stages", names, "stage names must be unique")
     for i, stage in enumerate(cfg.stages):

@@ -73,6 +73,8 @@ class SourcedTask(Task):
                 raise DataError(f"data.n_test={cfg.n_test}: must be at least 1 (or null for the whole test split)")
             # seed 0, not the run's seed: every job of a sweep is scored on the same examples.
             test = self.subsample(test, min(cfg.n_test, len(test)), seed=0)
+        if cfg.n_val is not None and val:
+            val = self.subsample(val, min(cfg.n_val, len(val)), seed=cfg.split_seed)  # the same for every job
         self.splits = {"train": train, "val": val, "test": test}
         self.slices = resolve_slices(cfg.slices, test, self.available, cfg.name)
         self.red_team, self.red_team_slices = self.red_team_set(cfg.red_team)

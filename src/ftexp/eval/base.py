@@ -51,6 +51,14 @@ class Evaluator:
     """Scores a model on one task; returns flat metrics such as ``{"test/accuracy": 0.9}``."""
 
     scope = "task"  # "task": called per task it applies to | "model": once per row, for the model alone
+    # Whether its metrics are a function of the weights, the data and its settings alone, so that jobs
+    # share them through the row cache (eval/row_cache.py); not so for measurements of the machine.
+    cacheable = True
+
+    @property
+    def uses_seed(self) -> bool:
+        """Whether its results depend on the run's seed (``ctx.seed``), e.g. sampled answers."""
+        return False
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg

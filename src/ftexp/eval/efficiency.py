@@ -129,6 +129,8 @@ def training_summary(stages: Sequence[Mapping[str, Any]], price: Optional[float]
 class EfficiencyEvaluator(Evaluator):
     """``evaluator=efficiency``; see the module docstring for the metrics."""
 
+    cacheable = False  # it times this machine, and reports the stages' training throughput
+
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
         self.last_info: Dict[str, Any] = {}

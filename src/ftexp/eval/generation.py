@@ -56,6 +56,10 @@ class GenerationEvaluator(Evaluator):
     def applies_to(self, task: Any) -> bool:
         return task.kind == "generation"
 
+    @property
+    def uses_seed(self) -> bool:
+        return bool(self.cfg.do_sample)
+
     def answer(self, model: torch.nn.Module, examples: Sequence[Example], task: Any, ctx: EvalContext,
                first_id: int = 0) -> List[str]:
         """Decoded answers; sampled answer i uses seed (run seed, ``first_id`` + i), so an answer

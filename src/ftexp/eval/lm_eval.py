@@ -27,6 +27,7 @@ class LmEvalEvaluator(Evaluator):
     """``evaluator=lm_eval``: metrics ``lm_eval/<task>/<metric>`` (standard errors left out)."""
 
     scope = "model"
+    cacheable = False  # its tasks read datasets (include_path, the hub cache) that the row cache cannot see
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
