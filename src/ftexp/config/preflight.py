@@ -25,8 +25,8 @@ from omegaconf.errors import OmegaConfBaseException
 from ftexp.config import config_dir
 from ftexp.errors import FtexpError
 
-# Not chosen on the command line: Hydra's own, the schemas, and parts that data configs include.
-HIDDEN_GROUPS = ("hydra", "schema", "red_team")
+# Not chosen on the command line: Hydra's own, the schemas, and parts that data configs and experiments include.
+HIDDEN_GROUPS = ("hydra", "schema", "red_team", "suite")
 
 
 class ConfigError(FtexpError):
