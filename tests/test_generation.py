@@ -135,3 +135,32 @@ def test_a_fixed_subset_is_scored_when_n_is_set(tmp_path, monkeypatch):
     ctx2 = EvalContext(tokenizer=None, max_length=64, seed=99)
     ev.evaluate(None, task, ctx2)
     assert first["test/n"] == 2 and [o.id for o in ctx2.outputs["qa"] if not o.red_team] == ids
+
+
+def test_sampling_stops_a_row_at_its_line_break_with_the_same_text(tmp_path):
+    """One-line examples (synthetic data) end at the first token holding a line break: the kept text is
+    what decoding to max_new_tokens and cutting gives, in fewer decoding steps."""
+    from ftexp.models.decoding import sample, tokens_containing
+
+    tok = bpe_tokenizer([f"line {i}\nnext {i} words here\n" for i in range(50)], 300, tmp_path)
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    newline = tok("\n", add_special_tokens=False)["input_ids"]
+    head = torch.nn.Linear(32, len(tok))  # a model that often writes line breaks: most rows stop early
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[newline[-1]] = 4.0
+    model.lm_head = head
+    assert newline[-1] in tokens_containing(tok, "\n")
+    prompts, seeds = [f"line {i}" for i in range(6)], list(range(6))
+    steps = []
+    hook = model.register_forward_hook(lambda *a: steps.append(1))
+    early = sample(model, tok, prompts, seeds, 40, 1.0, 1.0, batch_size=6)
+    n_early = len(steps)
+    steps.clear()
+    full = sample(model, tok, prompts, seeds, 40, 1.0, 1.0, batch_size=6, stop=None)
+    hook.remove()
+    assert early == [t.split("\n")[0] for t in full]
+    assert any("\n" in t for t in full) and n_early < len(steps)

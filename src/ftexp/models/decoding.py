@@ -48,9 +48,10 @@ def left_pad(rows: Sequence[List[int]], pad_id: int, device) -> dict:
 @torch.inference_mode()
 def generate_ids(model, tokenizer, prompts: Sequence[List[int]], max_new_tokens: int, batch_size: int,
                  seeds: Optional[Sequence[int]] = None, temperature: float = 1.0, top_p: float = 1.0,
-                 progress: Optional[Callable[[int], None]] = None) -> List[List[int]]:
+                 progress: Optional[Callable[[int], None]] = None, stop_ids: Sequence[int] = ()) -> List[List[int]]:
     """The new token ids for each prompt (token ids), batched and left-padded, EOS and padding cut
-    off. ``seeds`` None decodes greedily; else row i is sampled with ``seeds[i]``."""
+    off. ``seeds`` None decodes greedily; else row i is sampled with ``seeds[i]``. A row also ends at
+    its first token in ``stop_ids``, which is kept (the caller cuts its text)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -65,11 +66,11 @@ def generate_ids(model, tokenizer, prompts: Sequence[List[int]], max_new_tokens:
                 processors.append(SeededSampling(seeds[start:start + batch_size], temperature, top_p, device))
             ids = model.generate(
                 **enc, do_sample=False, num_beams=1, use_cache=True, max_new_tokens=max_new_tokens,
-                logits_processor=processors, pad_token_id=pad, eos_token_id=eos,
+                logits_processor=processors, pad_token_id=pad, eos_token_id=[eos, *stop_ids],
                 temperature=None, top_p=None, top_k=None,
             )
             for row in ids[:, enc["input_ids"].shape[1]:].tolist():
-                out.append(row[:row.index(eos)] if eos in row else row)
+                out.append(_cut(row, eos, set(stop_ids)))
             if progress:
                 progress(len(chunk))
     finally:
@@ -77,11 +78,29 @@ def generate_ids(model, tokenizer, prompts: Sequence[List[int]], max_new_tokens:
     return out
 
 
+def _cut(row: List[int], eos: int, stop: set) -> List[int]:
+    for i, token in enumerate(row):
+        if token == eos:
+            return row[:i]
+        if token in stop:
+            return row[:i + 1]
+    return row
+
+
+def tokens_containing(tokenizer, text: str) -> List[int]:
+    """Ids of the vocabulary's tokens whose text contains ``text`` (e.g. every token with a line break)."""
+    return [i for token, i in tokenizer.get_vocab().items() if text in tokenizer.convert_tokens_to_string([token])]
+
+
 def sample(model, tokenizer, prompts: List[str], seeds: List[int], max_new_tokens: int, temperature: float,
            top_p: float, batch_size: int, stop: Optional[str] = "\n",
            progress: Optional[Callable[[int], None]] = None) -> List[str]:
-    """One sampled continuation per text prompt (decoded, cut at ``stop``)."""
+    """One sampled continuation per text prompt (decoded, cut at ``stop``). Decoding of a row ends at
+    the first token that holds ``stop``: the text before it is the same, and a one-line example no
+    longer costs max_new_tokens steps."""
     encoded = tokenizer(list(prompts))["input_ids"]
-    new = generate_ids(model, tokenizer, encoded, max_new_tokens, batch_size, seeds, temperature, top_p, progress)
+    stop_ids = tokens_containing(tokenizer, stop) if stop else ()
+    new = generate_ids(model, tokenizer, encoded, max_new_tokens, batch_size, seeds, temperature, top_p, progress,
+                       stop_ids)
     texts = tokenizer.batch_decode(new, skip_special_tokens=True)
     return [t.split(stop)[0] if stop else t for t in texts]

@@ -48,6 +48,8 @@ class Generator:
         model_cfg = generator_config(syn_cfg.generator) if own else run_cfg.model
         self.identity: Dict[str, Any] = {
             "model": _plain(model_cfg),
+            # which weights (a hub release or a dequantized GGUF, by digest): the same config may load either
+            "weights": {k: v for k, v in self.source.provenance.items() if k != "cache"},
             "vocab": content_hash(sorted(self.tokenizer.get_vocab().items())),
             "finetune": self.finetune,
         }
