@@ -1,0 +1,172 @@
+"""``python -m ftexp.compare.findings docs/findings.yaml``: the findings page, rebuilt from the runs.
+
+The YAML names, per question, the sweep folder that answers it (outputs are never committed: the page
+says which folder on which machine its numbers come from), what was held fixed, and what the result does
+and does not support. For each folder this runs the compare report into ``<page dir>/<id>/`` (table.csv,
+report.md, plots) and puts its results table and plots on the page, so every number on it comes from a
+run. Prose may quote a number only through a placeholder, filled from the same cells:
+
+    {{E3 | finetune=lora, mitigation=none | cl/forgetting/banking77}}    ->  0.41 ± 0.03 (or "0.41 (n=1)")
+
+Single runs (not sweeps) are named under ``runs`` and shown as a table of one row's metrics per run,
+e.g. the untouched pretrained model beside the same architecture with random weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from ftexp.compare.collect import CompareError, Sweep, read_multirun
+from ftexp.compare.report import write_report
+from ftexp.compare.stats import cells as make_cells, fmt, number_text
+from ftexp.utils.io import atomic_write_text
+
+PLACEHOLDER = re.compile(r"\{\{\s*([^|}]+?)\s*\|\s*([^|}]*?)\s*\|\s*([^|}]+?)\s*\}\}")
+
+
+def load_spec(path: Path) -> Dict[str, Any]:
+    import yaml
+
+    try:
+        spec = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise CompareError(f"{path}: cannot read the findings spec ({exc})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("questions"), list):
+        raise CompareError(f"{path}: needs a 'questions' list (id, title, folder, held_fixed, supports, ...)")
+    return spec
+
+
+def results_table(report_md: str) -> str:
+    """The '## Results' table of a compare report (its explanation line and the table itself)."""
+    part = report_md.split("## Results", 1)[1].split("\n## ", 1)[0]
+    return part.strip()
+
+
+def cell_value(sweep: Sweep, where: str, metric: str) -> str:
+    """The mean ± CI of ``metric`` in the cell whose swept values match ``where`` ('k=v, k=v'; '' = one cell)."""
+    wanted = dict(part.split("=", 1) for part in (p.strip() for p in where.split(",")) if part)
+    found = [c for c in make_cells(sweep)
+             if all(dict(zip(sweep.keys, c.values)).get(k.strip()) == v.strip() for k, v in wanted.items())]
+    if len(found) != 1:
+        raise CompareError(f"placeholder '{where} | {metric}': matches {len(found)} cells of {sweep.source}, "
+                           f"not one (swept: {', '.join(sweep.keys)})")
+    summary = found[0].summary(metric)
+    if summary.n == 0:
+        raise CompareError(f"placeholder '{where} | {metric}': no completed job of that cell has {metric}")
+    return fmt(summary)
+
+
+def fill(text: str, sweeps: Dict[str, Sweep]) -> str:
+    def one(m: "re.Match[str]") -> str:
+        qid, where, metric = m.group(1), m.group(2), m.group(3)
+        if qid not in sweeps:
+            return f"(not run yet: {qid})"
+        return cell_value(sweeps[qid], where, metric)
+
+    return PLACEHOLDER.sub(one, text or "")
+
+
+def run_row(folder: Path, row: int) -> Dict[str, Any]:
+    results = json.loads((Path(folder) / "results.json").read_text(encoding="utf-8"))
+    if results.get("status") != "completed":
+        raise CompareError(f"{folder}: the run did not complete ({results.get('status')})")
+    metrics = next((r["metrics"] for r in results.get("rows", []) if r["index"] == row), None)
+    if metrics is None:
+        raise CompareError(f"{folder}: results.json has no row {row}")
+    return {"metrics": metrics, "weights": (results.get("model") or {}).get("weights") or {}}
+
+
+def runs_section(entry: Dict[str, Any], root: Path) -> List[str]:
+    """A table of one row's metrics (``row``, default 0) for each named single run."""
+    rows = {name: run_row(root / folder, int(entry.get("row", 0))) for name, folder in entry["runs"].items()}
+    metrics = entry.get("metrics") or sorted({f"{t}/{m}" for r in rows.values() for t, ms in r["metrics"].items()
+                                              for m in ms})
+    lines = ["| metric | " + " | ".join(rows) + " |", "|---|" + "---|" * len(rows)]
+    for metric in metrics:
+        task, _, name = metric.partition("/")
+        values = [r["metrics"].get(task, {}).get(name) for r in rows.values()]
+        lines.append(f"| {metric} | " + " | ".join("—" if v is None else number_text(v) for v in values) + " |")
+    lines += ["", "Runs: " + "; ".join(f"{name}: `{folder}`" for name, folder in entry["runs"].items())]
+    return lines
+
+
+def weights_line(sweeps: Dict[str, Sweep]) -> Optional[str]:
+    """Where the pretrained weights came from, as the first completed job that has them recorded says."""
+    for sweep in sweeps.values():
+        for job in sweep.completed:
+            results = json.loads((Path(job.source) / "results.json").read_text(encoding="utf-8"))
+            w = (results.get("model") or {}).get("weights") or {}
+            if w.get("source") == "gguf":
+                files = ", ".join(f"{f['file']} ({f['package']} {f['version']})" for f in w["files"])
+                return (f"**Weights.** {results['model']['name']}: {files}, SHA-256 `{w['sha256']}`; "
+                        f"{w['weights']} ({w.get('release', '')}).")
+    return None
+
+
+def section(q: Dict[str, Any], sweep: Optional[Sweep], out: Path, root: Path, sweeps: Dict[str, Sweep]) -> List[str]:
+    lines = [f"## {q['id']}: {q['title']}", "", f"**Question.** {q['question']}", ""]
+    if q.get("runs"):
+        lines += runs_section(q, root) + [""]
+    elif sweep is None:
+        lines += [f"**Not run yet.** Command: `{q.get('command', '')}`", ""]
+        return lines
+    else:
+        report = write_report(sweep, out / q["id"], q.get("metric"))
+        lines += [f"**Command.** `{sweep.command or q.get('command', '')}`  ",
+                  f"**Sweep folder.** `{q['folder']}` ({len(sweep.completed)} of {len(sweep.jobs)} jobs completed); "
+                  f"its full compare report: [{q['id']}/report.md]({q['id']}/report.md)", ""]
+        lines += [results_table(report.read_text(encoding="utf-8")).replace("](table.csv)",
+                                                                          f"]({q['id']}/table.csv)"), ""]
+        lines += [f"![{q['id']}]({q['id']}/{p.name})" for p in sorted((out / q["id"]).glob("*.png"))] + [""]
+    for key, title in (("held_fixed", "Held fixed"), ("supports", "What it supports"),
+                       ("does_not_support", "What it does not support")):
+        if q.get(key):
+            lines += [f"**{title}.** {fill(q[key], sweeps).strip()}", ""]
+    return lines
+
+
+def build_page(spec_path: Path, out_md: Path) -> Path:
+    spec = load_spec(spec_path)
+    root = Path(spec.get("root", "."))
+    out = out_md.parent
+    sweeps: Dict[str, Sweep] = {}
+    for q in spec["questions"]:
+        folder = root / q["folder"] if q.get("folder") else None
+        if folder is not None and folder.is_dir():
+            sweeps[q["id"]] = read_multirun(folder)
+    lines = [f"# {spec['title']}", "", "<!-- Generated by `python -m ftexp.compare.findings "
+             f"{spec_path}`: edit {spec_path}, not this page. -->", ""]
+    lines += [fill(spec.get("intro", ""), sweeps).strip(), ""]
+    weights = weights_line(sweeps)
+    if weights:
+        lines += [weights, ""]
+    for caveat in spec.get("caveats", []):
+        lines.append(f"- {fill(caveat, sweeps)}")
+    lines.append("")
+    for q in spec["questions"]:
+        lines += section(q, sweeps.get(q["id"]), out, root, sweeps)
+    atomic_write_text(out_md, "\n".join(lines).rstrip() + "\n")
+    return out_md
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ftexp.compare.findings", description=__doc__.splitlines()[0])
+    p.add_argument("spec", type=Path, help="the findings spec, e.g. docs/findings.yaml")
+    p.add_argument("--out", type=Path, help="the page to write (default: the spec's name with .md)")
+    args = p.parse_args(argv)
+    try:
+        page = build_page(args.spec, args.out or args.spec.with_suffix(".md"))
+    except CompareError as exc:
+        print(f"ftexp.compare.findings: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"ftexp.compare.findings: {page}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

