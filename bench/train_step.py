@@ -45,7 +45,7 @@ def make_batches(cfg, steps: int, batch_size: int, cache_dir: Path):
         task = build(cfg.data, data_dir=data_dir, seed=0)
         tokenizer = source.load_tokenizer(lambda: task.texts("train"), cache_dir)
         rows = encode_split(tokenizer, task.splits["train"], cfg.model.max_length, task.completion_prefix,
-                            cfg.model.train_on_prompt)
+                            cfg.model.train_on_prompt, task.chat_template)  # (the tiny model's BPE has no template)
         origin = "Banking77"
     else:
         from ftexp.models.tokenizer import bpe_tokenizer
@@ -118,13 +118,14 @@ def run_ftexp(model, batches, optim_cfg, lr: float, warmup: int, mitigation=None
     return (clock.end - clock.start) / (len(batches) - warmup)
 
 
-def setup(description: str, steps: int, warmup: int, repeats: int, extra=(), overrides=()):
-    """Command-line arguments, the default config, the batches and the tiny model's initial weights."""
+def setup(description: str, steps: int, warmup: int, repeats: int, extra=(), overrides=(), batch_size: int = 32):
+    """Command-line arguments, the config (the default, or with ``overrides``), the batches and the
+    model's initial weights."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--steps", type=int, default=steps)
     ap.add_argument("--warmup", type=int, default=warmup)
     ap.add_argument("--repeats", type=int, default=repeats)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=batch_size)
     for flag, default in extra:
         if isinstance(default, bool):
             ap.add_argument(flag, action="store_true")
