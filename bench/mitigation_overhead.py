@@ -1,6 +1,10 @@
 """Step time of each forgetting mitigation against ``mitigation=none``: same model, same batches.
 
-    python bench/mitigation_overhead.py [--steps 80] [--warmup 15] [--repeats 3]
+    python bench/mitigation_overhead.py [--steps 80] [--warmup 15] [--repeats 3] [--override KEY=VALUE ...]
+
+``--override`` (repeatable) is a config override, e.g. ``--override model=smollm2_135m_instruct``: the
+model, the data and the optimiser come from the composed config (default: the tiny model). Each
+mitigation's config is composed with them too, so they name no ``mitigation.*`` key.
 
 Each mitigation is put in its stage-2 state first (EWC: a Fisher consolidated on 256 examples;
 LwF: a teacher snapshot; replay: a buffer mixed into the step at 10 %, replacing new rows), then
@@ -11,6 +15,7 @@ Goals (issue 4): EWC <= 1.05x, LwF <= 1.5x.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import statistics
 import sys
@@ -42,9 +47,17 @@ def rows_of(batches, n):
     return rows
 
 
-def prepared(name, model, batches, tokenizer):
+def overrides_from_command_line():
+    """The ``--override`` values: the config is composed from them before train_step's parser reads the
+    command line (which accepts the flag too, for --help)."""
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--override", action="append", default=[])
+    return ap.parse_known_args()[0].override
+
+
+def prepared(name, model, batches, tokenizer, overrides=()):
     """The mitigation in the state it has during a later stage, and the step's batches."""
-    cfg = compose_config([f"mitigation={name}"])
+    cfg = compose_config([*overrides, f"mitigation={name}"])
     mitigation = build(cfg.mitigation)
     rows = rows_of(batches, 256)
     task = SimpleNamespace(name="bench", splits={"train": list(range(len(rows)))})
@@ -70,15 +83,17 @@ def prepared(name, model, batches, tokenizer):
 
 
 def main() -> None:
-    args, cfg, tokenizer, batches, origin, base = setup(__doc__.splitlines()[0], steps=80, warmup=15, repeats=3)
-    print(f"tiny model, {origin}, batch {args.batch_size}, {args.steps} steps ({args.warmup} warm-up), "
-          f"torch threads {torch.get_num_threads()}")
+    overrides = overrides_from_command_line()
+    args, cfg, tokenizer, batches, origin, base = setup(__doc__.splitlines()[0], steps=80, warmup=15, repeats=3,
+                                                        extra=[("--override", "")], overrides=overrides)
+    print(f"model {cfg.model.name}, {origin}, batch {args.batch_size}, {args.steps} steps ({args.warmup} warm-up), "
+          f"torch threads {torch.get_num_threads()}" + (f", overrides {' '.join(overrides)}" if overrides else ""))
     times = {name: [] for name in MITIGATIONS}
     for r in range(args.repeats):
         order = MITIGATIONS[r % len(MITIGATIONS):] + MITIGATIONS[:r % len(MITIGATIONS)]
         for name in order:
             model = copy.deepcopy(base)
-            mitigation, step_batches = prepared(name, model, batches, tokenizer)
+            mitigation, step_batches = prepared(name, model, batches, tokenizer, overrides)
             times[name].append(run_ftexp(model, step_batches, cfg.optim, cfg.optim.lr, args.warmup, mitigation))
     none = statistics.median(times["none"])
     goals = {"ewc": 1.05, "lwf": 1.5}

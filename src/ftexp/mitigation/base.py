@@ -7,6 +7,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
+# Given parameter names, the gradients the optimizer will step with for them (see Mitigation.gradient_term)
+GradientsOf = Callable[[List[str]], List[torch.Tensor]]
+
 
 @dataclass
 class StageContext:
@@ -26,7 +29,8 @@ class StageContext:
 
 
 class Mitigation:
-    """Hooks around each stage and on the training loss. The default does nothing.
+    """Hooks around each stage, on the training loss and on the gradient of each optimizer step. The
+    default does nothing.
 
     ``training_loss`` receives the task loss of one batch (and the model's outputs for it, with
     ``logits``) and returns the loss to optimise plus a dict of scalars to log (e.g. the penalty
@@ -35,6 +39,10 @@ class Mitigation:
     ``batch["token_weight"]`` the factor that made it so: a term that is a per-token mean too
     multiplies by it to count each token of the global batch once (see LwF). The logged scalars are
     averaged over the ranks.
+
+    ``gradient_term`` adds a term straight to the gradients, for a penalty whose gradient is known in
+    closed form (EWC's): in the loss it would cost a backward pass over every weight it touches, per
+    micro-batch.
     """
 
     def __init__(self, cfg: Optional[Any] = None) -> None:
@@ -46,6 +54,18 @@ class Mitigation:
     def training_loss(self, loss: torch.Tensor, batch: Dict[str, torch.Tensor], model: torch.nn.Module,
                       outputs: Any = None) -> Tuple[torch.Tensor, Dict[str, Any]]:
         return loss, {}
+
+    def gradient_term(self, model: torch.nn.Module, gradients_of: GradientsOf, logged: bool = True) -> Dict[str, Any]:
+        """Add a term to the gradients of the step; return scalars to log (only needed where ``logged``:
+        the logger writes this step's metrics). Called once per optimizer step, on every rank, under
+        ``torch.no_grad()``: after the backward of the step's last micro-batch, so the gradients of all
+        its micro-batches are summed (and under DDP averaged over the ranks: a term must be the same on
+        every rank), and before they are clipped, so clipping sees the whole gradient.
+        ``gradients_of(names)`` gives the tensors to add into in place for those of ``model``'s parameters:
+        the gradients the optimizer steps with (the parameters' ``.grad``, or under
+        ``trainer.master_weights`` their fp32 copies'), unscaled, zeros where a parameter had none. Not
+        for FSDP, whose parameters are flat shards (the config refuses EWC there)."""
+        return {}
 
     def after_stage(self, ctx: StageContext) -> None:
         """Called after a stage trained (e.g. consolidate an EWC Fisher)."""

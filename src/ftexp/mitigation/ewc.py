@@ -2,6 +2,9 @@
 
 After each stage the Fisher of the trainable parameters is estimated on a seeded subset of the
 stage's data and the weights are anchored; later stages pay ``lambda/2 * sum F (theta - anchor)^2``.
+Its gradient, ``lambda * F * (theta - anchor)``, is added to each optimizer step's gradients: the penalty
+in each micro-batch's loss cost a graph and a backward over every trainable weight (on the tiny model,
+3.6 ms a step where the term takes 0.9 ms).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from ftexp.data.datamodule import pad_batch
-from ftexp.mitigation.base import Mitigation, StageContext
+from ftexp.mitigation.base import GradientsOf, Mitigation, StageContext
 from ftexp.mitigation.fisher import per_sample_fisher
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,8 @@ class EWC(Mitigation):
         self.weight = float(getattr(cfg, "lambda"))
         self.terms: List[Tuple[Tensors, Tensors]] = []  # (fisher, anchor), by parameter name
         self._placed = True  # terms sit on their parameters' devices (not so after load_state_dict)
+        self._task_loss: Any = 0.0  # sum of the task losses of the step's micro-batches so far
+        self._micro_batches = 0
 
     def after_stage(self, ctx: StageContext) -> None:
         """Estimate the stage's Fisher and anchor the weights. Runs on every rank under DDP."""
@@ -65,15 +70,42 @@ class EWC(Mitigation):
 
     def training_loss(self, loss: torch.Tensor, batch: Dict[str, torch.Tensor], model: torch.nn.Module,
                       outputs: Any = None) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        """The loss as it is (the penalty goes into the gradients, see ``gradient_term``); the step's task
+        losses are kept for ``ewc_ratio``."""
+        if self.terms:
+            self._task_loss = self._task_loss + loss.detach()
+            self._micro_batches += 1
+        return loss, {}
+
+    @torch.no_grad()
+    def gradient_term(self, model: torch.nn.Module, gradients_of: GradientsOf, logged: bool = True) -> Dict[str, Any]:
+        """The penalty's gradient, ``lambda * F * (theta - anchor)``, added to the step's gradients with
+        foreach ops: no autograd graph over the weights and no backward through it. The penalty itself
+        comes from the same differences, on the steps that log it (it costs three more passes)."""
         if not self.terms:
-            return loss, {}
+            return {}
         current = dict(model.named_parameters())
         if not self._placed:
             self._place(current)
-        penalty = sum((f * (current[name].to(f.dtype) - anchor[name].to(f.dtype)).square()).sum()
-                      for fisher, anchor in self.terms for name, f in fisher.items())
-        penalty = self.weight / 2 * penalty
-        return loss + penalty, {"ewc_penalty": penalty.detach(), "ewc_ratio": (penalty / loss).detach()}
+        total = sum(self._add_gradient(fisher, anchor, current, gradients_of, logged)
+                    for fisher, anchor in self.terms)
+        task_loss = self._task_loss / max(1, self._micro_batches)  # the mean over the step's micro-batches
+        self._task_loss, self._micro_batches = 0.0, 0
+        if not logged:
+            return {}
+        penalty = self.weight / 2 * total
+        return {"ewc_penalty": penalty, "ewc_ratio": penalty / task_loss}
+
+    def _add_gradient(self, fisher: Tensors, anchor: Tensors, current: Tensors, gradients_of: GradientsOf,
+                      logged: bool) -> Any:
+        """One (Fisher, anchor) term's gradient added in place; its ``sum F (theta - anchor)^2`` returned
+        where ``logged`` (else 0)."""
+        names = list(fisher)
+        fishers = [fisher[n] for n in names]
+        diffs = torch._foreach_sub([current[n].to(f.dtype) for n, f in zip(names, fishers)],
+                                   [anchor[n].to(f.dtype) for n, f in zip(names, fishers)])
+        torch._foreach_addcmul_(gradients_of(names), diffs, fishers, value=self.weight)
+        return weighted_square_sum(diffs, fishers) if logged else 0.0
 
     def state_dict(self) -> Dict[str, Any]:
         return {"terms": [{"fisher": fisher, "anchor": anchor} for fisher, anchor in self.terms]}
@@ -106,3 +138,11 @@ class EWC(Mitigation):
         mine = rows[rank::world]
         size = self.cfg.fisher_batch_size
         return [pad_batch(mine[i:i + size], pad_id) for i in range(0, len(mine), size)]
+
+
+def weighted_square_sum(diffs: List[torch.Tensor], weights: List[torch.Tensor]) -> torch.Tensor:
+    """``sum w * d^2`` over the tensors, overwriting ``diffs``: with ``w >= 0`` every term is, so it is the
+    L1 norm of ``w * d^2``, which three foreach calls take (rather than ops per tensor)."""
+    torch._foreach_mul_(diffs, diffs)
+    torch._foreach_mul_(diffs, weights)
+    return torch.stack(torch._foreach_norm(diffs, 1)).sum()

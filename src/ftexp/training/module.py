@@ -6,12 +6,13 @@ import contextlib
 import functools
 import logging
 import math
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins.precision import MixedPrecision, Precision
 from pytorch_lightning.utilities import GradClipAlgorithmType
+from torch.amp.grad_scaler import OptState
 
 from ftexp.data.packing import model_inputs
 from ftexp.mitigation.base import Mitigation, NoMitigation
@@ -181,17 +182,24 @@ class FineTuneModule(pl.LightningModule):
         self._window_batches += 1
         # Each self.log costs about a millisecond on CPU (Lightning walks its result objects), so
         # metrics go out only on the steps the logger writes: train/loss is the mean over the window.
-        if (self.trainer.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+        if self._logged_step():
             bs = batch["input_ids"].shape[0]
             self.log("train/loss", self._window_loss / self._window_batches, prog_bar=True, batch_size=bs,
                      sync_dist=self.trainer.world_size > 1)  # each rank's share sums to the global mean
             self.log("lr", self.lr_schedulers().get_last_lr()[0], batch_size=bs)
-            sync = self.trainer.world_size > 1  # averaged over the ranks, their shares make the global mean
             if loss is not task_loss:
-                self.log("train/total_loss", loss, batch_size=bs, sync_dist=sync)
-            for name, value in extra.items():
-                self.log(f"mitigation/{name}", value, batch_size=bs, sync_dist=sync)
+                self.log("train/total_loss", loss, batch_size=bs, sync_dist=self.trainer.world_size > 1)
+            self._log_mitigation(extra, batch_size=bs)
         return loss
+
+    def _logged_step(self) -> bool:
+        """Whether the logger writes this optimizer step's metrics."""
+        return (self.trainer.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0
+
+    def _log_mitigation(self, values: Dict[str, Any], batch_size: Optional[int] = None) -> None:
+        sync = self.trainer.world_size > 1  # averaged over the ranks, their shares make the global mean
+        for name, value in values.items():
+            self.log(f"mitigation/{name}", value, batch_size=batch_size, sync_dist=sync)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Resumed inside an epoch: between the restore and this batch the data loader's iterator drew
@@ -267,10 +275,42 @@ class FineTuneModule(pl.LightningModule):
             optimizer.after_backward()
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        # Lightning clips the gradients right after this hook: they must be the copies' by then.
-        optimizer = self._master_weights_optimizer()
-        if optimizer is not None:
-            optimizer.before_step(self.trainer.world_size, self.trainer.accumulate_grad_batches > 1)
+        """Once per optimizer step, after the last micro-batch's backward (and DDP's all-reduce, which
+        ends in it) and before Lightning clips the gradients (its precision plugin's ``_after_closure``):
+        the gradients are the copies' by then, with the mitigation's term in them."""
+        master = self._master_weights_optimizer()
+        if master is not None:
+            master.before_step(self.trainer.world_size, self.trainer.accumulate_grad_batches > 1)
+        logged = self._logged_step()
+        with torch.no_grad():
+            logs = self.mitigation.gradient_term(self.model, functools.partial(self._gradients_of, optimizer), logged)
+        if logs and logged:
+            self._log_mitigation(logs)
+
+    def _gradients_of(self, optimizer: torch.optim.Optimizer, names: List[str]) -> List[torch.Tensor]:
+        """The gradients the optimizer will step with for these parameters of the model, unscaled: their
+        own, or under master weights the fp32 copies' (the compiled step's last micro-batch moved onto
+        them first). Zeros where there is none, so that a term can be added in place."""
+        self._unscale(optimizer)
+        params = dict(self.model.named_parameters())
+        stepped = {name: params[name] for name in names}
+        master = self._master_weights_optimizer()
+        if master is not None:
+            master.accumulate_grads()
+            copy_of = {id(p): m for m, p in master.model_param_of.items()}
+            stepped = {name: copy_of[id(p)] for name, p in stepped.items()}
+        for p in stepped.values():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        return [p.grad for p in stepped.values()]
+
+    def _unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        """Under fp16's loss scaling Lightning unscales the gradients before this hook, except for an
+        optimizer that unscales them in its step (a fused one): unscale them here, once (the scaler then
+        steps the optimizer without its scale, and its check for inf has been made)."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None and scaler._per_optimizer_states[id(optimizer)]["stage"] is OptState.READY:
+            scaler.unscale_(optimizer)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Lightning's clipping, except where it refuses: under FSDP, whose gradient norm only the root
