@@ -14,7 +14,6 @@ Goal: ratio <= 1.05. Training tokens/s counts every non-padding token of a step.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import statistics
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import run_ftexp, run_plain, setup  # noqa: E402
+from train_step import alternating, print_sides, setup  # noqa: E402
 
 from ftexp.utils.build import build, typed  # noqa: E402
 
@@ -61,19 +60,8 @@ def main() -> None:
           f"({args.warmup} warm-up), torch threads {torch.get_num_threads()}")
     print(f"load from the cache: median {statistics.median(loads):.2f} s   runs: "
           + ", ".join(f"{x:.2f}" for x in loads) + "   (goal <= 5 s)")
-    plain, ours = [], []
-    for r in range(args.repeats):
-        sides = [(plain, run_plain), (ours, run_ftexp)]
-        for times, fn in sides if r % 2 == 0 else sides[::-1]:
-            times.append(fn(copy.deepcopy(model), batches, cfg.optim, cfg.optim.lr, args.warmup))
-    p, f = statistics.median(plain), statistics.median(ours)
-    print(f"plain peft loop: {p:6.2f} s/step  {tokens / p:6.0f} training tok/s   runs: "
-          + ", ".join(f"{x:.2f}" for x in plain))
-    print(f"ftexp          : {f:6.2f} s/step  {tokens / f:6.0f} training tok/s   runs: "
-          + ", ".join(f"{x:.2f}" for x in ours))
-    print(f"ratio ftexp/plain (time per step): median {f / p:.3f}, best run {min(ours) / min(plain):.3f}"
-          "   (goal <= 1.05)")
-
+    print_sides(*alternating(model, batches, cfg, args.warmup, args.repeats), tokens,
+                names=("plain peft loop", "ftexp"), seconds=True)
 
 if __name__ == "__main__":
     main()

@@ -139,27 +139,36 @@ def setup(description: str, steps: int, warmup: int, repeats: int, extra=(), ove
     return args, cfg, tokenizer, batches, origin, source.load_model(tokenizer)
 
 
+def alternating(model, batches, cfg, warmup: int, repeats: int):
+    """Each side's time per step over ``repeats`` runs from copies of ``model``. Which side goes first
+    alternates: whichever runs second in a pair tends to be a little slower."""
+    plain, ours = [], []
+    for r in range(repeats):
+        sides = [(plain, run_plain), (ours, run_ftexp)]
+        for times, fn in sides if r % 2 == 0 else sides[::-1]:
+            times.append(fn(copy.deepcopy(model), batches, cfg.optim, cfg.optim.lr, warmup))
+    return plain, ours
+
+
+def print_sides(plain, ours, tokens: float, names=("plain loop", "ftexp"), seconds: bool = False) -> None:
+    """Medians, tokens/s and the ratio. On a shared CPU run-to-run noise is several per cent; the best
+    run of each side is the least disturbed estimate, the median the typical one."""
+    scale, unit = (1.0, "s") if seconds else (1e3, "ms")
+    width = max(len(n) for n in names)
+    for name, times in zip(names, (plain, ours)):
+        t = statistics.median(times)
+        print(f"{name:{width}s}: {t * scale:8.2f} {unit}/step  {tokens / t:8.0f} tok/s   runs: "
+              + ", ".join(f"{x * scale:.2f}" for x in times))
+    print(f"ratio ftexp/plain (time per step): median {statistics.median(ours) / statistics.median(plain):.3f}, "
+          f"best run {min(ours) / min(plain):.3f}   (goal <= 1.05)")
+
+
 def main() -> None:
     args, cfg, tokenizer, batches, origin, base = setup(__doc__.splitlines()[0], steps=120, warmup=20, repeats=6)
     tokens = sum(int(b["attention_mask"].sum()) for b in batches[args.warmup:]) / (args.steps - args.warmup)
     print(f"tiny model ({sum(p.numel() for p in base.parameters()) / 1e6:.2f} M parameters), {origin}, "
           f"batch {args.batch_size}, {args.steps} steps ({args.warmup} warm-up), torch threads {torch.get_num_threads()}")
-
-    plain, ours = [], []
-    for r in range(args.repeats):
-        # Alternate which side goes first: whichever runs second in a pair tends to be a little slower.
-        sides = [(plain, run_plain), (ours, run_ftexp)]
-        for times, fn in sides if r % 2 == 0 else sides[::-1]:
-            times.append(fn(copy.deepcopy(base), batches, cfg.optim, cfg.optim.lr, args.warmup))
-    p, f = statistics.median(plain), statistics.median(ours)
-    print(f"plain loop : {p * 1e3:7.2f} ms/step  {tokens / p:8.0f} effective tok/s   runs: "
-          + ", ".join(f"{x * 1e3:.1f}" for x in plain))
-    print(f"ftexp      : {f * 1e3:7.2f} ms/step  {tokens / f:8.0f} effective tok/s   runs: "
-          + ", ".join(f"{x * 1e3:.1f}" for x in ours))
-    # On a shared CPU run-to-run noise is several per cent; the best run of each side is the least
-    # disturbed estimate, the median the typical one.
-    print(f"ratio ftexp/plain (time per step): median {f / p:.3f}, best run {min(ours) / min(plain):.3f}"
-          "   (goal <= 1.05)")
+    print_sides(*alternating(base, batches, cfg, args.warmup, args.repeats), tokens)
 
 
 if __name__ == "__main__":
