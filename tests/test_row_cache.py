@@ -92,7 +92,9 @@ def test_a_damaged_entry_is_scored_again(tmp_path):
 
 def test_jobs_of_a_sweep_share_row_0_and_train_as_without_the_cache(tiny_overrides, tmp_path):
     def job(name, *extra):
-        cfg = compose_config([*tiny_overrides, f"output_dir={tmp_path / name}", "save_model=false", *extra])
+        # a cache of this test's own: the session's shared one may already hold this row 0 from another test
+        cfg = compose_config([*tiny_overrides, f"output_dir={tmp_path / name}", f"cache_dir={tmp_path / 'cache'}",
+                              "save_model=false", *extra])
         run_job(cfg)
         return json.loads((tmp_path / name / "results.json").read_text())
 
