@@ -30,7 +30,7 @@ from train_step import run_ftexp, setup  # noqa: E402  (the set-up and timed loo
 from ftexp.config.preflight import compose_config  # noqa: E402
 from ftexp.data.datamodule import pad_batch  # noqa: E402
 from ftexp.mitigation.base import StageContext  # noqa: E402
-from ftexp.utils.build import build  # noqa: E402
+from ftexp.utils.build import build, typed  # noqa: E402
 
 MITIGATIONS = ("none", "ewc", "lwf", "replay")
 
@@ -86,6 +86,7 @@ def main() -> None:
     overrides = overrides_from_command_line()
     args, cfg, tokenizer, batches, origin, base = setup(__doc__.splitlines()[0], steps=80, warmup=15, repeats=3,
                                                         extra=[("--override", "")], overrides=overrides)
+    base = build(cfg.peft).apply(base, typed(cfg.model))  # its way of training: LoRA for hub models, or finetune=full
     print(f"model {cfg.model.name}, {origin}, batch {args.batch_size}, {args.steps} steps ({args.warmup} warm-up), "
           f"torch threads {torch.get_num_threads()}" + (f", overrides {' '.join(overrides)}" if overrides else ""))
     times = {name: [] for name in MITIGATIONS}

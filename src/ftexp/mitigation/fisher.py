@@ -17,6 +17,11 @@ from ftexp.models.attention import use_attention
 
 Batch = Mapping[str, torch.Tensor]
 
+# Logit elements held per vmap chunk: vectorised over a whole batch, each sample keeps its full logits
+# and their gradient alive at once (16 x 128 tokens of SmolLM2's 49k vocabulary took over 11 GB);
+# chunks of samples bound that, at the same result.
+LOGITS_PER_CHUNK = 2**24
+
 
 def per_sample_fisher(model: torch.nn.Module, batches: Iterable[Batch],
                       params: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -47,7 +52,7 @@ def per_sample_fisher(model: torch.nn.Module, batches: Iterable[Batch],
         total = F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
         return total / (targets != -100).sum().clamp(min=1)  # no targets: 0, not NaN
 
-    per_sample_grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))
+    vocab = model.get_output_embeddings().weight.shape[0] if hasattr(model, "get_output_embeddings") else 1
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
@@ -57,6 +62,8 @@ def per_sample_fisher(model: torch.nn.Module, batches: Iterable[Batch],
             for batch in batches:
                 require_right_padding(batch)
                 input_ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
+                chunk = max(1, LOGITS_PER_CHUNK // (input_ids.shape[1] * vocab))
+                per_sample_grads = vmap(grad(sample_loss), in_dims=(None, 0, 0), chunk_size=chunk)
                 for name, g in per_sample_grads(theta, input_ids, labels).items():
                     squared_sum[name] += g.to(squared_sum[name].dtype).square().sum(0)
                 count += (labels[:, 1:] != -100).any(1).sum()
