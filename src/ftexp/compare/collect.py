@@ -208,11 +208,14 @@ def _numeric_name(p: Path) -> Tuple[int, Any]:
 
 
 def find_job_folders(root: Path) -> List[Path]:
-    """Numbered subfolders (Hydra's ``${hydra.job.num}``) and any other holding a results.json."""
+    """Numbered subfolders (Hydra's ``${hydra.job.num}``) and any other holding a results.json or a job's
+    .hydra record: a sweep launched in parts into one folder names its jobs by their overrides
+    (``hydra.sweep.subdir=${hydra.job.override_dirname}``), and a part's unfinished job still counts."""
     if (root / RESULTS_FILE).is_file():
         return [root]
     subs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    return sorted((p for p in subs if p.name.isdigit() or (p / RESULTS_FILE).is_file()), key=_numeric_name)
+    return sorted((p for p in subs if p.name.isdigit() or (p / RESULTS_FILE).is_file() or (p / ".hydra").is_dir()),
+                  key=_numeric_name)
 
 
 def _sweep_values(text: str) -> Optional[List[str]]:
