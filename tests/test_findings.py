@@ -36,7 +36,10 @@ def spec(tmp_path: Path, sweep_folder: Path, **extra) -> Path:
                 {"id": "E9", "title": "Never run", "question": "?", "folder": "multirun/none",
                  "command": "python -m ftexp -m sweeps=x"},
                 {"id": "floor", "title": "Above chance?", "question": "Row 0 against random weights",
-                 "runs": {"pretrained": "runs/p", "random": "runs/r"}, "metrics": ["tqa/test/mc2", "gen/test/loss"]},
+                 "runs": {"pretrained": "runs/p", "random": "runs/r"}, "metrics": ["tqa/test/mc2", "gen/test/loss"],
+                 "supports": "MC2 {{floor | pretrained | tqa/test/mc2}} against {{floor | random | tqa/test/mc2}}."},
+                {"id": "example", "title": "Not yet", "question": "?", "runs": {"after": {"folder": "runs/x", "row": 1}},
+                 "command": "python -m ftexp model=m"},
             ], **extra}
     path = tmp_path / "docs" / "findings.yaml"
     path.parent.mkdir()
@@ -57,6 +60,26 @@ def test_the_page_quotes_the_runs_and_reproduces_their_reports(tmp_path, size_sw
     assert "**Not run yet.** Command: `python -m ftexp -m sweeps=x`" in text
     assert "| tqa/test/mc2 | 0.41 | 0.2 |" in text.replace("0.4100", "0.41").replace("0.2000", "0.2")
     assert "Held fixed.** the test set" in text and "does not support.** other data sets" in text
+    assert "MC2 0.4100 against 0.2000." in text  # a single run's number, by the run's name
+    assert "SHA-256 `" + "ab" * 32 + "`" in text  # the weights, as the runs recorded them
+    assert "**Not run yet.** Command: `python -m ftexp model=m`" in text  # a run whose folder has no results
+
+
+def test_a_run_row_other_than_row_0_is_quoted(tmp_path, size_sweep):  # noqa: F811
+    folder = single_run(tmp_path / "runs" / "x", {"t": {"test/accuracy": 0.2}})
+    record = json.loads((folder / "results.json").read_text())
+    record["rows"].append({"index": 1, "metrics": {"t": {"test/accuracy": 0.8}}})
+    (folder / "results.json").write_text(json.dumps(record))
+    single_run(tmp_path / "runs" / "p", {"tqa": {"test/mc2": 0.41}})
+    single_run(tmp_path / "runs" / "r", {"tqa": {"test/mc2": 0.20}})
+    path = spec(tmp_path, size_sweep, intro="{{example | before | t/test/accuracy}} then {{example | after | t/test/accuracy}}")
+    import yaml
+    body = yaml.safe_load(path.read_text())
+    body["questions"][3]["runs"] = {"before": "runs/x", "after": {"folder": "runs/x", "row": 1}}
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    text = build_page(path, tmp_path / "docs" / "findings.md").read_text()
+    assert "0.2000 then 0.8000" in text
+    assert "`runs/x` (row 1)" in text
 
 
 def test_a_placeholder_that_matches_no_cell_is_an_error(tmp_path, size_sweep):  # noqa: F811

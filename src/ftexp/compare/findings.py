@@ -9,7 +9,9 @@ run. Prose may quote a number only through a placeholder, filled from the same c
     {{E3 | finetune=lora, mitigation=none | cl/forgetting/banking77}}    ->  0.41 ± 0.03 (or "0.41 (n=1)")
 
 Single runs (not sweeps) are named under ``runs`` and shown as a table of one row's metrics per run,
-e.g. the untouched pretrained model beside the same architecture with random weights.
+e.g. the untouched pretrained model beside the same architecture with random weights. A run is a folder,
+or ``{folder: ..., row: N}`` for a row other than the question's ``row`` (default 0); prose quotes it by
+its name: ``{{floor | random weights | truthfulqa_mc/test/mc1}}``.
 """
 
 from __future__ import annotations
@@ -61,9 +63,25 @@ def cell_value(sweep: Sweep, where: str, metric: str) -> str:
     return fmt(summary)
 
 
-def fill(text: str, sweeps: Dict[str, Sweep]) -> str:
+def run_value(rows: Dict[str, Dict[str, Any]], qid: str, name: str, metric: str) -> str:
+    """A single run's number: ``metric`` is task/metric in the run's row."""
+    if name not in rows:
+        raise CompareError(f"placeholder '{qid} | {name} | {metric}': no run named '{name}' "
+                           f"(runs: {', '.join(rows)})")
+    task, _, key = metric.partition("/")
+    value = rows[name]["metrics"].get(task, {}).get(key)
+    if value is None:
+        raise CompareError(f"placeholder '{qid} | {name} | {metric}': the run's row has no {metric}")
+    return number_text(value)
+
+
+def fill(text: str, sweeps: Dict[str, Sweep], runs: Optional[Dict[str, Dict[str, Dict[str, Any]]]] = None) -> str:
+    runs = runs or {}
+
     def one(m: "re.Match[str]") -> str:
         qid, where, metric = m.group(1), m.group(2), m.group(3)
+        if qid in runs:
+            return run_value(runs[qid], qid, where, metric)
         if qid not in sweeps:
             return f"(not run yet: {qid})"
         return cell_value(sweeps[qid], where, metric)
@@ -78,12 +96,28 @@ def run_row(folder: Path, row: int) -> Dict[str, Any]:
     metrics = next((r["metrics"] for r in results.get("rows", []) if r["index"] == row), None)
     if metrics is None:
         raise CompareError(f"{folder}: results.json has no row {row}")
-    return {"metrics": metrics, "weights": (results.get("model") or {}).get("weights") or {}}
+    model = results.get("model") or {}
+    return {"metrics": metrics, "model": model.get("name"), "weights": model.get("weights") or {}}
 
 
-def runs_section(entry: Dict[str, Any], root: Path) -> List[str]:
-    """A table of one row's metrics (``row``, default 0) for each named single run."""
-    rows = {name: run_row(root / folder, int(entry.get("row", 0))) for name, folder in entry["runs"].items()}
+def run_folders(entry: Dict[str, Any]) -> Dict[str, tuple]:
+    """name -> (folder, row) of each single run a question names."""
+    default = int(entry.get("row", 0))
+    return {name: (v["folder"], int(v.get("row", default))) if isinstance(v, dict) else (v, default)
+            for name, v in entry["runs"].items()}
+
+
+def read_runs(entry: Dict[str, Any], root: Path) -> Optional[Dict[str, Dict[str, Any]]]:
+    """Each named run's row, or None when a folder has no results.json yet (not run)."""
+    folders = run_folders(entry)
+    if not all((root / folder / "results.json").is_file() for folder, _ in folders.values()):
+        return None
+    return {name: run_row(root / folder, row) for name, (folder, row) in folders.items()}
+
+
+def runs_section(entry: Dict[str, Any], rows: Dict[str, Dict[str, Any]]) -> List[str]:
+    """A table of one row's metrics for each named single run."""
+    folders = run_folders(entry)
     metrics = entry.get("metrics") or sorted({f"{t}/{m}" for r in rows.values() for t, ms in r["metrics"].items()
                                               for m in ms})
     lines = ["| metric | " + " | ".join(rows) + " |", "|---|" + "---|" * len(rows)]
@@ -91,27 +125,31 @@ def runs_section(entry: Dict[str, Any], root: Path) -> List[str]:
         task, _, name = metric.partition("/")
         values = [r["metrics"].get(task, {}).get(name) for r in rows.values()]
         lines.append(f"| {metric} | " + " | ".join("—" if v is None else number_text(v) for v in values) + " |")
-    lines += ["", "Runs: " + "; ".join(f"{name}: `{folder}`" for name, folder in entry["runs"].items())]
+    lines += ["", "Runs: " + "; ".join(f"{name}: `{folder}` (row {row})" for name, (folder, row) in folders.items())]
+    if entry.get("command"):
+        lines[-1] += f"  \nCommand: `{entry['command']}`"
     return lines
 
 
-def weights_line(sweeps: Dict[str, Sweep]) -> Optional[str]:
-    """Where the pretrained weights came from, as the first completed job that has them recorded says."""
+def weights_line(sweeps: Dict[str, Sweep], runs: Dict[str, Dict[str, Dict[str, Any]]]) -> Optional[str]:
+    """Where the pretrained weights came from, as the first completed job or run that has them recorded says."""
+    recorded = [(r["model"], r["weights"]) for rows in runs.values() for r in rows.values()]
     for sweep in sweeps.values():
         for job in sweep.completed:
-            results = json.loads((Path(job.source) / "results.json").read_text(encoding="utf-8"))
-            w = (results.get("model") or {}).get("weights") or {}
-            if w.get("source") == "gguf":
-                files = ", ".join(f"{f['file']} ({f['package']} {f['version']})" for f in w["files"])
-                return (f"**Weights.** {results['model']['name']}: {files}, SHA-256 `{w['sha256']}`; "
-                        f"{w['weights']} ({w.get('release', '')}).")
+            model = json.loads((Path(job.source) / "results.json").read_text(encoding="utf-8")).get("model") or {}
+            recorded.append((model.get("name"), model.get("weights") or {}))
+    for name, w in recorded:
+        if w.get("source") == "gguf":
+            files = ", ".join(f"{f['file']} ({f['package']} {f['version']})" for f in w["files"])
+            return f"**Weights.** {name}: {files}, SHA-256 `{w['sha256']}`; {w['weights']} ({w.get('release', '')})."
     return None
 
 
-def section(q: Dict[str, Any], sweep: Optional[Sweep], out: Path, root: Path, sweeps: Dict[str, Sweep]) -> List[str]:
+def section(q: Dict[str, Any], sweep: Optional[Sweep], out: Path, sweeps: Dict[str, Sweep],
+            runs: Dict[str, Dict[str, Dict[str, Any]]]) -> List[str]:
     lines = [f"## {q['id']}: {q['title']}", "", f"**Question.** {q['question']}", ""]
-    if q.get("runs"):
-        lines += runs_section(q, root) + [""]
+    if q.get("runs") and q["id"] in runs:
+        lines += runs_section(q, runs[q["id"]]) + [""]
     elif sweep is None:
         lines += [f"**Not run yet.** Command: `{q.get('command', '')}`", ""]
         return lines
@@ -126,7 +164,7 @@ def section(q: Dict[str, Any], sweep: Optional[Sweep], out: Path, root: Path, sw
     for key, title in (("held_fixed", "Held fixed"), ("supports", "What it supports"),
                        ("does_not_support", "What it does not support")):
         if q.get(key):
-            lines += [f"**{title}.** {fill(q[key], sweeps).strip()}", ""]
+            lines += [f"**{title}.** {fill(q[key], sweeps, runs).strip()}", ""]
     return lines
 
 
@@ -135,21 +173,24 @@ def build_page(spec_path: Path, out_md: Path) -> Path:
     root = Path(spec.get("root", "."))
     out = out_md.parent
     sweeps: Dict[str, Sweep] = {}
+    runs: Dict[str, Dict[str, Dict[str, Any]]] = {}
     for q in spec["questions"]:
         folder = root / q["folder"] if q.get("folder") else None
         if folder is not None and folder.is_dir():
             sweeps[q["id"]] = read_multirun(folder)
+        if q.get("runs") and (rows := read_runs(q, root)) is not None:
+            runs[q["id"]] = rows
     lines = [f"# {spec['title']}", "", "<!-- Generated by `python -m ftexp.compare.findings "
              f"{spec_path}`: edit {spec_path}, not this page. -->", ""]
-    lines += [fill(spec.get("intro", ""), sweeps).strip(), ""]
-    weights = weights_line(sweeps)
+    lines += [fill(spec.get("intro", ""), sweeps, runs).strip(), ""]
+    weights = weights_line(sweeps, runs)
     if weights:
         lines += [weights, ""]
     for caveat in spec.get("caveats", []):
-        lines.append(f"- {fill(caveat, sweeps)}")
+        lines.append(f"- {fill(caveat, sweeps, runs)}")
     lines.append("")
     for q in spec["questions"]:
-        lines += section(q, sweeps.get(q["id"]), out, root, sweeps)
+        lines += section(q, sweeps.get(q["id"]), out, sweeps, runs)
     atomic_write_text(out_md, "\n".join(lines).rstrip() + "\n")
     return out_md
 
