@@ -183,7 +183,7 @@ def test_incomplete_and_missing_results_are_listed(tmp_path):
 def test_a_sweep_launched_in_parts_into_one_folder_reads_as_one(tmp_path):
     """Jobs named by their overrides (hydra.sweep.subdir=${hydra.job.override_dirname}): finished ones by
     their results.json, an unfinished one by its .hydra record."""
-    root = write_multirun(tmp_path / "sweep", [], {"lr": "2,1"})  # the part launched last wrote multirun.yaml
+    root = write_multirun(tmp_path / "sweep", [], {"lr": "2,1"})  # the sweep file's values; the last part's command
     for lr, acc in ((1, 0.5), (2, 0.7)):
         (root / f"lr={lr}").mkdir()
         (root / f"lr={lr}" / "results.json").write_text(json.dumps(results([f"lr={lr}"], 0, {"test/accuracy": acc},
@@ -193,6 +193,7 @@ def test_a_sweep_launched_in_parts_into_one_folder_reads_as_one(tmp_path):
     text = compare_folder(root).read_text()
     assert [r["lr"] for r in read_table(root / "compare" / "table.csv")] == ["2", "1", "3"]  # its order, then the rest
     assert "lr=3" in text and "no results.json" in text
+    assert read_multirun(root).command is None  # multirun.yaml holds the last part's command only
 
 
 def _draw(tmp_path: Path, name: str, jobs: List[Any], params: Dict[str, str]) -> Path:

@@ -239,13 +239,17 @@ def read_multirun(root: Path) -> Sweep:
         raise CompareError(f"{root} holds no jobs: no numbered subfolder and none with a {RESULTS_FILE}.{hint}")
     jobs = [read_job(f, "." if f == root else str(f.relative_to(root))) for f in folders]
     sweep = Sweep(source=str(root), jobs=jobs)
+    # Jobs named by their overrides: a sweep launched in parts, and multirun.yaml records the last part's
+    # command only. Its sweep file's values still give the order; no command stands for the whole.
+    in_parts = any(f != root and not f.name.isdigit() for f in folders)
     try:  # the command and each key's values in sweep order
         hydra = (_yaml(root / "multirun.yaml") or {}).get("hydra") or {}
         task = [str(t) for t in ((hydra.get("overrides") or {}).get("task") or [])]
-        if task:
+        if task and not in_parts:
             sweep.command = "python -m ftexp -m " + " ".join(shlex.quote(t) for t in task)
         params = {str(k): str(v) for k, v in ((hydra.get("sweeper") or {}).get("params") or {}).items()}
-        params.update(parse_overrides(task))
+        if not in_parts:
+            params.update(parse_overrides(task))
         sweep.order = {k.lstrip("+"): vals for k, v in params.items() if (vals := _sweep_values(v))}
     except Exception:  # noqa: BLE001 - a launcher that writes none, or another shape: the jobs say the rest
         pass
