@@ -8,12 +8,12 @@ from transformers import MistralConfig, MistralForCausalLM
 
 from ftexp.data.base import Example, Task
 from ftexp.eval.base import EvalContext
-from ftexp.eval.classification import ClassificationEvaluator, label_chunks, label_logprobs
+from ftexp.eval.classification import ClassificationEvaluator, label_chunks, label_logprobs, label_trie, trie_size
 from ftexp.config.preflight import compose_config
 from ftexp.utils.build import build
 
 PROMPTS = [[1, 5, 6, 7], [1, 8], [1, 9, 10, 11, 12, 13], [1, 14, 15]]
-LABELS = [[20, 2], [21, 22, 23, 2], [24, 25, 2], [20, 26, 2], [27, 2]]
+LABELS = [[20, 2], [21, 22, 23, 2], [24, 25, 2], [20, 26, 2], [27, 2], [21, 22, 26, 2]]  # shared prefixes
 
 
 def tiny_lm(impl="sdpa", seed=0, head_dim=8):
@@ -42,13 +42,22 @@ def test_tree_scoring_equals_pairwise_scoring(impl, chunk):
     assert torch.allclose(got, pairwise(model, PROMPTS, LABELS), atol=1e-4)
 
 
+def test_labels_sharing_a_prefix_feed_it_once():
+    tokens, parent, depth, steps = label_trie(LABELS)
+    assert len(tokens) == trie_size(LABELS) == 9 < sum(len(label) - 1 for label in LABELS)  # 20 and 21 22 once each
+    assert tokens.count(20) == 1 and tokens.count(22) == 1 and max(depth) == 2
+    shared = 1 + tokens.index(22)
+    assert steps[1] == [0, 1 + tokens.index(21), shared, 1 + tokens.index(23)] and steps[5][2] == shared
+    assert parent[tokens.index(22)] == tokens.index(21) and parent[tokens.index(21)] == -1
+
+
 def test_memory_bound_splits_labels_into_chunks():
     model = tiny_lm()
     full = label_logprobs(model, PROMPTS, LABELS, pad_id=0)
-    assert label_chunks(LABELS, 4, 40, 2**27) == [(0, 5)]
+    assert label_chunks(LABELS, 4, 40, 2**27) == [(0, 6)]
     small = 4 * 5 * 40  # room for 5 - 1 tokens after the prompt
     ranges = label_chunks(LABELS, 4, 40, small)
-    assert ranges[0] == (0, 2) and ranges[-1][1] == 5 and len(ranges) > 2
+    assert ranges[0] == (0, 2) and ranges[-1][1] == 6 and len(ranges) > 2
     got = label_logprobs(model, PROMPTS, LABELS, pad_id=0, max_logits=small)
     assert torch.allclose(got, full, atol=1e-5)
 
@@ -58,7 +67,7 @@ def test_memory_bound_splits_prompts_before_labels():
     holds every label, and no prompt is run through the model twice."""
     model = tiny_lm()
     full = label_logprobs(model, PROMPTS, LABELS, pad_id=0)
-    one_row = (1 + sum(len(label) - 1 for label in LABELS)) * 40
+    one_row = (1 + trie_size(LABELS)) * 40
     passes = []
     hook = model.register_forward_hook(lambda mod, args, kwargs, out: passes.append(kwargs["input_ids"].shape),
                                        with_kwargs=True)
@@ -66,7 +75,7 @@ def test_memory_bound_splits_prompts_before_labels():
     hook.remove()
     assert torch.allclose(got, full, atol=1e-5)
     assert [shape[0] for shape in passes] == [2] * (len(PROMPTS) // 2) + [1] * (len(PROMPTS) % 2)
-    block = sum(len(label) - 1 for label in LABELS)
+    block = trie_size(LABELS)
     widths = [max(len(p) for p in PROMPTS[i:i + 2]) + block for i in range(0, len(PROMPTS), 2)]
     assert [shape[1] for shape in passes] == widths  # every label in every pass
 

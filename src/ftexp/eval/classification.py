@@ -1,11 +1,12 @@
 """Accuracy and macro-F1, predicting the label with the highest log-likelihood given the prompt.
 
 All candidate labels are scored in one forward pass per prompt batch, without re-encoding the
-prompt per label: the sequence is ``prompt + label_1 + label_2 + ...`` and a 4D attention mask lets
-each label's tokens see the prompt and their own earlier tokens only (tree attention); position ids
-restart after the prompt for every label. Labels are split into chunks so that the logits of one
-pass stay under ``max_logits`` elements, which bounds memory for large vocabularies. The prediction
-is therefore always one of the labels.
+prompt per label: the sequence is the prompt followed by the labels' token trie (each distinct label
+prefix once: Banking77's 77 labels take 371 tokens instead of 467), and a 4D attention mask lets each
+trie token see the prompt and its own ancestors only (tree attention); position ids continue from the
+prompt by depth. Labels are split into chunks so that the logits of one pass stay under
+``max_logits`` elements, which bounds memory for large vocabularies. The prediction is therefore
+always one of the labels.
 """
 
 from __future__ import annotations
@@ -22,10 +23,35 @@ from ftexp.models.attention import attention_implementation, use_attention
 from ftexp.models.base import unwrap_adapter
 
 
+def label_trie(labels: Sequence[List[int]]):
+    """The labels' distinct proper prefixes as trie nodes (a label's last token is only predicted, never
+    fed): each node's token, its parent node (-1: the prompt) and depth, and for each label the logit
+    index after which each of its tokens is predicted (0: the prompt's last position, 1 + n: node n)."""
+    node: Dict[tuple, int] = {}
+    tokens: List[int] = []
+    parent: List[int] = []
+    depth: List[int] = []
+    for label in labels:
+        for k in range(1, len(label)):
+            key = tuple(label[:k])
+            if key not in node:
+                node[key] = len(tokens)
+                tokens.append(label[k - 1])
+                parent.append(node.get(key[:-1], -1))
+                depth.append(k - 1)
+    steps = [[0] + [1 + node[tuple(label[:k])] for k in range(1, len(label))] for label in labels]
+    return tokens, parent, depth, steps
+
+
+def trie_size(labels: Sequence[List[int]]) -> int:
+    return len({tuple(label[:k]) for label in labels for k in range(1, len(label))})
+
+
 def _tree_inputs(prompts: Sequence[List[int]], labels: Sequence[List[int]], pad_id: int, device):
-    """Token ids, position ids and a boolean (B, 1, T, T) mask for prompts followed by labels."""
+    """Token ids, position ids and a boolean (B, 1, T, T) mask for prompts followed by the labels' trie,
+    and each label's logit indices (see :func:`label_trie`)."""
     B, P = len(prompts), max(len(p) for p in prompts)
-    block = [t for label in labels for t in label[:-1]]  # a label's last token is only predicted
+    block, parent, depth, steps = label_trie(labels)
     S, T = len(block), P + len(block)
     ids = torch.full((B, T), pad_id, dtype=torch.long)
     valid = torch.zeros((B, P), dtype=torch.bool)
@@ -34,32 +60,32 @@ def _tree_inputs(prompts: Sequence[List[int]], labels: Sequence[List[int]], pad_
         valid[b, P - len(p):] = True
     ids[:, P:] = torch.tensor(block, dtype=torch.long)
     lengths = valid.sum(-1, keepdim=True)
-    label_pos, owner = [], []
-    for j, label in enumerate(labels):
-        label_pos.extend(range(len(label) - 1))
-        owner.extend([j] * (len(label) - 1))
-    positions = torch.cat([(valid.cumsum(-1) - 1).clamp(min=0), lengths + torch.tensor(label_pos, dtype=torch.long)], 1)
+    positions = torch.cat([(valid.cumsum(-1) - 1).clamp(min=0), lengths + torch.tensor(depth, dtype=torch.long)], 1)
 
     mask = torch.zeros((B, T, T), dtype=torch.bool)
     mask[:, :P, :P] = torch.tril(torch.ones(P, P, dtype=torch.bool)) & valid[:, None, :]
     mask[:, P:, :P] = valid[:, None, :]
-    if S:
-        own = torch.tensor(owner)
-        mask[:, P:, P:] = (own[:, None] == own[None, :]) & torch.tril(torch.ones(S, S, dtype=torch.bool))
+    sees = torch.eye(S, dtype=torch.bool)  # a trie node sees itself and its ancestors
+    for n, up in enumerate(parent):
+        if up >= 0:
+            sees[n] |= sees[up]  # parents come before their children
+    mask[:, P:, P:] = sees
     mask |= torch.eye(T, dtype=torch.bool)  # padding rows see themselves, never an empty row
-    return ids.to(device), positions.to(device), mask[:, None].to(device)
+    return ids.to(device), positions.to(device), mask[:, None].to(device), steps
 
 
 def label_chunks(labels: Sequence[List[int]], batch: int, vocab: int, max_logits: int, limit: int = 0):
-    """Consecutive (start, end) label ranges whose logits (batch x tokens x vocab) fit ``max_logits``;
+    """Consecutive (start, end) label ranges whose logits (batch x trie tokens x vocab) fit ``max_logits``;
     at most ``limit`` labels per range when ``limit`` > 0."""
-    ranges, start, tokens = [], 0, 1
+    ranges, start, seen = [], 0, set()
     for j, label in enumerate(labels):
-        over = batch * (tokens + len(label) - 1) * vocab > max_logits or (limit and j - start >= limit)
+        new = {tuple(label[:k]) for k in range(1, len(label))} - seen
+        over = batch * (1 + len(seen) + len(new)) * vocab > max_logits or (limit and j - start >= limit)
         if j > start and over:
             ranges.append((start, j))
-            start, tokens = j, 1
-        tokens += len(label) - 1
+            start, seen = j, set()
+            new = {tuple(label[:k]) for k in range(1, len(label))}
+        seen |= new
     ranges.append((start, len(labels)))
     return ranges
 
@@ -85,27 +111,22 @@ def label_logprobs(
     if impl not in ("sdpa", "eager"):
         raise ValueError(f"label scoring needs a 4D attention mask: attn_implementation sdpa or eager, not {impl}")
     vocab = model.get_output_embeddings().weight.shape[0] if hasattr(model, "get_output_embeddings") else 1
-    per_pass = max_logits // ((1 + sum(len(label) - 1 for label in labels)) * vocab)
+    per_pass = max_logits // ((1 + trie_size(labels)) * vocab)
     if not label_chunk and 1 <= per_pass < len(prompts):
         return torch.cat([label_logprobs(model, prompts[i:i + per_pass], labels, pad_id, 0, max_logits)
                           for i in range(0, len(prompts), per_pass)])
     scores = torch.empty(len(prompts), len(labels))
     for start, end in label_chunks(labels, len(prompts), vocab, max_logits, label_chunk):
         chunk = labels[start:end]
-        ids, positions, mask = _tree_inputs(prompts, chunk, pad_id, device)
+        ids, positions, mask, steps = _tree_inputs(prompts, chunk, pad_id, device)
         S = ids.shape[1] - max(len(p) for p in prompts)
         if impl == "eager":  # eager attention adds the mask to the scores
             mask = torch.zeros(mask.shape, device=device).masked_fill(~mask, torch.finfo(torch.float32).min)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=S + 1).logits
         logp = torch.log_softmax(logits.float(), dim=-1)  # (B, S + 1, V); index 0 = after the prompt
-        offset = 0
-        for j, label in enumerate(chunk):
-            # t_0 is predicted after the prompt (index 0), t_k after block position offset + k - 1.
-            steps = torch.arange(offset, offset + len(label), device=device)
-            steps[0] = 0
-            target = torch.tensor(label, device=device)
-            scores[:, start + j] = logp[:, steps, target].sum(-1).cpu()
-            offset += len(label) - 1
+        for j, (label, at) in enumerate(zip(chunk, steps)):
+            index, target = torch.tensor(at, device=device), torch.tensor(label, device=device)
+            scores[:, start + j] = logp[:, index, target].sum(-1).cpu()
     return scores
 
 
