@@ -434,3 +434,26 @@ def test_the_gradient_term_runs_once_per_optimizer_step_between_the_last_backwar
                          accumulate_grad_batches=3, gradient_clip_val=1.0, callbacks=[Order()])
     trainer.fit(Module(tiny_lm(), compose_config([]).optim, lr=1e-3, mitigation=Recording()), datamodule=dm)
     assert events == (["loss", "backward"] * 3 + ["term", "clip", "step"]) * 2
+
+
+def test_fisher_chunks_bounded_by_gradient_size_give_the_same_fisher(monkeypatch):
+    """Chunks of one sample (the per-sample gradients of a full fine-tune bound them) equal one vmap."""
+    import ftexp.mitigation.fisher as fisher
+
+    model, rows = tiny_lm(), make_rows(6)
+    params = trainable_parameters(model)
+    whole = per_sample_fisher(model, batches(rows, 6), params)
+    monkeypatch.setattr(fisher, "GRADIENTS_PER_CHUNK", 1)
+    assert_close(per_sample_fisher(model, batches(rows, 6), params), whole, atol=1e-9)
+
+
+def test_no_fisher_after_the_last_stage():
+    """Nothing trains after the last stage: its Fisher (minutes for a full fine-tune) is not taken."""
+    model, rows = tiny_lm(), make_rows(4)
+    mitigation = ewc()
+    last = stage(model, rows, 2)
+    last.last = True
+    mitigation.after_stage(last)
+    assert mitigation.terms == []
+    mitigation.after_stage(stage(model, rows, 1))
+    assert len(mitigation.terms) == 1

@@ -301,7 +301,7 @@ def train_stage(cfg, stage, index, model, tokenizer, task, earlier, mitigation, 
     )
     ctx = StageContext(index=index, name=stage.name, model=model, datamodule=datamodule, task=task,
                        tokenizer=tokenizer, encode=encode, earlier=list(earlier), seed=cfg.seed,
-                       pretrained=pretrained)
+                       pretrained=pretrained, last=index == len(cfg.stages))
     tracker.set_step_offset(record.step)
     mitigation.before_stage(ctx)
     lr = stage.lr if stage.lr is not None else cfg.optim.lr

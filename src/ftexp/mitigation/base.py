@@ -25,6 +25,7 @@ class StageContext:
     earlier: List[Any] = field(default_factory=list)  # the Tasks of earlier stages, in order
     seed: int = 0
     pretrained: bool = True  # whether the run's model started from pretrained weights (tiny: no)
+    last: bool = False  # the run's last stage: nothing trains after it
     extras: Dict[str, Any] = field(default_factory=dict)
 
 

@@ -21,6 +21,10 @@ Batch = Mapping[str, torch.Tensor]
 # and their gradient alive at once (16 x 128 tokens of SmolLM2's 49k vocabulary took over 11 GB);
 # chunks of samples bound that, at the same result.
 LOGITS_PER_CHUNK = 2**24
+# Per-sample gradient elements held per chunk (each sample's gradient of every trainable weight, and its
+# square): a full fine-tune of SmolLM2-135M with chunks bounded by logits alone (8 short samples) was
+# OOM-killed at 18 GB; 2**28 elements (1 GiB in float32) keeps that to one or two samples per chunk.
+GRADIENTS_PER_CHUNK = 2**28
 
 
 def per_sample_fisher(model: torch.nn.Module, batches: Iterable[Batch],
@@ -53,6 +57,7 @@ def per_sample_fisher(model: torch.nn.Module, batches: Iterable[Batch],
         return total / (targets != -100).sum().clamp(min=1)  # no targets: 0, not NaN
 
     vocab = model.get_output_embeddings().weight.shape[0] if hasattr(model, "get_output_embeddings") else 1
+    weights = max(1, sum(p.numel() for p in theta.values()))
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
@@ -62,7 +67,7 @@ def per_sample_fisher(model: torch.nn.Module, batches: Iterable[Batch],
             for batch in batches:
                 require_right_padding(batch)
                 input_ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
-                chunk = max(1, LOGITS_PER_CHUNK // (input_ids.shape[1] * vocab))
+                chunk = max(1, min(LOGITS_PER_CHUNK // (input_ids.shape[1] * vocab), GRADIENTS_PER_CHUNK // weights))
                 per_sample_grads = vmap(grad(sample_loss), in_dims=(None, 0, 0), chunk_size=chunk)
                 for name, g in per_sample_grads(theta, input_ids, labels).items():
                     squared_sum[name] += g.to(squared_sum[name].dtype).square().sum(0)
