@@ -43,8 +43,13 @@ def label_trie(labels: Sequence[List[int]]):
     return tokens, parent, depth, steps
 
 
+def _prefixes(label: List[int]) -> set:
+    """A label's proper prefixes: the trie nodes it needs."""
+    return {tuple(label[:k]) for k in range(1, len(label))}
+
+
 def trie_size(labels: Sequence[List[int]]) -> int:
-    return len({tuple(label[:k]) for label in labels for k in range(1, len(label))})
+    return len(set().union(*map(_prefixes, labels)))
 
 
 def _tree_inputs(prompts: Sequence[List[int]], labels: Sequence[List[int]], pad_id: int, device):
@@ -79,12 +84,12 @@ def label_chunks(labels: Sequence[List[int]], batch: int, vocab: int, max_logits
     at most ``limit`` labels per range when ``limit`` > 0."""
     ranges, start, seen = [], 0, set()
     for j, label in enumerate(labels):
-        new = {tuple(label[:k]) for k in range(1, len(label))} - seen
+        new = _prefixes(label) - seen
         over = batch * (1 + len(seen) + len(new)) * vocab > max_logits or (limit and j - start >= limit)
         if j > start and over:
             ranges.append((start, j))
             start, seen = j, set()
-            new = {tuple(label[:k]) for k in range(1, len(label))}
+            new = _prefixes(label)
         seen |= new
     ranges.append((start, len(labels)))
     return ranges
