@@ -43,8 +43,8 @@ def test_every_sweep_file_composes_and_every_swept_value_is_valid(sweep):
     # every value of every swept key composes and passes the value checks (an interval: its ends)
     overrides = [f"{key}={value}" for key, value in params.items()]
     for ov in OverridesParser.create().parse_overrides(overrides):
-        try:
-            values = list(ov.sweep_string_iterator())
+        try:  # one value (`seed: 0`) is not a sweep: it is its own only value
+            values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
         except HydraException:
             values = [str(ov.value().start), str(ov.value().end)]
         for value in values:
