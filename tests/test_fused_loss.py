@@ -29,6 +29,7 @@ ARCHS = {
     "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**SHAPE)),
     "qwen3": lambda: tf.Qwen3ForCausalLM(tf.Qwen3Config(**SHAPE, head_dim=8)),
     "gpt2": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64)),
+    "gemma3_text": lambda: tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**SHAPE, head_dim=8, final_logit_softcapping=None)),
 }
 
 
@@ -154,6 +155,9 @@ def test_a_model_whose_logits_are_not_its_output_layer_alone_is_refused():
     model = tf.Gemma2ForCausalLM(tf.Gemma2Config(**SHAPE, head_dim=8))  # soft-caps its logits
     with pytest.raises(FtexpError, match="trainer.fused_loss=true.*Gemma2ForCausalLM"):
         FineTuneModule(model, compose_config([]).optim, lr=1e-3, fused_loss=True)
+    capped = tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**SHAPE, head_dim=8, final_logit_softcapping=30.0))
+    with pytest.raises(FtexpError, match="trainer.fused_loss=true.*Gemma3ForCausalLM"):  # a fusable type, capped
+        FineTuneModule(capped, compose_config([]).optim, lr=1e-3, fused_loss=True)
     adapted_head = get_peft_model(ARCHS["llama"](), LoraConfig(r=2, target_modules=["q_proj", "lm_head"]))
     with pytest.raises(FtexpError, match="no adapter on the output layer"):
         FineTuneModule(adapted_head, compose_config([]).optim, lr=1e-3, fused_loss=True)

@@ -11,7 +11,7 @@ shapes), and the compiler fuses the element-wise work around the chunk's matmuls
 
 Only for models whose logits are a plain bias-free linear output layer applied to the decoder's last
 hidden state, with nothing after it (no soft-capping or logit scale, no adapter on the head): the model
-types in ``FUSABLE``. A batch without any target gives a loss of 0 (transformers' own loss gives NaN).
+types in ``FUSABLE`` (Gemma 3 only where it does not soft-cap its logits, as the 270M does not). A batch without any target gives a loss of 0 (transformers' own loss gives NaN).
 Not for fp16 (refused at composition): the gradients are formed before the loss scale is applied.
 """
 
@@ -29,7 +29,7 @@ from ftexp.models.base import unwrap_adapter
 
 # Causal LMs whose forward is ``logits = lm_head(model(...).last_hidden_state)`` and whose loss is the
 # mean token cross-entropy over shifted labels (checked against each model's own loss in the tests).
-FUSABLE = frozenset({"llama", "mistral", "qwen2", "qwen3", "gpt2"})
+FUSABLE = frozenset({"llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma3_text"})
 
 CHUNK_ELEMENTS = 2**28  # logits per chunk: 1 GiB in fp32 (about 1.5 GiB at the peak), whatever the vocabulary
 
@@ -38,7 +38,9 @@ def fusable(model: torch.nn.Module) -> bool:
     lm = unwrap_adapter(model)
     head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
     # exactly nn.Linear: an adapter on the head (peft's LoRA layer) would be skipped by reading .weight
-    return (getattr(getattr(lm, "config", None), "model_type", None) in FUSABLE
+    config = getattr(lm, "config", None)
+    return (getattr(config, "model_type", None) in FUSABLE
+            and getattr(config, "final_logit_softcapping", None) is None  # Gemma's tanh cap follows the head
             and type(head) is torch.nn.Linear and head.bias is None)
 
 
