@@ -112,9 +112,15 @@ def _run(overrides, tmp_path, name):
     return json.loads((tmp_path / name / "results.json").read_text())
 
 
-def test_a_reused_first_stage_gives_the_results_of_a_fresh_run(tiny_overrides, tmp_path):
+def test_a_reused_first_stage_gives_the_results_of_a_fresh_run(tiny_overrides, tmp_path, monkeypatch):
     """E3's arms share stage 1: EWC trains and stores it, a later `none` job loads it, and that job's
-    every number equals a `none` job that trained everything itself."""
+    every number equals a `none` job that trained everything itself. EWC takes its Fisher after stage 1
+    only: the run tells it which stage is the last."""
+    from ftexp.mitigation import ewc as ewc_module
+
+    fishers = []
+    real_fisher = ewc_module.per_sample_fisher
+    monkeypatch.setattr(ewc_module, "per_sample_fisher", lambda *a, **k: fishers.append(1) or real_fisher(*a, **k))
     base = [*tiny_overrides, *SMALL, f"cache_dir={tmp_path / 'cache'}"]
     fresh = _run([*base, "mitigation=none", "cache_stages=false"], tmp_path, "fresh")
     ewc = _run([*base, "mitigation=ewc", "mitigation.fisher_samples=32", "mitigation.fisher_batch_size=8"],
@@ -128,3 +134,4 @@ def test_a_reused_first_stage_gives_the_results_of_a_fresh_run(tiny_overrides, t
     assert reused["continual"]["R"] == fresh["continual"]["R"]
     assert reused["stages"][1]["train/loss"] == fresh["stages"][1]["train/loss"]
     assert len(list((tmp_path / "cache" / "stages").glob("*/state.pt"))) == 1
+    assert len(fishers) == 1  # after stage 1 of 2
