@@ -89,3 +89,34 @@ def test_a_placeholder_that_matches_no_cell_is_an_error(tmp_path, size_sweep):  
     with pytest.raises(CompareError, match=r"data.n_train=123 \| test/accuracy': matches 0 cells"):
         build_page(path, tmp_path / "docs" / "findings.md")
     assert main([str(path)]) == 1
+
+
+def test_examples_show_the_review_rows_a_metric_passed_from_the_named_job(tmp_path, size_sweep):  # noqa: F811
+    single_run(tmp_path / "runs" / "p", {"tqa": {"test/mc2": 0.41}})
+    single_run(tmp_path / "runs" / "r", {"tqa": {"test/mc2": 0.20}})
+    rows = [{"id": "t/test/0", "prompt": "What is X?", "reference": "X is a | thing.", "output": "X is a condition " * 40,
+             "auto_rougeL": 0.41, "auto_correct": True},
+            {"id": "t/test/1", "prompt": "What is Y?", "reference": "Y.", "output": "No idea.", "auto_rougeL": 0.0,
+             "auto_correct": False},
+            {"id": "t/test/2", "prompt": "What is Z?", "reference": "Z.", "output": "Z is Z.", "auto_rougeL": 0.5,
+             "auto_correct": True}]
+    review = size_sweep / "1" / "review"  # data.n_train=500, seed=1
+    review.mkdir()
+    (review / "review.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = spec(tmp_path, size_sweep)
+    import yaml
+
+    body = yaml.safe_load(path.read_text())
+    body["questions"][0]["examples"] = {"job": "data.n_train=500, seed=1", "n": 1, "auto_correct": True}
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    text = build_page(path, tmp_path / "docs" / "findings.md").read_text()
+
+    assert "1 exported answers the metric passed, from the job's `1/review/review.jsonl`" in text
+    assert "| What is X? | X is a \\| thing. | X is a condition" in text  # a pipe in a cell is escaped
+    assert "… | 0.4100 |" in text  # long answers are cut
+    assert "What is Y?" not in text and "What is Z?" not in text  # failed by the metric; beyond n
+
+    body["questions"][0]["examples"]["job"] = "data.n_train=500"  # three seeds: which one?
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    with pytest.raises(CompareError, match="matches 3 completed jobs"):
+        build_page(path, tmp_path / "docs" / "findings.md")

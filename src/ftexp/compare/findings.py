@@ -12,6 +12,10 @@ Single runs (not sweeps) are named under ``runs`` and shown as a table of one ro
 e.g. the untouched pretrained model beside the same architecture with random weights. A run is a folder,
 or ``{folder: ..., row: N}`` for a row other than the question's ``row`` (default 0); prose quotes it by
 its name: ``{{floor | random weights | truthfulqa_mc/test/mc1}}``.
+
+``examples`` shows a few of a job's exported review rows (question, reference, the model's answer, its
+automated scores), so that a reader can judge answers a metric passed:
+``examples: {job: "seed=0", n: 4, auto_correct: true}``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from ftexp.compare.collect import CompareError, Sweep, read_multirun
 from ftexp.compare.report import write_report
 from ftexp.compare.stats import cells as make_cells, fmt, number_text
+from ftexp.review.schema import REVIEW_JSONL
 from ftexp.utils.io import atomic_write_text
 
 PLACEHOLDER = re.compile(r"\{\{\s*([^|}]+?)\s*\|\s*([^|}]*?)\s*\|\s*([^|}]+?)\s*\}\}")
@@ -145,6 +150,43 @@ def weights_line(sweeps: Dict[str, Sweep], runs: Dict[str, Dict[str, Dict[str, A
     return None
 
 
+def matching_job(sweep: Sweep, where: str) -> Any:
+    """The one completed job whose overrides match ``where`` ('k=v, k=v')."""
+    wanted = dict(part.split("=", 1) for part in (p.strip() for p in where.split(",")) if part)
+    found = [j for j in sweep.completed if all(j.overrides.get(k.strip()) == v.strip() for k, v in wanted.items())]
+    if len(found) != 1:
+        raise CompareError(f"examples: job '{where}' matches {len(found)} completed jobs of {sweep.source}, not one")
+    return found[0]
+
+
+def _cell_text(value: Any, limit: int) -> str:
+    text = " ".join(str(value if value is not None else "—").split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def examples_section(spec: Dict[str, Any], sweep: Sweep) -> List[str]:
+    """A table of the first ``n`` review rows of one job (those the metric passed, with auto_correct: true)."""
+    job = matching_job(sweep, str(spec.get("job", "")))
+    path = Path(job.source) / str(spec.get("folder", "review")) / REVIEW_JSONL
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise CompareError(f"examples: cannot read {path} ({exc})") from None
+    if "auto_correct" in spec:
+        rows = [r for r in rows if r.get("auto_correct") is spec["auto_correct"]]
+    rows = rows[: int(spec.get("n", 4))]
+    scores = sorted({k for r in rows for k in r if k.startswith("auto_") and k != "auto_correct"})
+    lines = ["| question | reference | answer | " + " | ".join(k[len("auto_"):] for k in scores) + " |",
+             "|---|---|---|" + "---|" * len(scores)]
+    for r in rows:
+        values = [number_text(r[k]) if isinstance(r.get(k), (int, float)) else "—" for k in scores]
+        lines.append(f"| {_cell_text(r.get('prompt'), 160)} | {_cell_text(r.get('reference'), 240)} | "
+                     f"{_cell_text(r.get('output'), 400)} | " + " | ".join(values) + " |")
+    which = " the metric passed" if spec.get("auto_correct") is True else ""
+    where = f"{Path(job.source).name}/{spec.get('folder', 'review')}/{REVIEW_JSONL}"
+    return [f"{len(rows)} exported answers{which}, from the job's `{where}`:", ""] + lines
+
+
 def section(q: Dict[str, Any], sweep: Optional[Sweep], out: Path, sweeps: Dict[str, Sweep],
             runs: Dict[str, Dict[str, Dict[str, Any]]]) -> List[str]:
     lines = [f"## {q['id']}: {q['title']}", "", f"**Question.** {q['question']}", ""]
@@ -161,6 +203,8 @@ def section(q: Dict[str, Any], sweep: Optional[Sweep], out: Path, sweeps: Dict[s
         lines += [results_table(report.read_text(encoding="utf-8")).replace("](table.csv)",
                                                                           f"]({q['id']}/table.csv)"), ""]
         lines += [f"![{q['id']}]({q['id']}/{p.name})" for p in sorted((out / q["id"]).glob("*.png"))] + [""]
+        if q.get("examples"):
+            lines += examples_section(q["examples"], sweep) + [""]
     for key, title in (("held_fixed", "Held fixed"), ("supports", "What it supports"),
                        ("does_not_support", "What it does not support")):
         if q.get(key):
