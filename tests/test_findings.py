@@ -107,16 +107,19 @@ def test_examples_show_the_review_rows_a_metric_passed_from_the_named_job(tmp_pa
     import yaml
 
     body = yaml.safe_load(path.read_text())
-    body["questions"][0]["examples"] = {"job": "data.n_train=500, seed=1", "n": 1, "auto_correct": True}
+    body["questions"][0]["examples"] = [{"job": "data.n_train=500, seed=1", "n": 1, "auto_correct": True},
+                                        {"job": "data.n_train=500, seed=1", "auto_correct": False}]
     path.write_text(yaml.safe_dump(body, sort_keys=False))
     text = build_page(path, tmp_path / "docs" / "findings.md").read_text()
 
-    assert "1 exported answers the metric passed, from the job's `1/review/review.jsonl`" in text
+    assert ("1 answers the metric passed, from the job's `1/review/review.jsonl` (3 exported: 2 the metric passed, "
+            "1 it failed, 0 without a verdict" in text)
+    assert "1 answers the metric failed" in text and "| What is Y? | Y. | No idea. | 0 |" in text
     assert "| What is X? | X is a \\| thing. | X is a condition" in text  # a pipe in a cell is escaped
     assert "… | 0.4100 |" in text  # long answers are cut
-    assert "What is Y?" not in text and "What is Z?" not in text  # failed by the metric; beyond n
+    assert "What is Z?" not in text  # beyond n
 
-    body["questions"][0]["examples"]["job"] = "data.n_train=500"  # three seeds: which one?
+    body["questions"][0]["examples"] = {"job": "data.n_train=500"}  # three seeds: which one?
     path.write_text(yaml.safe_dump(body, sort_keys=False))
     with pytest.raises(CompareError, match="matches 3 completed jobs"):
         build_page(path, tmp_path / "docs" / "findings.md")

@@ -15,7 +15,7 @@ its name: ``{{floor | random weights | truthfulqa_mc/test/mc1}}``.
 
 ``examples`` shows a few of a job's exported review rows (question, reference, the model's answer, its
 automated scores), so that a reader can judge answers a metric passed:
-``examples: {job: "seed=0", n: 4, auto_correct: true}``.
+``examples: {job: "seed=0", n: 4, auto_correct: true}`` (or a list of such).
 """
 
 from __future__ import annotations
@@ -172,6 +172,9 @@ def examples_section(spec: Dict[str, Any], sweep: Sweep) -> List[str]:
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, ValueError) as exc:
         raise CompareError(f"examples: cannot read {path} ({exc})") from None
+    verdicts = [r.get("auto_correct") for r in rows]
+    counts = (f"{len(rows)} exported: {verdicts.count(True)} the metric passed, {verdicts.count(False)} it failed, "
+              f"{verdicts.count(None)} without a verdict (red-team prompts)")
     if "auto_correct" in spec:
         rows = [r for r in rows if r.get("auto_correct") is spec["auto_correct"]]
     rows = rows[: int(spec.get("n", 4))]
@@ -182,9 +185,9 @@ def examples_section(spec: Dict[str, Any], sweep: Sweep) -> List[str]:
         values = [number_text(r[k]) if isinstance(r.get(k), (int, float)) else "—" for k in scores]
         lines.append(f"| {_cell_text(r.get('prompt'), 160)} | {_cell_text(r.get('reference'), 240)} | "
                      f"{_cell_text(r.get('output'), 400)} | " + " | ".join(values) + " |")
-    which = " the metric passed" if spec.get("auto_correct") is True else ""
+    which = {True: " the metric passed", False: " the metric failed"}.get(spec.get("auto_correct"), "")
     where = f"{Path(job.source).name}/{spec.get('folder', 'review')}/{REVIEW_JSONL}"
-    return [f"{len(rows)} exported answers{which}, from the job's `{where}`:", ""] + lines
+    return [f"{len(rows)} answers{which}, from the job's `{where}` ({counts}):", ""] + lines
 
 
 def section(q: Dict[str, Any], sweep: Optional[Sweep], out: Path, sweeps: Dict[str, Sweep],
@@ -203,8 +206,9 @@ def section(q: Dict[str, Any], sweep: Optional[Sweep], out: Path, sweeps: Dict[s
         lines += [results_table(report.read_text(encoding="utf-8")).replace("](table.csv)",
                                                                           f"]({q['id']}/table.csv)"), ""]
         lines += [f"![{q['id']}]({q['id']}/{p.name})" for p in sorted((out / q["id"]).glob("*.png"))] + [""]
-        if q.get("examples"):
-            lines += examples_section(q["examples"], sweep) + [""]
+        examples = q.get("examples") or []
+        for spec in examples if isinstance(examples, list) else [examples]:
+            lines += examples_section(spec, sweep) + [""]
     for key, title in (("held_fixed", "Held fixed"), ("supports", "What it supports"),
                        ("does_not_support", "What it does not support")):
         if q.get(key):
