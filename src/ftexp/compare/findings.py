@@ -54,11 +54,17 @@ def results_table(report_md: str) -> str:
     return part.strip()
 
 
+def parse_where(where: str) -> Dict[str, str]:
+    """'k=v, k=v' -> {k: v}."""
+    pairs = (part.split("=", 1) for part in (p.strip() for p in where.split(",")) if part)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
 def cell_value(sweep: Sweep, where: str, metric: str) -> str:
     """The mean ± CI of ``metric`` in the cell whose swept values match ``where`` ('k=v, k=v'; '' = one cell)."""
-    wanted = dict(part.split("=", 1) for part in (p.strip() for p in where.split(",")) if part)
+    wanted = parse_where(where)
     found = [c for c in make_cells(sweep)
-             if all(dict(zip(sweep.keys, c.values)).get(k.strip()) == v.strip() for k, v in wanted.items())]
+             if all(dict(zip(sweep.keys, c.values)).get(k) == v for k, v in wanted.items())]
     if len(found) != 1:
         raise CompareError(f"placeholder '{where} | {metric}': matches {len(found)} cells of {sweep.source}, "
                            f"not one (swept: {', '.join(sweep.keys)})")
@@ -152,8 +158,8 @@ def weights_line(sweeps: Dict[str, Sweep], runs: Dict[str, Dict[str, Dict[str, A
 
 def matching_job(sweep: Sweep, where: str) -> Any:
     """The one completed job whose overrides match ``where`` ('k=v, k=v')."""
-    wanted = dict(part.split("=", 1) for part in (p.strip() for p in where.split(",")) if part)
-    found = [j for j in sweep.completed if all(j.overrides.get(k.strip()) == v.strip() for k, v in wanted.items())]
+    wanted = parse_where(where)
+    found = [j for j in sweep.completed if all(j.overrides.get(k) == v for k, v in wanted.items())]
     if len(found) != 1:
         raise CompareError(f"examples: job '{where}' matches {len(found)} completed jobs of {sweep.source}, not one")
     return found[0]
