@@ -30,7 +30,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from ftexp.compare.collect import CompareError, Sweep, read_multirun
 from ftexp.compare.report import write_report
 from ftexp.compare.stats import cells as make_cells, fmt, number_text
-from ftexp.review.schema import REVIEW_JSONL
+from ftexp.review.files import read_export
+from ftexp.review.schema import REVIEW_JSONL, ReviewError
 from ftexp.utils.io import atomic_write_text
 
 PLACEHOLDER = re.compile(r"\{\{\s*([^|}]+?)\s*\|\s*([^|}]*?)\s*\|\s*([^|}]+?)\s*\}\}")
@@ -176,11 +177,10 @@ def _cell_text(value: Any, limit: int) -> str:
 def examples_section(spec: Dict[str, Any], sweep: Sweep) -> List[str]:
     """A table of the first ``n`` review rows of one job (those the metric passed, with auto_correct: true)."""
     job = matching_job(sweep, str(spec.get("job", "")))
-    path = Path(job.source) / str(spec.get("folder", "review")) / REVIEW_JSONL
     try:
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, ValueError) as exc:
-        raise CompareError(f"examples: cannot read {path} ({exc})") from None
+        rows = read_export(Path(job.source) / str(spec.get("folder", "review")))
+    except ReviewError as exc:
+        raise CompareError(f"examples: {exc}") from None
     verdicts = [r.get("auto_correct") for r in rows]
     counts = (f"{len(rows)} exported: {verdicts.count(True)} the metric passed, {verdicts.count(False)} it failed, "
               f"{verdicts.count(None)} without a verdict (red-team prompts)")
