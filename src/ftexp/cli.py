@@ -31,20 +31,35 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = get_args_parser().parse_args(argv)
+    refused = _refused_flag(args)
+    if refused:
+        print(f"ftexp: error: {refused}", file=sys.stderr)
+        sys.exit(2)
     if args.help:
         from ftexp.config.help import render_help
 
-        print(render_help())
+        print(render_help(args.config_dir))
         return
-    # Extra config folders (--config-dir/--config-path) are Hydra's to search; it checks those runs itself.
-    extra_configs = args.config_dir or args.config_path
-    if not (args.hydra_help or args.shell_completion or args.info or args.experimental_rerun or extra_configs):
+    if not (args.hydra_help or args.shell_completion or args.info):
         from ftexp.config.preflight import ConfigError, check_overrides
 
         try:
-            check_overrides(args.overrides, args.config_name or "config", multirun=args.multirun)
+            check_overrides(args.overrides, args.config_name or "config", multirun=args.multirun,
+                            extra_dir=args.config_dir)
         except ConfigError as exc:
             print(f"ftexp: error: {exc}", file=sys.stderr)
             sys.exit(2)
     sys.argv = [sys.argv[0], *argv]
     _hydra_main()
+
+
+def _refused_flag(args) -> Optional[str]:
+    """Hydra flags that would take the config out of ftexp's checks."""
+    if args.config_path:
+        return (f"--config-path {args.config_path}: ftexp composes its runs from its own conf/ tree, which this "
+                "flag would replace; put your own groups and experiment files in a folder and add it with "
+                "--config-dir (its files come first).")
+    if args.experimental_rerun:
+        return (f"--experimental-rerun {args.experimental_rerun}: loading a pickled config can run any code it "
+                "names; re-run a job from its folder's .hydra/overrides.yaml, or continue it with resume=true.")
+    return None

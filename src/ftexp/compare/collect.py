@@ -246,7 +246,7 @@ def read_multirun(root: Path) -> Sweep:
         hydra = (_yaml(root / "multirun.yaml") or {}).get("hydra") or {}
         task = [str(t) for t in ((hydra.get("overrides") or {}).get("task") or [])]
         if task and not in_parts:
-            sweep.command = "python -m ftexp -m " + " ".join(shlex.quote(t) for t in task)
+            sweep.command = "python -m ftexp -m " + " ".join(shlex.quote(t) for t in [*config_dir_flag(hydra), *task])
         params = {str(k): str(v) for k, v in ((hydra.get("sweeper") or {}).get("params") or {}).items()}
         if not in_parts:
             params.update(parse_overrides(task))
@@ -254,6 +254,13 @@ def read_multirun(root: Path) -> Sweep:
     except Exception:  # noqa: BLE001 - a launcher that writes none, or another shape: the jobs say the rest
         pass
     return finish(sweep)
+
+
+def config_dir_flag(hydra: Dict[str, Any]) -> List[str]:
+    """``--config-dir PATH`` when the sweep added a folder of its own configs (Hydra records it as
+    the search path's command-line source)."""
+    sources = (hydra.get("runtime") or {}).get("config_sources") or []
+    return [x for s in sources if s.get("provider") == "command-line" for x in ("--config-dir", s.get("path", ""))]
 
 
 def finish(sweep: Sweep) -> Sweep:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
-from ftexp.config import config_dir, sweeps_root
-from ftexp.config.preflight import HIDDEN_GROUPS, group_options, hydra_context
+from ftexp.config import config_dir
+from ftexp.config.preflight import HIDDEN_GROUPS, group_options, hydra_context, search_dirs
 
 HEADER = """\
 ftexp: controlled LLM fine-tuning experiments.
@@ -20,10 +21,10 @@ Config groups (default marked *); each key is documented in src/ftexp/config/sch
 
 
 def describe(group: str, option: str) -> str:
-    """The first comment line of an option file (its one-line description)."""
-    root = sweeps_root() if group == "sweeps" else config_dir()
-    path = Path(root or ".") / group / f"{option}.yaml"
-    if not path.exists():
+    """The first comment line of an option file (its one-line description), from the first folder of
+    the search path that has it (a --config-dir before conf/)."""
+    path = next((d / group / f"{option}.yaml" for d in search_dirs() if (d / group / f"{option}.yaml").is_file()), None)
+    if path is None:
         return ""
     for line in path.read_text().splitlines():
         text = line.lstrip("# ").strip()
@@ -34,16 +35,18 @@ def describe(group: str, option: str) -> str:
     return ""
 
 
-def render_help() -> str:
+def render_help(extra_dir: Optional[str] = None) -> str:
+    """The groups and options of ftexp's conf/ and, when given, of a --config-dir of the user's own."""
     from hydra import compose
 
     out = [HEADER]
-    with hydra_context():
+    with hydra_context(extra_dir=extra_dir):
         loader = __import__("hydra").core.global_hydra.GlobalHydra.instance().config_loader()
         choices = compose(config_name="config", return_hydra_config=True).hydra.runtime.choices
         # The search path also holds the checkout root (for sweeps/): its other folders are not groups.
+        conf_dirs = [config_dir(), *([Path(extra_dir)] if extra_dir else [])]
         groups = sorted(g for g in loader.list_groups("")
-                        if g not in HIDDEN_GROUPS and (g == "sweeps" or (config_dir() / g).is_dir()))
+                        if g not in HIDDEN_GROUPS and (g == "sweeps" or any((d / g).is_dir() for d in conf_dirs)))
         for group in groups:
             out.append(f"  {group}")
             default = choices.get(group)

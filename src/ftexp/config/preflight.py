@@ -12,14 +12,14 @@ import difflib
 import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import Any, Iterator, List, Optional, Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, ValueType
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from ftexp.config import config_dir
@@ -34,20 +34,38 @@ class ConfigError(FtexpError):
 
 
 @contextmanager
-def hydra_context(config_name: str = "config") -> Iterator[None]:
-    """Initialise Hydra's compose API on ftexp's config tree (and restore the previous state)."""
+def hydra_context(config_name: str = "config", extra_dir: Optional[str] = None) -> Iterator[None]:
+    """Initialise Hydra's compose API on ftexp's config tree, with ``extra_dir`` (``--config-dir``) put
+    where Hydra's command line puts it, and restore the previous state afterwards."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+
     from ftexp.config.schema import register_configs
 
     register_configs()
     previous = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
     GlobalHydra.instance().clear()
+    search_path = create_config_search_path(str(config_dir()))
+    if extra_dir is not None:
+        folder = Path(extra_dir).resolve()
+        if not folder.is_dir():
+            raise ConfigError(f"--config-dir {extra_dir}: no such folder ({folder})")
+        search_path.prepend(provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema"))
     try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="ftexp"):
-            yield
+        Hydra.create_main_hydra2(task_name="ftexp", config_search_path=search_path)
+        yield
     finally:
         GlobalHydra.instance().clear()
         if previous is not None:
             GlobalHydra.instance().initialize(previous)
+
+
+def search_dirs() -> List[Path]:
+    """The folders on the current search path: a --config-dir first, then conf/ and sweeps/'s root."""
+    path = GlobalHydra.instance().config_loader().get_search_path().get_path()
+    dirs = [e.path.removeprefix("file://") for e in path if e.path and "://" not in e.path.removeprefix("file://")]
+    return [Path(d) for d in dirs if Path(d).is_dir()]
 
 
 def group_options(group: str) -> List[str]:
@@ -85,10 +103,12 @@ def expand_sweeps(overrides: Sequence[str]) -> List[List[str]]:
     return lines
 
 
-def check_overrides(overrides: Sequence[str], config_name: str = "config", multirun: bool = False) -> None:
-    """Compose the config for ``overrides`` (every sweep value if ``multirun``); raise
-    :class:`ConfigError` with a readable message on the first failure."""
-    with hydra_context(config_name):
+def check_overrides(overrides: Sequence[str], config_name: str = "config", multirun: bool = False,
+                    extra_dir: Optional[str] = None) -> None:
+    """Compose the config for ``overrides`` (every sweep value if ``multirun``), with ``extra_dir``
+    (``--config-dir``) on the search path; raise :class:`ConfigError` with a readable message on the
+    first failure."""
+    with hydra_context(config_name, extra_dir):
         try:
             if multirun:
                 overrides = [*overrides, *_file_sweeps(overrides, config_name)]
@@ -97,11 +117,66 @@ def check_overrides(overrides: Sequence[str], config_name: str = "config", multi
             raise ConfigError(f"cannot parse the command line: {_one_paragraph(str(exc))}") from None
         for line in lines:
             try:
-                cfg = compose(config_name=config_name, overrides=line)
+                cfg = compose(config_name=config_name, overrides=line, return_hydra_config=True)
             except Exception as exc:  # noqa: BLE001 - every composition error is reported the same way
                 raise ConfigError(explain(exc, line, config_name)) from None
+            with open_dict(cfg):
+                hydra_node = cfg.pop("hydra")
+            check_hydra(hydra_node, line)
             check_keys(cfg, line, config_name)
+            check_allowed_targets(cfg, line, hydra_node.runtime.choices)
             check_values(cfg, line)
+
+
+def check_hydra(hydra_node: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """Refuse a name that Hydra itself would import and call (callbacks, launcher, sweeper, logging)."""
+    from ftexp.config.hydra_guard import hydra_problems
+
+    found = hydra_problems(hydra_node)
+    if found:
+        key, problem = found[0]
+        raise ConfigError(f"{locate(key, overrides, hydra_node.runtime.choices)}: {key}: {problem}.")
+
+
+def check_allowed_targets(cfg: DictConfig, overrides: Sequence[str] = (), choices: Any = None) -> None:
+    """Only the command line widens what configs may build: a config file that did would name its own
+    callable."""
+    given = any(line.split("=", 1)[0].lstrip("+~") == "allowed_targets" for line in overrides)
+    if list(cfg.get("allowed_targets") or []) and not given:
+        raise ConfigError(f"{locate('allowed_targets', overrides, choices)}: a config file sets allowed_targets="
+                          f"{list(cfg.allowed_targets)}. Only the command line may widen what configs can build "
+                          "(so that a file cannot name a callable of its own choosing); give it there.")
+
+
+def locate(full_key: str, overrides: Sequence[str], choices: Any = None, config_name: str = "config") -> str:
+    """The override that sets ``full_key`` (or a parent of it), else the file (and line) of this run's
+    configs that does: the primary config and the chosen option of each group."""
+    where = _where("", overrides, full_key)
+    if where != "config":
+        return where
+    names = [config_name]
+    for group, option in (choices or {}).items():
+        for one in ([option] if isinstance(option, str) else list(option or [])):
+            names.append(f"{group}/{one}")
+    for name in reversed(names):  # later files win: experiments and sweep files come last
+        for folder in search_dirs():
+            path = folder / f"{name}.yaml"
+            if path.is_file() and _names_key(path, full_key):
+                return _with_line(str(path), full_key)
+    return "a config file of this run"
+
+
+def _names_key(path: Path, full_key: str) -> bool:
+    """Whether the YAML file at ``path`` sets ``full_key`` (at its package or under it)."""
+    try:
+        node = OmegaConf.load(path)
+    except Exception:  # noqa: BLE001 - not a config file we can read: not the one
+        return False
+    parts = full_key.split(".")
+    for start in range(len(parts)):  # the file may be packaged anywhere above the key
+        if OmegaConf.select(node, ".".join(parts[start:]), default=None) is not None:
+            return True
+    return False
 
 
 def _file_sweeps(overrides: Sequence[str], config_name: str) -> List[str]:
@@ -246,8 +321,10 @@ def _in_file(text: str) -> Optional[str]:
     if not m:
         return None
     name = m.group(1)
-    path = config_dir() / f"{name}.yaml"
-    return f"{path}" if path.exists() else f"config '{name}'"
+    for folder in search_dirs():
+        if (folder / f"{name}.yaml").exists():
+            return str(folder / f"{name}.yaml")
+    return f"config '{name}'"
 
 
 def _with_line(path_text: str, full_key: str) -> str:
