@@ -1,5 +1,6 @@
-"""Content addressing for the cache folder: stable hashes of settings and tensors, and a lock so
-that concurrent jobs compute a shared artefact once (the others wait, then reuse it)."""
+"""Content addressing for the cache folder: stable hashes of settings and tensors, a lock so that
+concurrent jobs compute a shared artefact once (the others wait, then reuse it), and the reading of
+an entry, which treats a damaged one as missing."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
+import shutil
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
 
 import torch
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def content_hash(obj: Any) -> str:
@@ -39,3 +46,24 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def read_entry(entry: Path, read: Callable[[], T]) -> Optional[T]:
+    """``read()`` of the cache entry ``entry`` (a file or a folder); None when there is none, or when
+    it cannot be read: a damaged entry (cut short by a kill, a full disk or a copy) is deleted, with a
+    warning naming it, and the caller builds it again as on a miss. Call it holding the entry's lock."""
+    if not entry.exists():
+        return None
+    try:
+        return read()
+    # An entry holds nothing that cannot be made again, so whatever reading it raises means "build it
+    # again"; the warning carries the error, so a fault of the reader itself still shows.
+    except Exception as exc:  # noqa: BLE001
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        log.warning("cache: %s cannot be read (%s: %s); deleting it and building it again", entry,
+                    type(exc).__name__, reason)
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+        return None
