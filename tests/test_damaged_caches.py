@@ -1,10 +1,12 @@
-"""Damaged files in the cache folder are rebuilt: a cut-short cache entry gives a warning naming it
-and the numbers of a run with a healthy cache."""
+"""Damaged files in the cache folder are rebuilt; an unwritable cache folder ends the job in one
+paragraph. A cut-short cache entry gives a warning naming it and the numbers of a run with a healthy
+cache."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,38 @@ def test_a_damaged_cache_entry_is_rebuilt_and_the_run_gives_the_same_numbers(cas
         entry = f.parent if in_folder else f
         assert any(str(entry) in w for w in warnings), (entry, warnings)
     assert _numbers(again) == _numbers(healthy)
+
+
+def _one_paragraph(overrides, capsys) -> str:
+    """The job's error line, after checking that it failed with that one paragraph and recorded it."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_job(compose_config(overrides))
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    results = json.loads((Path(compose_config(overrides).output_dir) / "results.json").read_text())
+    assert results["status"] == "failed" and results["error"]["type"] == "CacheDirError"
+    return next(line for line in err.splitlines() if line.startswith("ftexp: error:"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+@pytest.mark.parametrize("inside", ["", "ftexp"], ids=["the-folder", "a-folder-under-it"])
+def test_an_unwritable_cache_folder_ends_in_one_paragraph_naming_it(inside, tiny_overrides, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        paragraph = _one_paragraph([*tiny_overrides, f"cache_dir={locked / inside}"], capsys)
+    finally:
+        locked.chmod(0o700)
+    assert f"cannot write to the cache folder {locked} (Permission denied)" in paragraph
+    assert "FTEXP_CACHE_DIR" in paragraph
+
+
+def test_a_file_in_place_of_the_cache_folder_ends_in_one_paragraph_naming_it(tiny_overrides, tmp_path, capsys):
+    """The same path as an unwritable folder, and one that root meets too."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    paragraph = _one_paragraph([*tiny_overrides, f"cache_dir={blocker / 'ftexp'}"], capsys)
+    assert f"cannot write to the cache folder {blocker} (Not a directory)" in paragraph
+    assert "FTEXP_CACHE_DIR" in paragraph

@@ -15,9 +15,15 @@ from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
 
 import torch
 
+from ftexp.errors import FtexpError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class CacheDirError(FtexpError):
+    """The cache folder (cache_dir) cannot be written."""
 
 
 def content_hash(obj: Any) -> str:
@@ -37,15 +43,27 @@ def update_with_tensors(h: "hashlib._Hash", tensors: Mapping[str, torch.Tensor])
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive advisory lock on ``path`` (created if missing). The kernel drops it when the
-    holder exits, so a killed job never leaves a stale lock behind."""
+    holder exits, so a killed job never leaves a stale lock behind. A cache folder that cannot be
+    written ends the job with a :class:`CacheDirError` naming it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+")
+    except OSError as exc:  # every cache entry is locked before it is read or written: the one place to say so
+        raise CacheDirError(_unwritable(path, exc)) from None
+    with f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _unwritable(path: Path, exc: OSError) -> str:
+    folder = next(p for p in path.parents if p.exists())  # the folder that refused the new file or folder
+    return (f"cannot write to the cache folder {folder} ({exc.strerror or exc}): ftexp keeps tokenizers, trained "
+            f"stages, evaluation rows and other shared artefacts under cache_dir, and must write there. Make "
+            f"{folder} writable, or point FTEXP_CACHE_DIR (or cache_dir=...) at a folder you can write to")
 
 
 def read_entry(entry: Path, read: Callable[[], T]) -> Optional[T]:
