@@ -1,15 +1,17 @@
-"""Damaged files in the cache folder are rebuilt; an unwritable cache folder ends the job in one
-paragraph. A cut-short cache entry gives a warning naming it and the numbers of a run with a healthy
-cache."""
+"""Damaged files in the cache folder are rebuilt; a damaged checkpoint or an unwritable cache folder
+ends the job in one paragraph. A cut-short cache entry gives a warning naming it and the numbers of a
+run with a healthy cache; a cut-short checkpoint under resume=true is named, with what to do."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from ftexp.config.preflight import compose_config
 from ftexp.job import run_job
@@ -74,6 +76,52 @@ def test_a_damaged_cache_entry_is_rebuilt_and_the_run_gives_the_same_numbers(cas
         entry = f.parent if in_folder else f
         assert any(str(entry) in w for w in warnings), (entry, warnings)
     assert _numbers(again) == _numbers(healthy)
+
+
+class Interrupted(Exception):
+    """Stands for a kill right after Lightning wrote a checkpoint."""
+
+
+def test_a_damaged_last_ckpt_stops_resume_with_one_paragraph(tiny_overrides, tmp_path, monkeypatch, capsys):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    save = ModelCheckpoint._save_checkpoint
+
+    def save_then_stop(self, trainer, filepath):
+        save(self, trainer, filepath)
+        raise Interrupted(filepath)
+
+    overrides = [*tiny_overrides, "save_model=false"]
+    monkeypatch.setattr(ModelCheckpoint, "_save_checkpoint", save_then_stop)
+    with pytest.raises(Interrupted):
+        run_job(compose_config(overrides))
+    monkeypatch.undo()
+    run_dir = Path(compose_config(overrides).output_dir)
+    ckpt = run_dir / "checkpoints" / "stage1" / "last.ckpt"
+    _cut_short(ckpt)
+    capsys.readouterr()
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_job(compose_config([*overrides, "resume=true"]))
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert f"ftexp: error: resume=true: the checkpoint {ckpt} is damaged" in err
+    assert "Delete it" in err and "overwrite=true" in err and "Traceback" not in err
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "failed" and results["error"]["type"] == "DamagedCheckpoint"
+    assert ckpt.is_file()  # not thrown away: what to do is the user's choice
+
+
+def test_a_damaged_stage_checkpoint_is_named(tmp_path):
+    from ftexp.training.checkpoints import DamagedCheckpoint, latest_stage
+
+    path = tmp_path / "checkpoints" / "stage1.pt"
+    path.parent.mkdir()
+    torch.save({"index": 1}, path)
+    assert latest_stage(tmp_path, 2) == (path, {"index": 1})
+    _cut_short(path)
+    with pytest.raises(DamagedCheckpoint, match=rf"the checkpoint {re.escape(str(path))} is damaged .*overwrite=true"):
+        latest_stage(tmp_path, 2)
 
 
 def _one_paragraph(overrides, capsys) -> str:
