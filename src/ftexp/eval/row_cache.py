@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 
 from ftexp.eval.base import EvalContext, Evaluator, Output
-from ftexp.utils.cache import file_lock, update_with_tensors
+from ftexp.utils.cache import file_lock, read_entry, update_with_tensors
 from ftexp.utils.io import publish_dir
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class RowCache:
             key = self._key(evaluator, model, task, ctx)
             folder = self.root / key
             with file_lock(self.root / f"{key}.lock"):  # parallel jobs: one scores, the others wait and reuse
-                found = _read(folder)
+                found = read_entry(folder, lambda: _read(folder))
                 if found is not None:
                     metrics, outputs = found
                     ctx.outputs.setdefault(_task_name(task), []).extend(outputs)
@@ -135,15 +135,9 @@ def _tokenizer_identity(tokenizer: Any) -> str:
     return h.hexdigest()[:24]
 
 
-def _read(folder: Path) -> Optional[Tuple[Dict[str, float], List[Output]]]:
-    try:
-        saved = json.loads((folder / "row.json").read_text(encoding="utf-8"))
-        return saved["metrics"], [Output(**o) for o in saved["outputs"]]
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # a damaged entry is scored again
-        log.warning("row cache: %s cannot be read (%s); scoring again", folder, type(exc).__name__)
-        return None
+def _read(folder: Path) -> Tuple[Dict[str, float], List[Output]]:
+    saved = json.loads((folder / "row.json").read_text(encoding="utf-8"))
+    return saved["metrics"], [Output(**o) for o in saved["outputs"]]
 
 
 def _write(folder: Path, metrics: Dict[str, float], outputs: List[Output]) -> None:
@@ -151,8 +145,4 @@ def _write(folder: Path, metrics: Dict[str, float], outputs: List[Output]) -> No
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
     (tmp / "row.json").write_text(json.dumps({"metrics": metrics, "outputs": [dataclasses.asdict(o) for o in outputs]},
                                              default=str), encoding="utf-8")
-    if folder.exists():  # a damaged entry: replaced
-        import shutil
-
-        shutil.rmtree(folder, ignore_errors=True)
     publish_dir(tmp, folder)

@@ -12,7 +12,7 @@ import tokenizers
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from ftexp.utils.cache import file_lock
+from ftexp.utils.cache import file_lock, read_entry
 from ftexp.utils.io import publish_dir
 
 # GPT-2's word split, except that "_" counts as a letter: snake_case identifiers such as class
@@ -53,22 +53,27 @@ def _train(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
 
 
+def _load(folder: Path) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast.from_pretrained(str(folder))
+
+
 def bpe_tokenizer(texts: Iterable[str], vocab_size: int, cache_dir: Path) -> PreTrainedTokenizerFast:
     """Train (or load from ``cache_dir``) a byte-level BPE tokenizer on ``texts``.
 
     The cache key hashes the texts, the vocabulary size and the tokenizers version, so jobs of a
     sweep that train on the same texts share one tokenizer; concurrent jobs take a lock, so one
-    trains it and the others wait, and it is published with an atomic rename.
+    trains it and the others wait, and it is published with an atomic rename. An entry that does not
+    load (a damaged file) is trained again.
     """
     texts = list(texts)
     folder = Path(cache_dir) / "tokenizers" / _fingerprint(texts, vocab_size)
     with file_lock(folder.with_suffix(".lock")):  # parallel jobs: one trains, the others wait and reuse
-        reused = (folder / "tokenizer.json").exists()
+        tokenizer = read_entry(folder, lambda: _load(folder))
+        reused = tokenizer is not None
         if not reused:
             tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
             _train(texts, vocab_size).save_pretrained(tmp)
-            publish_dir(tmp, folder)
+            tokenizer = _load(publish_dir(tmp, folder))
     log.info("tokenizer: %s %s", "reused" if reused else "trained and cached", folder)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
     tokenizer.cache_info = {"path": str(folder), "reused": reused}  # results.json says which jobs trained it
     return tokenizer

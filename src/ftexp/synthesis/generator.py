@@ -20,7 +20,7 @@ from ftexp.synthesis.prompts import clean, label_prompt
 from ftexp.training.module import FineTuneModule
 from ftexp.training.trainer import build_trainer
 from ftexp.utils.build import build
-from ftexp.utils.cache import content_hash, file_lock
+from ftexp.utils.cache import content_hash, file_lock, read_entry
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,10 @@ class Generator:
             return model
         weights = self.dir / "generator.pt"
         with file_lock(self.dir.with_suffix(".lock")):  # parallel jobs: one fine-tunes, the others wait
-            if weights.is_file():
+            saved = read_entry(weights, lambda: torch.load(weights, map_location="cpu", weights_only=True))
+            if saved is not None:
                 log.info("synthetic: reusing the generator fine-tuned earlier (%s)", weights)
-                model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+                model.load_state_dict(saved)
                 return model
             log.info("synthetic: fine-tuning the generator on %d real examples for %d epochs",
                      len(self.task.splits["train"]), self.cfg.generator_epochs)

@@ -12,7 +12,8 @@ between stages.
   stage summaries so far and the random state; the stage's Lightning folder is then removed.
 
 On resume the run loads the newest stage checkpoint, skips the stages it covers, and hands the next
-stage's ``last.ckpt`` (if any) to ``Trainer.fit``. A completed job removes its checkpoints.
+stage's ``last.ckpt`` (if any) to ``Trainer.fit``. A checkpoint that does not read back whole stops
+the job with an error that names it. A completed job removes its checkpoints.
 """
 
 from __future__ import annotations
@@ -20,16 +21,40 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from ftexp.errors import FtexpError
 from ftexp.training.stage_cache import trained_state
 from ftexp.utils.io import atomic_write_json
 
 FOLDER = "checkpoints"
+
+
+class DamagedCheckpoint(FtexpError):
+    """A checkpoint that resume=true would continue from does not read back whole."""
+
+
+def whole(path: Path, run_dir: Path) -> Path:
+    """``path`` once its zip archive (torch.save's format, Lightning's too) reads back whole, every
+    member's checksum included; else a :class:`DamagedCheckpoint` naming it and what to do."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+        problem = f"its member {bad} fails its checksum" if bad else None
+    except (OSError, zipfile.BadZipFile) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem is None:
+        return path
+    raise DamagedCheckpoint(
+        f"resume=true: the checkpoint {path} is damaged ({problem}); it was probably cut short by a kill or a full "
+        f"disk while it was written. Delete it, and resume=true redoes the work since the checkpoint before it "
+        f"(or the run from its start); or delete {Path(run_dir) / FOLDER}, or run with overwrite=true instead of "
+        f"resume=true, to start the run over in this folder")
 
 
 def stage_folder(run_dir: Path, index: int) -> Path:
@@ -51,7 +76,7 @@ def epoch_checkpoints(run_dir: Path, index: int, every_n_steps: Optional[int] = 
 
 def last_epoch_checkpoint(run_dir: Path, index: int) -> Optional[Path]:
     path = stage_folder(run_dir, index) / "last.ckpt"
-    return path if path.is_file() else None
+    return whole(path, run_dir) if path.is_file() else None
 
 
 def save_stage(run_dir: Path, index: int, model: torch.nn.Module, mitigation: Any, record: Any,
@@ -77,7 +102,7 @@ def latest_stage(run_dir: Path, stages: int) -> Optional[Tuple[Path, Dict[str, A
     for index in range(stages - 1, 0, -1):
         path = Path(run_dir) / FOLDER / f"stage{index}.pt"
         if path.is_file():
-            return path, torch.load(path, map_location="cpu", weights_only=True)
+            return path, torch.load(whole(path, run_dir), map_location="cpu", weights_only=True)
     return None
 
 

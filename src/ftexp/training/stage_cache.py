@@ -16,6 +16,7 @@ one trains, the others wait and load.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -31,7 +32,7 @@ import pytorch_lightning as pl
 import torch
 import transformers
 
-from ftexp.utils.cache import file_lock, update_with_tensors
+from ftexp.utils.cache import file_lock, read_entry, update_with_tensors
 from ftexp.utils.io import atomic_write_json, publish_dir
 from ftexp.utils.ranks import every_rank, own
 
@@ -101,17 +102,27 @@ class StageEntry:
 
     @property
     def hit(self) -> bool:
-        return (self.path / "summary.json").is_file() and (self.path / "state.pt").is_file()
+        """Whether the entry holds a stage (read now; a damaged one is deleted, to be trained again)."""
+        return self._saved is not None
+
+    @functools.cached_property
+    def _saved(self) -> Optional[Dict[str, Any]]:
+        return read_entry(self.path, self._read)
+
+    def _read(self) -> Dict[str, Any]:
+        # Every file is read before anything is restored: a damaged entry leaves the model and the
+        # random state as they were, so the stage then trains as in a fresh run.
+        saved = torch.load(self.path / "state.pt", map_location="cpu", weights_only=True)
+        return {**saved, "summary": json.loads((self.path / "summary.json").read_text(encoding="utf-8"))}
 
     def restore(self, model: torch.nn.Module) -> Dict[str, Any]:
-        saved = torch.load(self.path / "state.pt", map_location="cpu", weights_only=True)
+        saved = self._saved
         result = model.load_state_dict(saved["weights"], strict=False)
         if result.unexpected_keys:
             raise RuntimeError(f"stage cache {self.path}: weights do not fit the model "
                                f"(unexpected: {result.unexpected_keys[:5]})")
         set_rng_state(saved["rng"])
-        summary = json.loads((self.path / "summary.json").read_text(encoding="utf-8"))
-        return {**summary, "cache": {"path": str(self.path), "reused": True}}
+        return {**saved["summary"], "cache": {"path": str(self.path), "reused": True}}
 
     def store(self, model: torch.nn.Module, summary: Dict[str, Any]) -> Dict[str, Any]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
