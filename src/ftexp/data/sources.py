@@ -43,11 +43,12 @@ def read_rows(path: Path) -> List[Row]:
 
 
 def _lines(path: Path):
-    """(line number, text) pairs; a byte sequence that is not UTF-8 names its line."""
+    """(line number, text) pairs; a byte sequence that is not UTF-8 names its line. A byte-order mark
+    (spreadsheet exports write one) is dropped, or it would be part of the first field's name."""
     with path.open("rb") as f:
         for n, raw in enumerate(f, 1):
             try:
-                yield n, raw.decode("utf-8")
+                yield n, raw.decode("utf-8-sig" if n == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 raise DataError(f"{path}, line {n}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
 
@@ -141,7 +142,7 @@ def map_fields(rows: Sequence[Row], mapping: Mapping[str, str], text_fields: Seq
         for task_field in (*text_fields, *other_fields):
             src = mapping.get(task_field, task_field)
             if src not in rec or rec[src] is None:
-                have = ", ".join(sorted(rec)) or "none"
+                have = ", ".join(sorted(row.fields)) or "none"  # the file's own, not those renamed here
                 raise DataError(f"{row.where}: field '{src}' is missing (fields present: {have})")
             value = rec[src]
             if task_field in text_fields and not isinstance(value, str):
