@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ftexp.data.base import DataError
 
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")  # the files read_rows reads
+
 
 @dataclass
 class Row:
@@ -165,7 +167,7 @@ def source_rows(src: Any, split: str, data_dir: str, data_name: str) -> Tuple[Li
     if path.is_file():
         rows = read_rows(path)
         return rows, {"path": str(path.resolve()), "sha256": file_sha256(path)}
-    where = (
+    where = _missing_file(path) if src.path else (
         f"{path} does not exist. Set FTEXP_DATA_DIR (or data_dir=...) to the folder that holds "
         f"'{src.subdir}/', or data.path to the dataset folder"
     )
@@ -176,6 +178,17 @@ def source_rows(src: Any, split: str, data_dir: str, data_name: str) -> Tuple[Li
     except DataError as exc:
         raise DataError(f"data '{data_name}': {where}; the hub copy is not available either: {exc}") from None
     return rows, {"hub_id": src.hub_id, "revision": src.hub_revision}
+
+
+def _missing_file(path: Path) -> str:
+    """Why a file of a source's own folder (``path`` set) cannot be read: the folder or the file is
+    not there; the folder's data files are listed, since a mistyped name is the likely cause."""
+    folder = path.parent
+    if not folder.is_dir():
+        return f"{path} does not exist: there is no folder {folder}"
+    found = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
+    return (f"{path} does not exist: the folder {folder} has no file '{path.name}' (its data files: "
+            f"{', '.join(found) or 'none'}); correct the file name or the folder")
 
 
 def file_sha256(path: Path) -> str:
