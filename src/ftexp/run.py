@@ -132,6 +132,8 @@ def run(cfg: DictConfig, run_dir: Path, tracker: Any, record: RunRecord, rank: i
         add_synthetic(t, t.cfg.synthetic, cfg, model_source, tokenizer, Path(cfg.cache_dir), device,
                       persist=rank == 0)
     record.wall_time_s["synthetic"] = time.perf_counter() - started
+    for t in tasks.values():  # warned, and recorded in results.json -> data
+        t.count_cut(tokenizer, cfg.model.max_length)
     model = model_source.load_model(tokenizer)
     adapter = build(cfg.peft)
     model = adapter.apply(model, typed(cfg.model))

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II, MISSING
+from omegaconf import II, MISSING, OmegaConf
 
 from ftexp.config.data_schema import (
     ClassificationDataConfig,
@@ -417,8 +418,18 @@ SCHEMAS: Dict[str, Dict[str, type]] = {
 }
 
 
+def folder_name(path: Optional[str]) -> str:
+    """``${ftexp.folder_name:path}``: the name of a folder (``data=own`` is named after its data's)."""
+    if path is None:
+        raise ValueError("data=own reads your files from data.path: set it to the folder that holds them, "
+                         "e.g. data.path=/my/intents")
+    return Path(path).expanduser().resolve().name or str(path)
+
+
 def register_configs() -> None:
-    """Put every schema in Hydra's ConfigStore as ``schema/<group>/<name>`` (+ ``base_config``)."""
+    """Put every schema in Hydra's ConfigStore as ``schema/<group>/<name>`` (+ ``base_config``), and
+    register the resolvers that the config files use."""
+    OmegaConf.register_new_resolver("ftexp.folder_name", folder_name, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     for group, options in SCHEMAS.items():

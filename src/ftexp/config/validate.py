@@ -102,6 +102,8 @@ def problems(cfg: DictConfig) -> List[str]:
     need(m.max_length >= 8, "model.max_length", m.max_length, "must be >= 8")
     if "source" in m:  # a pretrained model: where its weights come from
         out += weight_source_problems(m)
+    need(d.path is not None or not OmegaConf.is_interpolation(d, "name"), "data.path", None,
+         "data=own is named after and reads the folder data.path: set it to the folder that holds your files")
     need(0 <= d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in [0, 1)")
     need(d.n_train is None or d.n_train >= 1, "data.n_train", d.n_train, "must be >= 1 (or null for all)")
     need(d.n_test is None or d.n_test >= 1, "data.n_test", d.n_test, "must be >= 1 (or null for all)")

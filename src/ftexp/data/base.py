@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ftexp.errors import FtexpError
+
+log = logging.getLogger(__name__)
 
 
 class DataError(FtexpError):
@@ -55,6 +58,23 @@ class Task:
     def tokenizer_corpus(self) -> Iterator[str]:
         """The texts a tokenizer trained per run is fitted to (tasks with subsampling widen this)."""
         return self.texts("train")
+
+    def count_cut(self, tokenizer, max_length: int) -> None:
+        """Count, per split, the examples longer than ``max_length`` tokens as training encodes them,
+        record the counts in ``report`` and warn when any prompt or completion is cut."""
+        cut = {split: cut_counts(tokenizer, examples, max_length, self.completion_prefix, self.chat_template)
+               for split, examples in self.splits.items()}
+        self.report["cut_to_max_length"] = {
+            "max_length": max_length,
+            "prompts_cut_from_left": {split: n for split, (n, _) in cut.items()},
+            "completions_cut_from_right": {split: n for split, (_, n) in cut.items()},
+        }
+        for i, (part, side, lost) in enumerate((("prompts", "left", "start"), ("completions", "right", "end"))):
+            if any(n[i] for n in cut.values()):
+                tally = ", ".join(f"{n[i]} of {len(self.splits[split])} {split}" for split, n in cut.items())
+                log.warning("data '%s': %s examples do not fit model.max_length=%d tokens: their %s are cut from "
+                            "the %s (the %s is lost); raise model.max_length or shorten the texts",
+                            self.name, tally, max_length, part, side, lost)
 
     def counts(self) -> Dict[str, Dict[str, Any]]:
         """Per split: total, and counts by origin, by source and (classification) by label."""
@@ -108,28 +128,51 @@ def encode_completion(tokenizer, completion: str, prefix: str = " ") -> List[int
     return ids + [tokenizer.eos_token_id]
 
 
-def assemble(prompt: List[int], completion: List[int], max_length: int, train_on_prompt: bool = False):
-    """input_ids and labels: -100 on the prompt, so the loss is on completion tokens only, unless
-    ``train_on_prompt`` (then every token but the first is a target).
+def fitted_lengths(n_prompt: int, n_completion: int, max_length: int) -> Tuple[int, int]:
+    """How many prompt and completion tokens an example keeps within ``max_length``.
 
     Over-long examples lose prompt tokens from the left first; a completion that alone nearly fills
     ``max_length`` (long answers) is cut from the right, keeping the prompt's last half-window.
     """
-    completion = completion[: max_length - min(len(prompt), max_length // 2)]
-    keep = max(1, max_length - len(completion))
-    prompt = prompt[-keep:] if len(prompt) > keep else prompt
+    completion = min(n_completion, max_length - min(n_prompt, max_length // 2))
+    return min(n_prompt, max(1, max_length - completion)), completion
+
+
+def assemble(prompt: List[int], completion: List[int], max_length: int, train_on_prompt: bool = False):
+    """input_ids and labels, cut to ``max_length`` as :func:`fitted_lengths` says: -100 on the prompt,
+    so the loss is on completion tokens only, unless ``train_on_prompt`` (then every token but the
+    first is a target)."""
+    keep_prompt, keep_completion = fitted_lengths(len(prompt), len(completion), max_length)
+    prompt, completion = prompt[len(prompt) - keep_prompt:], completion[:keep_completion]
     prompt_labels = ([-100] + prompt[1:]) if train_on_prompt else [-100] * len(prompt)
     return {"input_ids": prompt + completion, "labels": prompt_labels + completion}
 
 
-def encode_split(tokenizer, examples: Sequence[Example], max_length: int, prefix: str = " ",
-                 train_on_prompt: bool = False, chat: bool = False) -> List[Dict]:
-    """Tokenise a split in two batched calls, exactly as :func:`encode_prompt` and
-    :func:`encode_completion` would one by one (evaluation relies on that)."""
+def split_ids(tokenizer, examples: Sequence[Example], prefix: str = " ",
+              chat: bool = False) -> Tuple[List[List[int]], List[List[int]]]:
+    """The prompts' and the completions' ids (EOS closing each completion) of a split, in two batched
+    calls, exactly as :func:`encode_prompt` and :func:`encode_completion` would one by one."""
     if not examples:
-        return []
+        return [], []
     texts = [prompt_text(tokenizer, ex.prompt, chat) for ex in examples]
     prompts = tokenizer(texts, add_special_tokens=not uses_chat_template(tokenizer, chat))["input_ids"]
     completions = tokenizer([prefix + ex.completion for ex in examples], add_special_tokens=False)["input_ids"]
-    eos = tokenizer.eos_token_id
-    return [assemble(p, c + [eos], max_length, train_on_prompt) for p, c in zip(prompts, completions)]
+    return prompts, [c + [tokenizer.eos_token_id] for c in completions]
+
+
+def encode_split(tokenizer, examples: Sequence[Example], max_length: int, prefix: str = " ",
+                 train_on_prompt: bool = False, chat: bool = False) -> List[Dict]:
+    """Tokenise a split (evaluation relies on it matching :func:`encode_prompt` and
+    :func:`encode_completion`) and cut each example to ``max_length``."""
+    prompts, completions = split_ids(tokenizer, examples, prefix, chat)
+    return [assemble(p, c, max_length, train_on_prompt) for p, c in zip(prompts, completions)]
+
+
+def cut_counts(tokenizer, examples: Sequence[Example], max_length: int, prefix: str = " ",
+               chat: bool = False) -> Tuple[int, int]:
+    """How many of ``examples`` lose prompt tokens (from the left) and how many lose completion tokens
+    (from the right) to ``max_length``."""
+    prompts, completions = split_ids(tokenizer, examples, prefix, chat)
+    kept = [fitted_lengths(len(p), len(c), max_length) for p, c in zip(prompts, completions)]
+    return (sum(keep_p < len(p) for (keep_p, _), p in zip(kept, prompts)),
+            sum(keep_c < len(c) for (_, keep_c), c in zip(kept, completions)))

@@ -29,6 +29,16 @@ class ClassificationTask(SourcedTask):
         # a model is scored over must not change with the training-set size.
         seen = {ex.label for ex in (self.splits["test"] if self.eval_only else self.available)}
         self.labels: List[str] = sorted(self.declared if self.declared is not None else seen)
+        if len(self.labels) < 2:  # nothing to choose between: refuse before a model loads
+            split = "test" if self.eval_only else "train"
+            holder = ("data.labels declares" if self.declared is not None
+                      else f"the {split} data ({self.read_from(split)}) has")
+            only = f"only the label '{self.labels[0]}'" if self.labels else "no label"
+            raise DataError(
+                f"data '{cfg.name}': {holder} {only}, and a classifier needs at least two to choose between. Add "
+                f"examples of another label, or check that data.label_field='{cfg.label_field}' names the "
+                f"column that holds the label"
+            )
         missing = sorted(set(self.labels) - {ex.label for ex in self.splits["train"]})
         if missing and not self.eval_only:
             log.warning("data '%s': %d labels have no training example at data.n_train=%s (e.g. '%s')",

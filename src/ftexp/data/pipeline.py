@@ -160,9 +160,13 @@ class SourcedTask(Task):
         """Where a split of the primary source was read from, and how many records it held."""
         for f in self.report["files"]:
             if f["source"] == self.primary_name and f["split"] == split:
-                where = f.get("path") or f"hub dataset {f.get('hub_id')}"
+                where = _read_from(f)
                 return f"{where}: {f['records']} record(s), none usable" if f["records"] else f"{where} holds no records"
         return "no file configured"
+
+    def read_from(self, split: str) -> str:
+        """The files (or hub datasets) a split was read from, every source's."""
+        return ", ".join(_read_from(f) for f in self.report["files"] if f["split"] == split)
 
     def drop(self, reason: str, split: str, n: int = 1) -> None:
         entry = self.report["dropped"].setdefault(reason, {})
@@ -188,6 +192,11 @@ class SourcedTask(Task):
             log.warning("data '%s': dropped %d training examples whose text also occurs in %s", self.cfg.name,
                         dropped, held_out)
         return kept
+
+
+def _read_from(entry: Dict[str, Any]) -> str:
+    """A file entry of ``report["files"]`` as a message names it."""
+    return entry.get("path") or f"hub dataset {entry.get('hub_id')}"
 
 
 def grouped_split(examples: List[Example], key, fraction: float, seed: int) -> Tuple[List[Example], List[Example]]:

@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ftexp.data.base import DataError
 
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")  # the files read_rows reads
+
 
 @dataclass
 class Row:
@@ -43,11 +45,12 @@ def read_rows(path: Path) -> List[Row]:
 
 
 def _lines(path: Path):
-    """(line number, text) pairs; a byte sequence that is not UTF-8 names its line."""
+    """(line number, text) pairs; a byte sequence that is not UTF-8 names its line. A byte-order mark
+    (spreadsheet exports write one) is dropped, or it would be part of the first field's name."""
     with path.open("rb") as f:
         for n, raw in enumerate(f, 1):
             try:
-                yield n, raw.decode("utf-8")
+                yield n, raw.decode("utf-8-sig" if n == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 raise DataError(f"{path}, line {n}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
 
@@ -141,7 +144,7 @@ def map_fields(rows: Sequence[Row], mapping: Mapping[str, str], text_fields: Seq
         for task_field in (*text_fields, *other_fields):
             src = mapping.get(task_field, task_field)
             if src not in rec or rec[src] is None:
-                have = ", ".join(sorted(rec)) or "none"
+                have = ", ".join(sorted(row.fields)) or "none"  # the file's own, not those renamed here
                 raise DataError(f"{row.where}: field '{src}' is missing (fields present: {have})")
             value = rec[src]
             if task_field in text_fields and not isinstance(value, str):
@@ -164,7 +167,7 @@ def source_rows(src: Any, split: str, data_dir: str, data_name: str) -> Tuple[Li
     if path.is_file():
         rows = read_rows(path)
         return rows, {"path": str(path.resolve()), "sha256": file_sha256(path)}
-    where = (
+    where = _missing_file(path) if src.path else (
         f"{path} does not exist. Set FTEXP_DATA_DIR (or data_dir=...) to the folder that holds "
         f"'{src.subdir}/', or data.path to the dataset folder"
     )
@@ -175,6 +178,17 @@ def source_rows(src: Any, split: str, data_dir: str, data_name: str) -> Tuple[Li
     except DataError as exc:
         raise DataError(f"data '{data_name}': {where}; the hub copy is not available either: {exc}") from None
     return rows, {"hub_id": src.hub_id, "revision": src.hub_revision}
+
+
+def _missing_file(path: Path) -> str:
+    """Why a file of a source's own folder (``path`` set) cannot be read: the folder or the file is
+    not there; the folder's data files are listed, since a mistyped name is the likely cause."""
+    folder = path.parent
+    if not folder.is_dir():
+        return f"{path} does not exist: there is no folder {folder}"
+    found = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
+    return (f"{path} does not exist: the folder {folder} has no file '{path.name}' (its data files: "
+            f"{', '.join(found) or 'none'}); correct the file name or the folder")
 
 
 def file_sha256(path: Path) -> str:
