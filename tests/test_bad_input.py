@@ -14,11 +14,12 @@ import contextlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import pytest
 
@@ -33,13 +34,21 @@ class Workspace:
     toy: Path  # a small dataset in the Banking77 layout
     review_run: Path  # a run that exported outputs for review
     base: List[str]  # overrides of a small job writing into root/run
+    configs: Path  # a folder of the user's own configs (a data option, experiment files), for --config-dir
+    through_configs: bool = False  # every attempt goes through --config-dir configs and experiment=mine
+
+    def args(self, *args: str) -> List[str]:
+        """A command line, through the user's --config-dir and experiment file if ``through_configs``."""
+        if not self.through_configs:
+            return list(args)
+        return ["--config-dir", str(self.configs), *args, "experiment=mine"]
 
 
 def cli(ws: "Workspace", *args: str) -> Attempt:
     def attempt():  # in the workspace: whatever a broken check would write lands where it is looked for
         env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-        proc = subprocess.run([sys.executable, "-m", "ftexp", *args], capture_output=True, text=True, timeout=300,
-                              env=env, cwd=ws.root)
+        proc = subprocess.run([sys.executable, "-m", "ftexp", *ws.args(*args)], capture_output=True, text=True,
+                              timeout=300, env=env, cwd=ws.root)
         return proc.returncode, proc.stderr
     return attempt
 
@@ -57,12 +66,15 @@ def in_process(main: Callable[[], object]) -> Attempt:
     return attempt
 
 
-def job(*overrides: str) -> Attempt:
+def job(ws: "Workspace", *overrides: str) -> Attempt:
+    """One run, in this process, composed as the command line would (with the --config-dir, if any)."""
     def main():
         from ftexp.config.preflight import compose_config
         from ftexp.job import run_job
 
-        run_job(compose_config(list(overrides)))
+        extra = str(ws.configs) if ws.through_configs else None
+        overrides_ = [*overrides, "experiment=mine"] if ws.through_configs else list(overrides)
+        run_job(compose_config(overrides_, extra_dir=extra))
     return in_process(main)
 
 
@@ -92,7 +104,7 @@ def write_lines(path: Path, rows) -> Path:
 def train_file_with(ws: Workspace, bad_row, *overrides: str) -> Attempt:
     """The toy dataset with ``bad_row`` as line 4 of train.jsonl."""
     write_lines(ws.toy / "train.jsonl", GOOD_ROWS[:3] + [bad_row] + GOOD_ROWS[3:])
-    return job(*ws.base, f"data.path={ws.toy}", "data.n_train=null", "data.n_test=null", "data.slices=[]",
+    return job(ws, *ws.base, f"data.path={ws.toy}", "data.n_train=null", "data.n_test=null", "data.slices=[]",
                "data.val_fraction=0.2", *overrides)
 
 
@@ -127,7 +139,7 @@ def completed_run_in_output_folder(ws: Workspace) -> Attempt:
     out = ws.root / "run"
     out.mkdir()
     (out / "results.json").write_text(json.dumps({"status": "completed", "metrics": {"test/accuracy": 0.9}}))
-    return job(*ws.base)
+    return job(ws, *ws.base)
 
 
 def completed_run_folder_from_the_command_line(ws: Workspace) -> Attempt:
@@ -146,7 +158,49 @@ def resume_with_another_config(ws: Workspace) -> Attempt:
     from ftexp.training.checkpoints import save_config
 
     save_config(ws.root / "run", OmegaConf.to_container(compose_config(list(ws.base)), resolve=True))
-    return job(*ws.base, "seed=5", "optim.lr=0.5", "resume=true")
+    return job(ws, *ws.base, "seed=5", "optim.lr=0.5", "resume=true")
+
+
+def single_class(ws: Workspace) -> Attempt:
+    write_lines(ws.toy / "train.jsonl", [dict(r, label="top_up") for r in GOOD_ROWS])
+    write_lines(ws.toy / "test.jsonl", [{"text": f"top up money later {i}", "label": "top_up"} for i in range(6)])
+    return job(ws, *ws.base, f"data.path={ws.toy}", "data.n_train=null", "data.n_test=null", "data.slices=[]",
+               "data.val_fraction=0.2")
+
+
+def a_file(ws: Workspace) -> Path:
+    """A file where a folder is expected (as root sees it, a folder without write permission)."""
+    path = ws.root / "a_file"
+    path.write_text("not a folder\n")
+    return path
+
+
+def finished_sweep(ws: Workspace) -> List[str]:
+    """A completed sweep's folder, named as the new sweep's."""
+    done = ws.root / "done"
+    (done / "0").mkdir(parents=True)
+    (done / "multirun.yaml").write_text("hydra:\n  overrides:\n    task:\n    - seed=0\n")
+    (done / "0" / "results.json").write_text(json.dumps({"status": "completed", "metrics": {"test/accuracy": 0.9}}))
+    return [f"hydra.sweep.dir={done}"]
+
+
+def truncated_results(ws: Workspace) -> Attempt:
+    out = ws.root / "run"
+    out.mkdir()
+    (out / "results.json").write_text('{"status": "completed", "metrics": {"test/acc')  # cut short
+    return job(ws, *ws.base)
+
+
+def run_folder_in_use(ws: Workspace) -> Attempt:
+    """Another run holds the folder's lock while this one starts."""
+    from ftexp.utils.run_folder import run_folder_lock
+
+    attempt = job(ws, *ws.base)
+
+    def held():
+        with run_folder_lock(ws.root / "run"):
+            return attempt()
+    return held
 
 
 def gpu_trainer_without_a_gpu(ws: Workspace) -> Attempt:
@@ -154,7 +208,7 @@ def gpu_trainer_without_a_gpu(ws: Workspace) -> Attempt:
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    return job(*ws.base, "trainer=gpu")
+    return job(ws, *ws.base, "trainer=gpu")
 
 
 def no_hub(monkeypatch):
@@ -169,68 +223,112 @@ def no_hub(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
-# (name, makes the attempt, words of the message: {root} = the workspace, {toy} = the toy dataset)
-CASES: List[Tuple[str, Callable[[Workspace], Attempt], List[str]]] = [
+@dataclass
+class Case:
+    name: str
+    make: Callable[[Workspace], Attempt]
+    code: int  # the exit code: 2 for a command line refused before Hydra starts, 1 for a run that fails
+    words: List[str]  # of the message: {root} = the workspace, {toy} = the toy dataset
+    record: Optional[str] = None  # the results.json (under the workspace) that must say status: failed
+    own_dir: bool = True  # also run through a --config-dir of the user's own
+
+
+RUN = "run/results.json"  # where a failed run of ws.base records itself
+CASES: List[Case] = [
     # command line: refused before anything runs
-    ("unknown group option", lambda ws: cli(ws, "model=mistral8b"),
-     ["'mistral8b' is not an option of the config group 'model'", "Did you mean 'mistral7b'?"]),
-    ("misspelt key", lambda ws: cli(ws, "trainer.max_epoch=3"),
-     ["override 'trainer.max_epoch=3'", "'max_epoch' is not a key of trainer", "Did you mean 'max_epochs'?"]),
-    ("misspelt key added with +", lambda ws: cli(ws, "+optim.learning_rate=1e-4"),
-     ["override '+optim.learning_rate=1e-4'", "'learning_rate' is not a key of optim", "Valid keys: lr,"]),
-    ("wrong type", lambda ws: cli(ws, "optim.lr=fast"), ["override 'optim.lr=fast'", "optim.lr must be a float, got 'fast'"]),
-    ("out-of-range value in a sweep", lambda ws: cli(ws, "-m", "data.n_train=100,0"),
-     ["data.n_train=0", "must be >= 1"]),
-    ("malformed argument", lambda ws: cli(ws, "trainer.max_epochs"), ["override 'trainer.max_epochs'", "missing EQUAL"]),
-    ("refused _target_", lambda ws: cli(ws, "model._target_=os.system"),
-     ["model._target_='os.system'", "is not allowed", "allowed_targets"]),
+    Case("unknown group option", lambda ws: cli(ws, "model=mistral8b"), 2,
+         ["'mistral8b' is not an option of the config group 'model'", "Did you mean 'mistral7b'?"]),
+    Case("misspelt key", lambda ws: cli(ws, "trainer.max_epoch=3"), 2,
+         ["override 'trainer.max_epoch=3'", "'max_epoch' is not a key of trainer", "Did you mean 'max_epochs'?"]),
+    Case("misspelt key added with +", lambda ws: cli(ws, "+optim.learning_rate=1e-4"), 2,
+         ["override '+optim.learning_rate=1e-4'", "'learning_rate' is not a key of optim", "Valid keys: lr,"]),
+    Case("wrong type", lambda ws: cli(ws, "optim.lr=fast"), 2,
+         ["override 'optim.lr=fast'", "optim.lr must be a float, got 'fast'"]),
+    Case("out-of-range value in a sweep", lambda ws: cli(ws, "-m", "data.n_train=100,0"), 2,
+         ["data.n_train=0: must be >= 1"]),
+    Case("zero learning rate", lambda ws: cli(ws, "optim.lr=0"), 2, ["optim.lr=0.0: must be > 0"]),
+    Case("negative training-set size", lambda ws: cli(ws, "data.n_train=-5"), 2, ["data.n_train=-5: must be >= 1"]),
+    Case("malformed argument", lambda ws: cli(ws, "trainer.max_epochs"), 2,
+         ["override 'trainer.max_epochs'", "missing EQUAL"]),
+    Case("refused _target_", lambda ws: cli(ws, "model._target_=os.system"), 2,
+         ["model._target_='os.system'", "is not allowed", "allowed_targets"]),
+    Case("callback Hydra would build", lambda ws: cli(ws, "+hydra.callbacks.x._target_=builtins.open",
+                                                       f"+hydra.callbacks.x._args_=[{ws.root}/made,w]"), 2,
+         ["'builtins.open' is not a callback Hydra may build"]),
+    Case("logging handler Hydra would build", lambda ws: cli(ws, "hydra.job_logging.handlers.file.class=os.system"), 2,
+         ["hydra.job_logging.handlers.file.class: 'os.system' is not a logging class"]),
+    Case("made-up launcher", lambda ws: cli(ws, "-m", "hydra.launcher._target_=made.up.Launcher"), 2,
+         ["'made.up.Launcher' is not an installed Hydra launcher"]),
+    Case("allowed_targets widened by a config file",
+         lambda ws: cli(ws, "--config-dir", str(ws.configs), "experiment=widen"), 2,
+         ["experiment/widen.yaml, line 2", "Only the command line may widen"], own_dir=False),
+    Case("pack_length without packing", lambda ws: cli(ws, "trainer.pack_length=256"), 2,
+         ["trainer.pack_length=256", "packing, which is off"]),
+    Case("negative peak FLOP/s", lambda ws: cli(ws, "trainer.peak_tflops=-1"), 2,
+         ["trainer.peak_tflops=-1.0", "must be > 0"]),
+    Case("checkpoints every 0 steps", lambda ws: cli(ws, "trainer.checkpoint_every_n_steps=0"), 2,
+         ["trainer.checkpoint_every_n_steps=0", "must be >= 1"]),
+    Case("own data without its folder", lambda ws: cli(ws, "data=own"), 2,
+         ["data=own", "set it to the folder that holds your files"]),
+    Case("run folder inside a file", lambda ws: cli(ws, f"hydra.run.dir={a_file(ws)}/run"), 2,
+         ["hydra.run.dir={root}/a_file/run", "{root}/a_file is a file, not a folder"]),
+    Case("a new sweep into a finished sweep's folder", lambda ws: cli(ws, "-m", "seed=3,4", *finished_sweep(ws)), 2,
+         ["hydra.sweep.dir={root}/done holds a sweep already", "resume=true"]),
     # data files
-    ("malformed JSONL", lambda ws: train_file_with(ws, '{"text": "broken", "label": '),
-     ["{toy}/train.jsonl, line 4: not valid JSON"]),
-    ("missing field", lambda ws: train_file_with(ws, {"label": "top_up"}),
-     ["{toy}/train.jsonl, line 4: field 'text' is missing"]),
-    ("malformed CSV", malformed_csv, ["{toy}/train.csv, line 2: malformed CSV", "never closed"]),
-    ("empty split", empty_test_split, ["the test split is empty ({toy}/test.jsonl holds no records)"]),
-    ("unknown label", lambda ws: train_file_with(ws, {"text": "cancel my card", "label": "cancel_card"},
-                                                "data.labels=[card_arrival,top_up,refund]"),
-     ["{toy}/train.jsonl, line 4", "label 'cancel_card' is not one of data.labels"]),
-    ("n_train too large", lambda ws: job(*ws.base, "data.n_train=99999"), ["data.n_train=99999"]),
-    ("training on an evaluation-only dataset", lambda ws: job(*ws.base, "data=truthfulqa"),
-     ["data 'truthfulqa' is for evaluation only"]),
-    ("missing data directory", lambda ws: job(*ws.base, f"data_dir={ws.root}/no_such_dir"),
-     ["{root}/no_such_dir/banking77/", "does not exist", "FTEXP_DATA_DIR"]),
-    ("missing model path", lambda ws: job(*[o for o in ws.base if not o.startswith("model.")], "model=smollm2_135m",
-                                         f"model.path={ws.root}/no_model"),
-     ["model.path='{root}/no_model' is not a folder"]),
-    ("NaN loss", lambda ws: job(*ws.base, "optim.lr=1e6", "trainer.gradient_clip_val=0"),
-     ["stage 'finetune'", "NaN or infinite at step", "(it is 1e+06)"]),
-    ("output folder holds a completed run", completed_run_in_output_folder,
-     ["{root}/run/results.json holds a completed run; refusing to overwrite it"]),
-    ("completed run folder named on the command line", completed_run_folder_from_the_command_line,
-     ["{root}/run/results.json holds a completed run; refusing to overwrite it"]),
-    ("resume with another config", resume_with_another_config,
-     ["resume=true: {root}/run holds a run of another config", "optim.lr: 0.002 -> 0.5", "seed: 0 -> 5"]),
-    ("missing data directory in a sweep", lambda ws: cli(
+    Case("malformed JSONL", lambda ws: train_file_with(ws, '{"text": "broken", "label": '), 1,
+         ["{toy}/train.jsonl, line 4: not valid JSON"], RUN),
+    Case("missing field", lambda ws: train_file_with(ws, {"label": "top_up"}), 1,
+         ["{toy}/train.jsonl, line 4: field 'text' is missing (fields present: label)"], RUN),
+    Case("malformed CSV", malformed_csv, 1, ["{toy}/train.csv, line 2: malformed CSV", "never closed"], RUN),
+    Case("empty split", empty_test_split, 1, ["the test split is empty ({toy}/test.jsonl holds no records)"], RUN),
+    Case("unknown label", lambda ws: train_file_with(ws, {"text": "cancel my card", "label": "cancel_card"},
+                                                    "data.labels=[card_arrival,top_up,refund]"), 1,
+         ["{toy}/train.jsonl, line 4", "label 'cancel_card' is not one of data.labels"], RUN),
+    Case("a single class", single_class, 1, ["has only the label 'top_up'", "{toy}/train.jsonl"], RUN),
+    Case("own data: mistyped file", lambda ws: job(ws, *ws.base, "data=own", f"data.path={ws.toy}",
+                                                 "data.train_file=trian.jsonl"), 1,
+         ["{toy}/trian.jsonl does not exist", "its data files: test.jsonl, train.jsonl"], RUN),
+    Case("n_train too large", lambda ws: job(ws, *ws.base, "data.n_train=99999"), 1, ["data.n_train=99999"], RUN),
+    Case("training on an evaluation-only dataset", lambda ws: job(ws, *ws.base, "data=truthfulqa"), 1,
+         ["data 'truthfulqa' is for evaluation only"], RUN),
+    Case("missing data directory", lambda ws: job(ws, *ws.base, f"data_dir={ws.root}/no_such_dir"), 1,
+         ["{root}/no_such_dir/banking77/", "does not exist", "FTEXP_DATA_DIR"], RUN),
+    Case("missing model path", lambda ws: job(ws, *[o for o in ws.base if not o.startswith("model.")],
+                                             "model=smollm2_135m", f"model.path={ws.root}/no_model"), 1,
+         ["model.path='{root}/no_model' is not a folder"], RUN),
+    Case("NaN loss", lambda ws: job(ws, *ws.base, "optim.lr=1e6", "trainer.gradient_clip_val=0"), 1,
+         ["stage 'finetune'", "NaN or infinite at step", "(it is 1e+06)"], RUN),
+    Case("cache folder inside a file", lambda ws: job(ws, *ws.base, f"cache_dir={a_file(ws)}/cache"), 1,
+         ["cannot write to the cache folder {root}/a_file", "FTEXP_CACHE_DIR"], RUN),
+    # run folders
+    Case("output folder holds a completed run", completed_run_in_output_folder, 1,
+         ["{root}/run/results.json holds a completed run; refusing to overwrite it"]),
+    Case("completed run folder named on the command line", completed_run_folder_from_the_command_line, 1,
+         ["{root}/run/results.json holds a completed run; refusing to overwrite it"]),
+    Case("output folder holds a results.json cut short", truncated_results, 1,
+         ["{root}/run/results.json cannot be read", "overwrite=true"]),
+    Case("output folder in use by another run", run_folder_in_use, 1,
+         ["{root}/run is in use by another run (process "]),
+    Case("resume with another config", resume_with_another_config, 1,
+         ["resume=true: {root}/run holds a run of another config", "optim.lr: 0.002 -> 0.5", "seed: 0 -> 5"]),
+    Case("missing data directory in a sweep", lambda ws: cli(
         ws, "-m", *[o for o in ws.base if not o.startswith(("output_dir=", "data_dir="))],
-        f"data_dir={ws.root}/none_a,{ws.root}/none_b", f"hydra.sweep.dir={ws.root}/sweep_b"),
-     ["Error executing job with overrides", "{root}/none_a/banking77/", "does not exist",  # (the first failure)
-      "{root}/sweep_b/0/results.json (status: failed)"]),
-    ("GPU trainer on a machine without one", gpu_trainer_without_a_gpu,
-     ["trainer.accelerator='gpu'", "needs a CUDA GPU", "trainer=cpu"]),
-    ("pack_length without packing", lambda ws: cli(ws, "trainer.pack_length=256"),
-     ["trainer.pack_length=256", "packing, which is off"]),
-    ("negative peak FLOP/s", lambda ws: cli(ws, "trainer.peak_tflops=-1"), ["trainer.peak_tflops=-1.0", "must be > 0"]),
-    ("checkpoints every 0 steps", lambda ws: cli(ws, "trainer.checkpoint_every_n_steps=0"),
-     ["trainer.checkpoint_every_n_steps=0", "must be >= 1"]),
+        f"data_dir={ws.root}/none_a,{ws.root}/none_b", f"hydra.sweep.dir={ws.root}/sweep_b"), 1,
+        ["{root}/none_a/banking77/", "does not exist",  # (the first failure)
+         "{root}/sweep_b/0/results.json (status: failed)"], "sweep_b/0/results.json"),
+    Case("GPU trainer on a machine without one", gpu_trainer_without_a_gpu, 1,
+         ["trainer.accelerator='gpu'", "needs a CUDA GPU", "trainer=cpu"]),
     # review-rating files
-    ("out-of-range rating", lambda ws: ratings_with(ws, "qa/test/3", helpfulness=7),
-     ["{root}/ratings.jsonl", "'qa/test/3'", "column 'helpfulness' is 7, not an integer from 1 to 5"]),
-    ("unknown review id", lambda ws: ratings_with(ws, "qa/test/3", id="qa/test/999"),
-     ["{root}/ratings.jsonl", "'qa/test/999'", "unknown id"]),
-    ("ratings of another run's outputs", lambda ws: ratings_with(ws, "qa/test/3", output="a different answer"),
-     ["'qa/test/3'", "column 'output' differs"]),
+    Case("out-of-range rating", lambda ws: ratings_with(ws, "qa/test/3", helpfulness=7), 1,
+         ["{root}/ratings.jsonl", "'qa/test/3'", "column 'helpfulness' is 7, not an integer from 1 to 5"],
+         own_dir=False),
+    Case("unknown review id", lambda ws: ratings_with(ws, "qa/test/3", id="qa/test/999"), 1,
+         ["{root}/ratings.jsonl", "'qa/test/999'", "unknown id"], own_dir=False),
+    Case("ratings of another run's outputs", lambda ws: ratings_with(ws, "qa/test/3", output="a different answer"), 1,
+         ["'qa/test/3'", "column 'output' differs"], own_dir=False),
     # results read back
-    ("half-written results.json", half_written_sweep, ["no job of {root}/sweep completed", "0: unreadable", "results.json is not valid JSON"]),
+    Case("half-written results.json", half_written_sweep, 1,
+         ["no job of {root}/sweep completed", "0: unreadable", "results.json is not valid JSON"], own_dir=False),
 ]
 
 
@@ -243,8 +341,9 @@ def workspace(request, tmp_path, cache_dir, toy_data, monkeypatch) -> Workspace:
     from tests.conftest import _data_dir
     from tests.test_review import export, fixture_outputs
 
+    case, via = request.node.callspec.params["case"], request.node.callspec.params["via"]
     data_dir = _data_dir()
-    if data_dir is None and request.node.callspec.params["name"] in NEEDS_DATA:
+    if data_dir is None and case.name in NEEDS_DATA:
         pytest.skip("real datasets not found: set FTEXP_DATA_DIR to the folder holding banking77/")
     data_dir = data_dir or tmp_path / "no_data"
     no_hub(monkeypatch)
@@ -254,30 +353,60 @@ def workspace(request, tmp_path, cache_dir, toy_data, monkeypatch) -> Workspace:
     export(review_run, {"qa": fixture_outputs()}, n=50)
     base = [*TINY, "trainer.log_every_n_steps=1", f"data_dir={data_dir}", f"cache_dir={cache_dir}",
             f"output_dir={tmp_path / 'run'}"]
-    return Workspace(root=tmp_path, toy=toy_data, review_run=review_run, base=base)
+    return Workspace(root=tmp_path, toy=toy_data, review_run=review_run, base=base,
+                     configs=own_configs(tmp_path / "own_configs", toy_data), through_configs=via == "config-dir")
+
+
+def own_configs(folder: Path, toy: Path) -> Path:
+    """What a user keeps outside conf/: a data option for their files and two experiment files."""
+    for name, text in {
+        "data/toy.yaml": f"defaults:\n  - banking77\n  - _self_\nname: toy\npath: {toy}\n",
+        "experiment/mine.yaml": "# @package _global_\n# My experiment: tagged, nothing else changed.\ntags: [mine]\n",
+        "experiment/widen.yaml": "# @package _global_\nallowed_targets: [builtins.]\n",
+    }.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return folder
 
 
 def files(root: Path) -> Dict[Path, bytes]:
     return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-@pytest.mark.parametrize("name,make,expected", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_fails_loudly_names_the_culprit_and_changes_nothing(workspace, name, make, expected):
-    attempt = make(workspace)
+def outside_echo(message: str) -> str:
+    """The message without the overrides it repeats (a phrase found only there proves nothing)."""
+    text = re.sub(r" ?\(overrides: [^)]*\)", "", message)
+    return "\n".join(line for line in text.splitlines()
+                     if not line.startswith(("Error executing job with overrides", "[")))
+
+
+MATRIX = [pytest.param(case, via, id=f"{case.name} ({via})") for case in CASES
+          for via in ("conf", "config-dir") if via == "conf" or case.own_dir]
+
+
+@pytest.mark.parametrize("case,via", MATRIX)
+def test_bad_input_fails_loudly_names_the_culprit_and_changes_nothing(workspace, case, via):
+    attempt = case.make(workspace)
     before = files(workspace.root)
     code, message = attempt()
-    assert code != 0, f"{name}: exit code 0; output: {message[-2000:]}"
-    for words in expected:
+    assert code == case.code, f"{case.name}: exit code {code}, not {case.code}; output: {message[-2000:]}"
+    for words in case.words:
         words = words.format(root=workspace.root, toy=workspace.toy)
-        assert words in message, f"{name}: {words!r} not in {message[-2000:]!r}"
+        text = message if words.startswith("override '") else outside_echo(message)  # naming the override is the point
+        assert words in text, f"{case.name}: {words!r} not in {text[-2000:]!r}"
     assert "Traceback" not in message, message
     after = files(workspace.root)
     changed = [str(p) for p, content in before.items() if after.get(p) != content]
-    assert not changed, f"{name}: files that existed before changed: {changed}"
-    for path in after:
-        if path.name == "results.json" and path not in before:
-            assert json.loads(path.read_text()).get("status") != "completed", f"{name}: {path} claims success"
+    assert not changed, f"{case.name}: files that existed before changed: {changed}"
+    assert not (workspace.root / "made").exists(), f"{case.name}: a config ran code"
+    new_records = {p: json.loads(p.read_text()) for p in after if p.name == "results.json" and p not in before}
+    if case.record:
+        record = new_records.get(workspace.root / case.record)
+        assert record is not None and record["status"] == "failed", f"{case.name}: no failed record: {new_records}"
+        assert not record.get("metrics"), f"{case.name}: a failed record with final metrics"
+    else:
+        assert not new_records, f"{case.name}: refused, yet wrote {list(new_records)}"
 
 
 def test_the_matrix_covers_every_kind_of_input():
-    assert len(CASES) >= 15 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) >= 40 and len({c.name for c in CASES}) == len(CASES)

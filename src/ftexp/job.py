@@ -14,7 +14,7 @@ import os
 import sys
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -29,6 +29,7 @@ from ftexp.training import checkpoints
 from ftexp.tracking.loggers import NoLogger, RunIdentity
 from ftexp.tracking.results import RESULTS_FILE, environment, now, write_results
 from ftexp.utils.build import build
+from ftexp.utils.run_folder import RunFolderError, run_folder_lock
 from ftexp.utils.secrets import (install_log_filter, redact, referenced_secrets, remove_log_filter, scrub_files,
                                  secret_values)
 
@@ -146,11 +147,26 @@ def run_job(cfg: DictConfig) -> Optional[float]:
     quiet_libraries()
     run_dir = Path(cfg.output_dir)
     rank = global_rank()
+    with ExitStack() as stack:
+        if rank == 0:  # the other ranks of a DDP run work in rank 0's folder
+            try:
+                stack.enter_context(run_folder_lock(run_dir))
+            except RunFolderError as exc:
+                _refuse(str(exc), rank)
+        return _run_locked(cfg, run_dir, rank)
+
+
+def _run_locked(cfg: DictConfig, run_dir: Path, rank: int) -> Optional[float]:
     # Credentials (secret-named environment variables, config values read from them) never reach
     # results.json, the saved Hydra config, the logs or W&B.
     secrets = secret_values(extra=referenced_secrets(OmegaConf.to_container(cfg, resolve=False)))
     resolved = redact(OmegaConf.to_container(cfg, resolve=True), secrets)
     done = completed_results(run_dir)
+    damaged = unreadable_results(run_dir)
+    if damaged and not cfg.overwrite:
+        _refuse(f"{run_dir / RESULTS_FILE} cannot be read ({damaged}): it may be what is left of a completed run, "
+                f"which a new run would replace. Look at it; then overwrite=true runs again in this folder, or "
+                f"start this run in another hydra.run.dir / hydra.sweep.dir", rank)
     if cfg.resume:
         # Every rank checks (none waits for the others); the earlier run's files stay as they are.
         _refuse_if_changed(run_dir, done["config"] if done else checkpoints.saved_config(run_dir), resolved, rank)
@@ -277,6 +293,18 @@ def completed_results(run_dir: Path) -> Optional[Dict[str, Any]]:
     except (OSError, ValueError):
         return None
     return results if isinstance(results, dict) and results.get("status") == "completed" else None
+
+
+def unreadable_results(run_dir: Path) -> Optional[str]:
+    """Why the folder's results.json cannot be read (cut short, not a record), or None (none, or readable)."""
+    path = run_dir / RESULTS_FILE
+    if not path.exists():
+        return None
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None if isinstance(results, dict) and "status" in results else "it is not a run's record"
 
 
 def _record(run_dir, base, record: RunRecord, cfg, tracker, t0, error: Optional[BaseException] = None):

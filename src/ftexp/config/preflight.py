@@ -115,7 +115,7 @@ def check_overrides(overrides: Sequence[str], config_name: str = "config", multi
             lines = expand_sweeps(overrides) if multirun else [list(overrides)]
         except HydraException as exc:
             raise ConfigError(f"cannot parse the command line: {_one_paragraph(str(exc))}") from None
-        for line in lines:
+        for i, line in enumerate(lines):
             try:
                 cfg = compose(config_name=config_name, overrides=line, return_hydra_config=True)
             except Exception as exc:  # noqa: BLE001 - every composition error is reported the same way
@@ -126,6 +126,28 @@ def check_overrides(overrides: Sequence[str], config_name: str = "config", multi
             check_keys(cfg, line, config_name)
             check_allowed_targets(cfg, line, hydra_node.runtime.choices)
             check_values(cfg, line)
+            if i == 0:
+                check_output_folder(hydra_node, cfg, multirun)
+
+
+def check_output_folder(hydra_node: DictConfig, cfg: DictConfig, multirun: bool) -> None:
+    """The run's (or sweep's) folder can be written, and a sweep does not rewrite another sweep's record."""
+    from ftexp.utils.run_folder import unwritable_reason
+
+    key = "sweep.dir" if multirun else "run.dir"
+    try:
+        folder = Path(str(OmegaConf.select(hydra_node, key)))
+    except Exception:  # noqa: BLE001 - a folder named after what only a job knows: the job checks it
+        return
+    reason = unwritable_reason(folder)
+    if reason:
+        raise ConfigError(f"hydra.{key}={folder}: the run cannot write there ({reason}). Make it writable, or "
+                          f"choose another folder with hydra.{key}=...")
+    if multirun and (folder / "multirun.yaml").exists() and not (cfg.resume or cfg.overwrite):
+        raise ConfigError(f"hydra.sweep.dir={folder} holds a sweep already (its multirun.yaml), whose record a new "
+                          "sweep would rewrite. Add resume=true to continue that sweep (its completed jobs are "
+                          "skipped, new ones run), overwrite=true to run its jobs again, or choose another "
+                          "hydra.sweep.dir.")
 
 
 def check_hydra(hydra_node: DictConfig, overrides: Sequence[str] = ()) -> None:
@@ -212,9 +234,10 @@ def check_values(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
 
 
 def compose_config(overrides: Sequence[str] = (), config_name: str = "config",
-                   return_hydra_config: bool = False) -> DictConfig:
-    """Compose (without running) the config for ``overrides``: for tests and tools."""
-    with hydra_context(config_name):
+                   return_hydra_config: bool = False, extra_dir: Optional[str] = None) -> DictConfig:
+    """Compose (without running) the config for ``overrides``, with ``extra_dir`` (a --config-dir) on the
+    search path: for tests and tools."""
+    with hydra_context(config_name, extra_dir):
         try:
             return compose(config_name=config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
         except Exception as exc:  # noqa: BLE001

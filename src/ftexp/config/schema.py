@@ -12,6 +12,8 @@ YAML file, never a new branch.
 
 from __future__ import annotations
 
+import os
+
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -430,6 +432,9 @@ def register_configs() -> None:
     """Put every schema in Hydra's ConfigStore as ``schema/<group>/<name>`` (+ ``base_config``), and
     register the resolvers that the config files use."""
     OmegaConf.register_new_resolver("ftexp.folder_name", folder_name, replace=True)
+    # The default run and sweep folders end in the process id: two runs started in the same second get
+    # two folders. Cached, so every job of a sweep resolves its sweep's folder to the same name.
+    OmegaConf.register_new_resolver("ftexp.pid", os.getpid, replace=True, use_cache=True)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     for group, options in SCHEMAS.items():
