@@ -32,6 +32,18 @@ def test_a_diverging_loss_stops_the_stage_with_step_and_last_finite_loss(tiny_ov
     assert not list(out.glob("checkpoints/**/*.ckpt"))  # no checkpoint of diverged weights
 
 
+def test_the_divergence_advice_follows_the_runs_settings(tiny_overrides, capsys):
+    """Clipping and 32-bit precision on already: only the learning rate is left to advise."""
+    overrides = [*tiny_overrides, "optim.lr=1e6", "trainer.gradient_clip_val=0.5", "trainer.precision=32-true",
+                 "trainer.log_every_n_steps=1"]
+    with pytest.raises(SystemExit):
+        _job(overrides)
+    message = capsys.readouterr().err
+    assert "Try a lower learning rate (it is 1e+06); gradient clipping (trainer.gradient_clip_val=0.5) and " \
+           "32-bit precision are on already" in message, message
+    assert "precision=32-true (it is" not in message
+
+
 def test_a_completed_run_is_not_overwritten_unless_asked(tiny_overrides, capsys):
     cfg, _ = _job(tiny_overrides)
     results = Path(cfg.output_dir) / "results.json"
@@ -147,7 +159,8 @@ def test_divergence_is_reported_in_optimizer_steps_under_gradient_accumulation(a
     from ftexp.errors import TrainingDiverged
     from ftexp.training.divergence import FiniteLoss
 
-    trainer = SimpleNamespace(global_step=0, accumulate_grad_batches=accumulate, log_every_n_steps=1000)
+    trainer = SimpleNamespace(global_step=0, accumulate_grad_batches=accumulate, log_every_n_steps=1000,
+                              gradient_clip_val=0.0, precision="bf16-mixed")
     guard = FiniteLoss("finetune", lr=0.1)
     for i, loss in enumerate([1.0, 2.0, float("nan"), 3.0]):
         trainer.global_step = i // accumulate  # before the batch
@@ -157,6 +170,8 @@ def test_divergence_is_reported_in_optimizer_steps_under_gradient_accumulation(a
     with pytest.raises(TrainingDiverged) as err:
         guard.on_train_epoch_end(trainer, None)
     assert where in str(err.value) and last in str(err.value) and "(it is 0.1)" in str(err.value)
+    assert "gradient clipping (trainer.gradient_clip_val=1.0) or trainer.precision=32-true (it is bf16-mixed)" \
+        in str(err.value)
 
 
 @pytest.mark.parametrize("keep", [True, False])

@@ -24,6 +24,8 @@ class FiniteLoss(pl.Callback):
         self.steps_before: List[int] = []
         self.steps_after: List[int] = []
         self.accumulate = 1
+        self.clip: Optional[float] = None  # the run's clipping and precision, for advice that fits the run
+        self.precision = "32-true"
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -35,6 +37,7 @@ class FiniteLoss(pl.Callback):
         loss = outputs["loss"].detach() if isinstance(outputs, dict) else outputs.detach()
         if self.first_bad is None:  # device tensors: no host-to-device copy (an implicit sync) per step
             self.accumulate = max(1, int(trainer.accumulate_grad_batches))
+            self.clip, self.precision = trainer.gradient_clip_val, str(trainer.precision)
             self.first_bad = torch.tensor(-1.0, device=loss.device)
             self.last_good = torch.tensor([-1.0, float("nan")], device=loss.device)
             self.batch = torch.tensor(0.0, device=loss.device)
@@ -56,9 +59,22 @@ class FiniteLoss(pl.Callback):
         last = f"the last finite loss was {loss:.4g} at {self._at(batch)}" if batch >= 0 else "no step had a finite loss"
         raise TrainingDiverged(
             f"stage '{self.stage}': the training loss became NaN or infinite at {self._at(float(self.first_bad))} "
-            f"of the stage; {last}. The stage stopped; earlier checkpoints are kept. Try a lower "
-            f"learning rate{f' (it is {self.lr:g})' if self.lr is not None else ''}, gradient clipping "
-            f"(trainer.gradient_clip_val) or precision=32-true")
+            f"of the stage; {last}. The stage stopped; earlier checkpoints are kept. {self.advice()}")
+
+    def advice(self) -> str:
+        """What to try, given what the run already does."""
+        tries = [f"a lower learning rate{f' (it is {self.lr:g})' if self.lr is not None else ''}"]
+        done = []
+        if self.clip:
+            done.append(f"gradient clipping (trainer.gradient_clip_val={self.clip:g})")
+        else:
+            tries.append("gradient clipping (trainer.gradient_clip_val=1.0)")
+        if self.precision.startswith(("32", "64")):
+            done.append(f"{self.precision.split('-')[0]}-bit precision")
+        else:
+            tries.append(f"trainer.precision=32-true (it is {self.precision})")
+        text = "Try " + (", ".join(tries[:-1]) + " or " + tries[-1] if len(tries) > 1 else tries[0])
+        return text + (f"; {' and '.join(done)} {'is' if len(done) == 1 else 'are'} on already" if done else "")
 
     def _at(self, batch: float) -> str:
         """'step S', or 'step S (batch B)' when several batches make one optimizer step."""
