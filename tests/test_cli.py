@@ -109,7 +109,8 @@ def test_a_malformed_data_file_fails_the_job_naming_file_and_line(cache_dir, tmp
     (folder / "test.jsonl").write_text('{"text": "where is my card", "label": "card_arrival"}\n')
     (folder / "train.jsonl").write_text('{"text": "card please", "label": "card_arrival"}\n{"text": 7, "label": "x"}\n')
     run_dir = tmp_path / "run"
-    proc = ftexp(*small(tmp_path, cache_dir, logger="none"), f"data.path={folder}", f"hydra.run.dir={run_dir}")
+    proc = ftexp(*small(tmp_path, cache_dir, logger="none"), "data=own", f"data.path={folder}",
+                 f"hydra.run.dir={run_dir}")
     assert proc.returncode == 1
     assert f"{folder / 'train.jsonl'}, line 2: field 'text' must be a string" in proc.stderr
     assert "Traceback" not in proc.stderr

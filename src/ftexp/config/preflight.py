@@ -128,6 +128,19 @@ def check_overrides(overrides: Sequence[str], config_name: str = "config", multi
             check_values(cfg, line)
             if i == 0:
                 check_output_folder(hydra_node, cfg, multirun)
+                check_own_files(hydra_node.runtime.choices, line)
+
+
+def check_own_files(choices: Any, overrides: Sequence[str]) -> None:
+    """data.path on the command line with the data option nobody chose (the default, Banking77) would
+    read the user's files as Banking77: its name, prompt, slices, red team and hub copy."""
+    keys = [line.split("=", 1)[0].lstrip("+~") for line in overrides]
+    if "data.path" in keys and "data" not in keys and not choices.get("experiment") and not choices.get("sweeps"):
+        line = next(o for o in overrides if o.split("=", 1)[0].lstrip("+~") == "data.path")
+        raise ConfigError(f"override '{line}': the files would be read as data={choices.get('data')} (the default), "
+                          "with its name, prompt, slices, red-team prompts and hub copy. Add data=own for files of "
+                          f"your own (named after their folder), or data={choices.get('data')} to say that these are "
+                          "its files.")
 
 
 def check_output_folder(hydra_node: DictConfig, cfg: DictConfig, multirun: bool) -> None:
