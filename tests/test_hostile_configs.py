@@ -103,6 +103,10 @@ CASES = [
      ["OWN/experiment/widen.yaml, line 2", "Only the command line may widen"]),
     ("ftexp component in a --config-dir run", ["--config-dir", "OWN", "model._target_=builtins.open"],
      ["model._target_='builtins.open'", "is not allowed"]),
+    ("hydra logging under --hydra-help", ["--hydra-help", "--config-dir", "OWN", "hydra/hydra_logging=popen"],
+     ["'subprocess.Popen' is not a logging class"]),
+    ("hydra logging under --info", ["--info", "config", "--config-dir", "OWN", "hydra/hydra_logging=popen"],
+     ["'subprocess.Popen' is not a logging class"]),
     ("a pickled config", ["--experimental-rerun", "MADE"], ["loading a pickled config can run any code"]),
     ("another config tree", ["--config-path", "OWN"], ["--config-path", "add it with --config-dir"]),
 ]

@@ -40,15 +40,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
         print(render_help(args.config_dir))
         return
-    if not (args.hydra_help or args.shell_completion or args.info):
-        from ftexp.config.preflight import ConfigError, check_overrides
+    from ftexp.config.preflight import ConfigError, check_hydra_nodes, check_overrides
 
-        try:
+    try:
+        if args.hydra_help or args.shell_completion or args.info:
+            check_hydra_nodes(args.overrides, args.config_name or "config", extra_dir=args.config_dir)
+        else:
             check_overrides(args.overrides, args.config_name or "config", multirun=args.multirun,
                             extra_dir=args.config_dir)
-        except ConfigError as exc:
-            print(f"ftexp: error: {exc}", file=sys.stderr)
-            sys.exit(2)
+    except ConfigError as exc:
+        print(f"ftexp: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     sys.argv = [sys.argv[0], *argv]
     _hydra_main()
 

@@ -163,6 +163,17 @@ def check_output_folder(hydra_node: DictConfig, cfg: DictConfig, multirun: bool)
                           "hydra.sweep.dir.")
 
 
+def check_hydra_nodes(overrides: Sequence[str], config_name: str = "config", extra_dir: Optional[str] = None) -> None:
+    """Only the names Hydra would build, for the flags that show rather than run (--hydra-help, --info,
+    shell completion: partial command lines are theirs to report) but still configure Hydra's logging."""
+    with hydra_context(config_name, extra_dir):
+        try:
+            cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+        except Exception:  # noqa: BLE001 - Hydra reports its own composition errors for these flags
+            return
+        check_hydra(cfg.hydra, overrides)
+
+
 def check_hydra(hydra_node: DictConfig, overrides: Sequence[str] = ()) -> None:
     """Refuse a name that Hydra itself would import and call (callbacks, launcher, sweeper, logging)."""
     from ftexp.config.hydra_guard import hydra_problems
