@@ -23,6 +23,10 @@ def write(folder: Path, name: str, text: str) -> None:
 
 @pytest.fixture
 def own_configs(tmp_path) -> Path:
+    return hostile_configs(tmp_path)
+
+
+def hostile_configs(tmp_path: Path) -> Path:
     """A --config-dir with hostile files, each writing (or running a command that writes) tmp_path/made."""
     folder = tmp_path / "own"
     made = tmp_path / "made"
