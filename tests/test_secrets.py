@@ -8,11 +8,12 @@ from pathlib import Path
 from tests.test_reliability import _job
 
 
-SECRET, WANDB_KEY = "tok-9f8e7d6c", "wandb-0123456789abcdef"
+SECRET, WANDB_KEY, URL = "tok-9f8e7d6c", "wandb-0123456789abcdef", "postgres://ftexp:pw-5a4b3c@db/runs"
 
 
 def test_secrets_never_reach_results_or_the_tracker_config(tiny_overrides, monkeypatch):
     monkeypatch.setenv("FTEXP_TEST_TOKEN", SECRET)  # a secret-looking name, read by the config
+    monkeypatch.setenv("FTEXP_TEST_URL", URL)  # any name: a value read with ${oc.env:...} is a secret
     monkeypatch.setenv("WANDB_API_KEY", WANDB_KEY)
     seen = {}
 
@@ -26,12 +27,12 @@ def test_secrets_never_reach_results_or_the_tracker_config(tiny_overrides, monke
             return lambda *a, **k: None
 
     monkeypatch.setattr("ftexp.job.build", lambda cfg: Spy())
-    overrides = [*tiny_overrides, "tags=[${oc.env:FTEXP_TEST_TOKEN},x-" + WANDB_KEY + "]"]
+    overrides = [*tiny_overrides, "tags=[${oc.env:FTEXP_TEST_TOKEN},x-" + WANDB_KEY + ",${oc.env:FTEXP_TEST_URL}]"]
     cfg, _ = _job(overrides)
     text = (Path(cfg.output_dir) / "results.json").read_text()
-    for secret in (SECRET, WANDB_KEY):
+    for secret in (SECRET, WANDB_KEY, URL):
         assert secret not in text and secret not in seen["config"]
-    assert json.loads(text)["config"]["tags"] == ["<redacted>", "x-<redacted>"]
+    assert json.loads(text)["config"]["tags"] == ["<redacted>", "x-<redacted>", "<redacted>"]
 
 
 def test_log_records_and_saved_config_files_are_scrubbed(tmp_path):
@@ -39,10 +40,13 @@ def test_log_records_and_saved_config_files_are_scrubbed(tmp_path):
 
     from ftexp.utils.secrets import RedactingFilter, referenced_secrets, scrub_files, secret_values
 
-    env = {"HF_TOKEN": "hf_abcdefgh", "DB_PASSWORD_FILE_X": "pw-123456", "PATH": "/usr/bin", "MY_KEY": "k"}
+    env = {"HF_TOKEN": "hf_abcdefgh", "DB_PASSWORD_FILE_X": "pw-123456", "PATH": "/usr/bin", "MY_KEY": "k",
+           "FTEXP_DATA_DIR": "/data/ftexp"}
     secrets = secret_values(env)
     assert secrets == ["hf_abcdefgh", "pw-123456"]  # "k" is too short to be worth hiding; PATH is no secret
-    assert referenced_secrets({"a": "${oc.env:HF_TOKEN}", "b": ["${oc.env:PATH}"]}, env) == ["hf_abcdefgh"]
+    # read by the config, any variable's value is one; ftexp's own path settings are not
+    found = referenced_secrets({"a": "${oc.env:HF_TOKEN}", "b": ["${oc.env:PATH}", "${oc.env:FTEXP_DATA_DIR}"]}, env)
+    assert sorted(found) == ["/usr/bin", "hf_abcdefgh"]
     record = logging.LogRecord("x", logging.INFO, "f", 1, "token %s in use", ("hf_abcdefgh",), None)
     RedactingFilter(secrets).filter(record)
     assert record.getMessage() == "token <redacted> in use"

@@ -1,9 +1,9 @@
 """Keep credentials out of what a run writes: results.json, the saved Hydra config, logs, W&B.
 
 A secret is the value of an environment variable whose name looks like one (``*_KEY``, ``*_TOKEN``,
-``*_SECRET``, ``*PASSWORD*``; ``WANDB_API_KEY`` and ``HF_TOKEN`` among them), and any config value
-resolved from such a variable (``${oc.env:MY_TOKEN}``). Wherever one appears in a string it is
-replaced by ``<redacted>``.
+``*_SECRET``, ``*PASSWORD*``; ``WANDB_API_KEY`` and ``HF_TOKEN`` among them), and the value of any
+variable the config reads with ``${oc.env:NAME}``, whatever NAME is (``DATABASE_URL``), but for the
+few ftexp reads itself (``NOT_SECRET``). Wherever one appears in a string it is replaced by ``<redacted>``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,13 @@ REDACTED = "<redacted>"
 SECRET_NAME = re.compile(r"(_KEY|_TOKEN|_SECRET|PASSWORD)", re.IGNORECASE)
 ENV_REF = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")
 MIN_LENGTH = 4  # shorter values ("1", "true") would redact half the file and protect nothing
+# Variables conf/ reads with ${oc.env:...} whose values are settings, not credentials: hiding them would
+# garble every path and W&B folder name that ftexp writes.
+NOT_SECRET = frozenset({
+    "FTEXP_DATA_DIR",  # data_dir (conf/config.yaml): a folder
+    "FTEXP_CACHE_DIR",  # cache_dir (conf/config.yaml): a folder
+    "WANDB_MODE",  # logger.mode (conf/logger/wandb.yaml): offline | online | disabled, part of run folder names
+})
 
 
 def secret_names(environ: Optional[Mapping[str, str]] = None) -> List[str]:
@@ -35,7 +42,8 @@ def secret_values(environ: Optional[Mapping[str, str]] = None, extra: Iterable[s
 
 
 def referenced_secrets(unresolved: Any, environ: Optional[Mapping[str, str]] = None) -> List[str]:
-    """Values of secret-named variables that the config reads with ``${oc.env:NAME}``."""
+    """Values of the variables that the config (or a command line) reads with ``${oc.env:NAME}``: whatever
+    NAME is, a value a user chose to keep out of the config is treated as a credential."""
     environ = os.environ if environ is None else environ
     names = set()
 
@@ -47,7 +55,7 @@ def referenced_secrets(unresolved: Any, environ: Optional[Mapping[str, str]] = N
             for v in node:
                 walk(v)
         elif isinstance(node, str):
-            names.update(n for n in ENV_REF.findall(node) if SECRET_NAME.search(n))
+            names.update(n for n in ENV_REF.findall(node) if n not in NOT_SECRET)
 
     walk(unresolved)
     return [environ[n] for n in names if environ.get(n)]
