@@ -1,4 +1,5 @@
-"""Keep credentials out of what a run writes: results.json, the saved Hydra config, logs, W&B.
+"""Keep credentials out of what a run writes: results.json, the saved Hydra config (the job's .hydra/,
+the sweep's multirun.yaml), logs, W&B.
 
 A secret is the value of an environment variable whose name looks like one (``*_KEY``, ``*_TOKEN``,
 ``*_SECRET``, ``*PASSWORD*``; ``WANDB_API_KEY`` and ``HF_TOKEN`` among them), and the value of any
@@ -8,11 +9,14 @@ few ftexp reads itself (``NOT_SECRET``). Wherever one appears in a string it is 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
+import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, List, Mapping, Optional
+from typing import Any, Iterable, Iterator, List, Mapping, Optional
 
 from ftexp.utils.io import atomic_write_text
 
@@ -62,7 +66,7 @@ def referenced_secrets(unresolved: Any, environ: Optional[Mapping[str, str]] = N
 
 
 def redact(obj: Any, secrets: Iterable[str]) -> Any:
-    """A copy of ``obj`` (dicts, lists, strings ...) with every secret replaced."""
+    """A copy of ``obj`` (dicts, lists, dataclass instances, strings ...) with every secret replaced."""
     secrets = list(secrets)
     if not secrets:
         return obj
@@ -74,7 +78,22 @@ def redact(obj: Any, secrets: Iterable[str]) -> Any:
         return {k: redact(v, secrets) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(redact(v, secrets) for v in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: redact(getattr(obj, f.name), secrets)
+                                           for f in dataclasses.fields(obj) if f.init})
     return obj
+
+
+@contextmanager
+def redacted_argv(secrets: Iterable[str]) -> Iterator[None]:
+    """``sys.argv`` without secrets while the block runs: W&B records the command line when a run starts.
+    Put back after, as Lightning's DDP launcher starts the other ranks from it."""
+    argv = sys.argv
+    sys.argv = redact(argv, secrets)
+    try:
+        yield
+    finally:
+        sys.argv = argv
 
 
 class RedactingFilter(logging.Filter):
