@@ -1,5 +1,5 @@
-"""Keep credentials out of what a run writes: results.json, the saved Hydra config (the job's .hydra/,
-the sweep's multirun.yaml), logs, W&B.
+"""Keep credentials out of what a run writes and shows: results.json, the saved Hydra config (the job's
+.hydra/, the sweep's multirun.yaml), logs, the console, W&B.
 
 A secret is the value of an environment variable whose name looks like one (``*_KEY``, ``*_TOKEN``,
 ``*_SECRET``, ``*PASSWORD*``; ``WANDB_API_KEY`` and ``HF_TOKEN`` among them), and the value of any
@@ -120,6 +120,26 @@ def install_log_filter(secrets: Iterable[str]) -> Optional[RedactingFilter]:
     for handler in logging.getLogger().handlers:
         handler.addFilter(flt)
     return flt
+
+
+_all_records = RedactingFilter([])  # the secrets redact_all_log_records was given in this process
+
+
+def redact_all_log_records(secrets: Iterable[str]) -> None:
+    """From now on, every log record this process makes is redacted as it is made. For what is logged
+    before the job's own filter is on: Hydra replaces the root handlers (and their filters) when it starts
+    and between jobs, and a filter on a logger misses what its children log (the launcher's job line)."""
+    secrets, known = list(secrets), _all_records.secrets
+    if not known and secrets:  # once per process; a later call only adds secrets
+        make = logging.getLogRecordFactory()
+
+        def make_redacted(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = make(*args, **kwargs)
+            _all_records.filter(record)
+            return record
+
+        logging.setLogRecordFactory(make_redacted)
+    _all_records.secrets = sorted(set(known) | set(secrets), key=len, reverse=True)
 
 
 def remove_log_filter(flt: Optional[RedactingFilter]) -> None:
