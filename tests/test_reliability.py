@@ -87,49 +87,6 @@ def test_two_fresh_processes_give_byte_identical_metrics(data_dir, cache_dir, tm
     assert sections[0][3]["seed"] == 0 and sections[0][3]["batch_order"] == {"finetune": 1}
 
 
-SECRET, WANDB_KEY = "tok-9f8e7d6c", "wandb-0123456789abcdef"
-
-
-def test_secrets_never_reach_results_or_the_tracker_config(tiny_overrides, monkeypatch):
-    monkeypatch.setenv("FTEXP_TEST_TOKEN", SECRET)  # a secret-looking name, read by the config
-    monkeypatch.setenv("WANDB_API_KEY", WANDB_KEY)
-    seen = {}
-
-    class Spy:  # what a tracker is given to store
-        location, lightning = None, None
-
-        def start(self, run_dir, config, identity):
-            seen["config"] = json.dumps(config)
-
-        def __getattr__(self, name):
-            return lambda *a, **k: None
-
-    monkeypatch.setattr("ftexp.job.build", lambda cfg: Spy())
-    overrides = [*tiny_overrides, "tags=[${oc.env:FTEXP_TEST_TOKEN},x-" + WANDB_KEY + "]"]
-    cfg, _ = _job(overrides)
-    text = (Path(cfg.output_dir) / "results.json").read_text()
-    for secret in (SECRET, WANDB_KEY):
-        assert secret not in text and secret not in seen["config"]
-    assert json.loads(text)["config"]["tags"] == ["<redacted>", "x-<redacted>"]
-
-
-def test_log_records_and_saved_config_files_are_scrubbed(tmp_path):
-    import logging
-
-    from ftexp.utils.secrets import RedactingFilter, referenced_secrets, scrub_files, secret_values
-
-    env = {"HF_TOKEN": "hf_abcdefgh", "DB_PASSWORD_FILE_X": "pw-123456", "PATH": "/usr/bin", "MY_KEY": "k"}
-    secrets = secret_values(env)
-    assert secrets == ["hf_abcdefgh", "pw-123456"]  # "k" is too short to be worth hiding; PATH is no secret
-    assert referenced_secrets({"a": "${oc.env:HF_TOKEN}", "b": ["${oc.env:PATH}"]}, env) == ["hf_abcdefgh"]
-    record = logging.LogRecord("x", logging.INFO, "f", 1, "token %s in use", ("hf_abcdefgh",), None)
-    RedactingFilter(secrets).filter(record)
-    assert record.getMessage() == "token <redacted> in use"
-    (tmp_path / "overrides.yaml").write_text("- logger.api_key=pw-123456\n")
-    scrub_files(tmp_path, secrets)
-    assert (tmp_path / "overrides.yaml").read_text() == "- logger.api_key=<redacted>\n"
-
-
 def test_a_target_outside_the_allow_list_is_refused_at_composition():
     from ftexp.config.preflight import ConfigError, check_overrides
     from ftexp.utils.build import BuildError, import_target

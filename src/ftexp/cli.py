@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from ftexp.config import config_dir
 from ftexp.config.schema import register_configs
+from ftexp.utils.secrets import redact, redact_all_log_records, referenced_secrets, secret_values
 
 register_configs()
 
@@ -30,10 +31,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from hydra._internal.utils import get_args_parser
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Neither Hydra's console lines (a sweep's "#0 : <overrides>") nor the errors below echo a secret.
+    secrets = secret_values(extra=referenced_secrets(argv))
+    redact_all_log_records(secrets)
     args = get_args_parser().parse_args(argv)
     refused = _refused_flag(args)
     if refused:
-        print(f"ftexp: error: {refused}", file=sys.stderr)
+        print(f"ftexp: error: {redact(refused, secrets)}", file=sys.stderr)
         sys.exit(2)
     if args.help:
         from ftexp.config.help import render_help
@@ -49,7 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             check_overrides(args.overrides, args.config_name or "config", multirun=args.multirun,
                             extra_dir=args.config_dir)
     except ConfigError as exc:
-        print(f"ftexp: error: {exc}", file=sys.stderr)
+        print(f"ftexp: error: {redact(str(exc), secrets)}", file=sys.stderr)
         sys.exit(2)
     sys.argv = [sys.argv[0], *argv]
     _hydra_main()

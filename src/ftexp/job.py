@@ -28,10 +28,10 @@ from ftexp.run import RunRecord, eval_device, run
 from ftexp.training import checkpoints
 from ftexp.tracking.loggers import NoLogger, RunIdentity
 from ftexp.tracking.results import RESULTS_FILE, environment, now, write_results
-from ftexp.utils.build import build
+from ftexp.utils.build import build, typed
 from ftexp.utils.run_folder import RunFolderError, run_folder_lock
-from ftexp.utils.secrets import (install_log_filter, redact, referenced_secrets, remove_log_filter, scrub_files,
-                                 secret_values)
+from ftexp.utils.secrets import (install_log_filter, redact, redacted_argv, referenced_secrets, remove_log_filter,
+                                 scrub_files, secret_values)
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +92,16 @@ def swept_values(hc: Any) -> Dict[str, str]:
     except Exception:  # noqa: BLE001 - a launcher that writes no multirun.yaml: no swept keys to show
         return {}
     parser = OverridesParser.create()
-    keys = sorted({ov.get_key_element() for text in texts for ov in parser.parse_overrides([text])
-                   if ov.is_sweep_override()})
+    keys = sorted({ov.get_key_element() for text in texts for ov in _parsed(parser, text) if ov.is_sweep_override()})
     own = dict(o.split("=", 1) for o in hc.overrides.task if "=" in o)
     return {k: own.get(k, "") for k in keys}
+
+
+def _parsed(parser: Any, text: str) -> List[Any]:
+    try:
+        return parser.parse_overrides([text])
+    except Exception:  # noqa: BLE001 - an override scrubbed of a secret ("<redacted>") no longer parses
+        return []
 
 
 class _DropTips(logging.Filter):
@@ -193,17 +199,20 @@ def _run_locked(cfg: DictConfig, run_dir: Path, rank: int) -> Optional[float]:
     log_filter = install_log_filter(secrets)
     if rank == 0:
         scrub_files(run_dir / ".hydra", secrets)
+        if multirun_mode():  # the sweep's multirun.yaml, which Hydra's launcher wrote before the jobs
+            scrub_files(Path(HydraConfig.get().sweep.dir), secrets)
     record = RunRecord()
     base: Dict[str, Any] = {"status": "running", "run_dir": str(run_dir), "seed": cfg.seed, "started_at": now(),
                             **redact(hydra_info(), secrets), "config": resolved, "environment": environment(),
                             "_secrets": secrets}
-    tracker = build(cfg.logger) if rank == 0 else NoLogger(None)
+    tracker = build(redact(typed(cfg.logger), secrets)) if rank == 0 else NoLogger(None)  # its name, group, tags
     multirun = multirun_mode()
     with distributed_scope(), log_filter_scope(log_filter):
         try:
-            identity = run_identity(run_dir, list(cfg.tags))
+            identity = redact(run_identity(run_dir, list(cfg.tags)), secrets)
             base["tracker_group"] = cfg.logger.get("group") or identity.group
-            tracker.start(run_dir, {**resolved, "swept": identity.swept}, identity)
+            with redacted_argv(secrets):
+                tracker.start(run_dir, {**resolved, "swept": identity.swept}, identity)
             run(cfg, run_dir, tracker, record, rank=rank)
         except BaseException as exc:
             if rank == 0:

@@ -1,18 +1,22 @@
-"""Keep credentials out of what a run writes: results.json, the saved Hydra config, logs, W&B.
+"""Keep credentials out of what a run writes and shows: results.json, the saved Hydra config (the job's
+.hydra/, the sweep's multirun.yaml), logs, the console, W&B.
 
 A secret is the value of an environment variable whose name looks like one (``*_KEY``, ``*_TOKEN``,
-``*_SECRET``, ``*PASSWORD*``; ``WANDB_API_KEY`` and ``HF_TOKEN`` among them), and any config value
-resolved from such a variable (``${oc.env:MY_TOKEN}``). Wherever one appears in a string it is
-replaced by ``<redacted>``.
+``*_SECRET``, ``*PASSWORD*``; ``WANDB_API_KEY`` and ``HF_TOKEN`` among them), and the value of any
+variable the config reads with ``${oc.env:NAME}``, whatever NAME is (``DATABASE_URL``), but for the
+few ftexp reads itself (``NOT_SECRET``). Wherever one appears in a string it is replaced by ``<redacted>``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
+import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, List, Mapping, Optional
+from typing import Any, Iterable, Iterator, List, Mapping, Optional
 
 from ftexp.utils.io import atomic_write_text
 
@@ -20,6 +24,13 @@ REDACTED = "<redacted>"
 SECRET_NAME = re.compile(r"(_KEY|_TOKEN|_SECRET|PASSWORD)", re.IGNORECASE)
 ENV_REF = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")
 MIN_LENGTH = 4  # shorter values ("1", "true") would redact half the file and protect nothing
+# Variables conf/ reads with ${oc.env:...} whose values are settings, not credentials: hiding them would
+# garble every path and W&B folder name that ftexp writes.
+NOT_SECRET = frozenset({
+    "FTEXP_DATA_DIR",  # data_dir (conf/config.yaml): a folder
+    "FTEXP_CACHE_DIR",  # cache_dir (conf/config.yaml): a folder
+    "WANDB_MODE",  # logger.mode (conf/logger/wandb.yaml): offline | online | disabled, part of run folder names
+})
 
 
 def secret_names(environ: Optional[Mapping[str, str]] = None) -> List[str]:
@@ -35,7 +46,8 @@ def secret_values(environ: Optional[Mapping[str, str]] = None, extra: Iterable[s
 
 
 def referenced_secrets(unresolved: Any, environ: Optional[Mapping[str, str]] = None) -> List[str]:
-    """Values of secret-named variables that the config reads with ``${oc.env:NAME}``."""
+    """Values of the variables that the config (or a command line) reads with ``${oc.env:NAME}``: whatever
+    NAME is, a value a user chose to keep out of the config is treated as a credential."""
     environ = os.environ if environ is None else environ
     names = set()
 
@@ -47,14 +59,14 @@ def referenced_secrets(unresolved: Any, environ: Optional[Mapping[str, str]] = N
             for v in node:
                 walk(v)
         elif isinstance(node, str):
-            names.update(n for n in ENV_REF.findall(node) if SECRET_NAME.search(n))
+            names.update(n for n in ENV_REF.findall(node) if n not in NOT_SECRET)
 
     walk(unresolved)
     return [environ[n] for n in names if environ.get(n)]
 
 
 def redact(obj: Any, secrets: Iterable[str]) -> Any:
-    """A copy of ``obj`` (dicts, lists, strings ...) with every secret replaced."""
+    """A copy of ``obj`` (dicts, lists, dataclass instances, strings ...) with every secret replaced."""
     secrets = list(secrets)
     if not secrets:
         return obj
@@ -66,7 +78,22 @@ def redact(obj: Any, secrets: Iterable[str]) -> Any:
         return {k: redact(v, secrets) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(redact(v, secrets) for v in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: redact(getattr(obj, f.name), secrets)
+                                           for f in dataclasses.fields(obj) if f.init})
     return obj
+
+
+@contextmanager
+def redacted_argv(secrets: Iterable[str]) -> Iterator[None]:
+    """``sys.argv`` without secrets while the block runs: W&B records the command line when a run starts.
+    Put back after, as Lightning's DDP launcher starts the other ranks from it."""
+    argv = sys.argv
+    sys.argv = redact(argv, secrets)
+    try:
+        yield
+    finally:
+        sys.argv = argv
 
 
 class RedactingFilter(logging.Filter):
@@ -93,6 +120,26 @@ def install_log_filter(secrets: Iterable[str]) -> Optional[RedactingFilter]:
     for handler in logging.getLogger().handlers:
         handler.addFilter(flt)
     return flt
+
+
+_all_records = RedactingFilter([])  # the secrets redact_all_log_records was given in this process
+
+
+def redact_all_log_records(secrets: Iterable[str]) -> None:
+    """From now on, every log record this process makes is redacted as it is made. For what is logged
+    before the job's own filter is on: Hydra replaces the root handlers (and their filters) when it starts
+    and between jobs, and a filter on a logger misses what its children log (the launcher's job line)."""
+    secrets, known = list(secrets), _all_records.secrets
+    if not known and secrets:  # once per process; a later call only adds secrets
+        make = logging.getLogRecordFactory()
+
+        def make_redacted(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = make(*args, **kwargs)
+            _all_records.filter(record)
+            return record
+
+        logging.setLogRecordFactory(make_redacted)
+    _all_records.secrets = sorted(set(known) | set(secrets), key=len, reverse=True)
 
 
 def remove_log_filter(flt: Optional[RedactingFilter]) -> None:
