@@ -196,6 +196,16 @@ def test_a_sweep_launched_in_parts_into_one_folder_reads_as_one(tmp_path):
     assert read_multirun(root).command is None  # multirun.yaml holds the last part's command only
 
 
+def test_the_command_of_a_sweep_keeps_its_config_dir(tmp_path):
+    """A sweep run with --config-dir: the report's command has it, as Hydra recorded the search path."""
+    root = write_multirun(tmp_path / "sweep", [results(["logger=none"], 0, {"test/accuracy": 0.5}, [])], {})
+    text = (root / "multirun.yaml").read_text()
+    (root / "multirun.yaml").write_text(text + "  runtime:\n    config_sources:\n"
+                                        "    - {path: /work/conf, schema: file, provider: main}\n"
+                                        "    - {path: /my configs, schema: file, provider: command-line}\n")
+    assert read_multirun(root).command == "python -m ftexp -m --config-dir '/my configs' logger=none seed=0,1,2"
+
+
 def _draw(tmp_path: Path, name: str, jobs: List[Any], params: Dict[str, str]) -> Path:
     root = write_multirun(tmp_path / name, jobs, params)
     compare_folder(root)
