@@ -117,6 +117,23 @@ def test_a_preflight_error_does_not_echo_a_secret():
     assert "ftexp: error: override 'logger.gruop=x-<redacted>'" in proc.stderr and SECRET not in proc.stderr
 
 
+@pytest.mark.parametrize("override,words", [
+    ("seed=${oc.env:FTEXP_TEST_DB}", "the value it reads from the environment cannot be used here"),
+    ("tags=[${oc.env:FTEXP_TEST_UNSET}]", "tags.0=${oc.env:FTEXP_TEST_UNSET}: the environment variable is not set"),
+])
+def test_an_environment_value_a_key_cannot_take_is_refused_without_showing_it(override, words, monkeypatch, capsys):
+    """OmegaConf's own error (after Hydra starts) would print the value, whatever the variable's name."""
+    from ftexp.cli import main
+
+    monkeypatch.setenv("FTEXP_TEST_DB", f"postgres://user:{SECRET}@db/x")
+    monkeypatch.delenv("FTEXP_TEST_UNSET", raising=False)
+    with pytest.raises(SystemExit) as info:
+        main([override])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"override '{override}'" in err and words in err, err
+    assert SECRET not in err and "Traceback" not in err
+
+
 def test_a_command_line_is_redacted_only_while_wandb_records_it(monkeypatch):
     from ftexp.utils.secrets import redacted_argv
 

@@ -84,7 +84,7 @@ def _plugin_problems(kind: str, config: Any) -> List[Tuple[str, str]]:
 def _logging_problems(prefix: str, config: Any) -> List[Tuple[str, str]]:
     """logging.config.dictConfig imports ``class`` and calls ``()``; ``ext://`` values are imported too."""
     found = []
-    for key, value in _leaves(config, prefix):
+    for key, value in leaves(config, prefix):
         leaf = key.rpartition(".")[2]
         if leaf in ("class", "()", "_target_") and not matches(value, LOGGING):
             found.append((key, f"'{value}' is not a logging class Hydra may build (allowed: {_listed(LOGGING)})"))
@@ -93,14 +93,14 @@ def _logging_problems(prefix: str, config: Any) -> List[Tuple[str, str]]:
     return found
 
 
-def _leaves(node: Any, prefix: str) -> Iterator[Tuple[str, Any]]:
+def leaves(node: Any, prefix: str) -> Iterator[Tuple[str, Any]]:
     if isinstance(node, (DictConfig, ListConfig)):
         node = OmegaConf.to_container(node, resolve=False)
     if isinstance(node, dict):
         for key, value in node.items():
-            yield from _leaves(value, f"{prefix}.{key}")
+            yield from leaves(value, f"{prefix}.{key}")
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            yield from _leaves(value, f"{prefix}.{i}")
+            yield from leaves(value, f"{prefix}.{i}")
     else:
         yield prefix, node

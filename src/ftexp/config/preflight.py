@@ -124,6 +124,7 @@ def check_overrides(overrides: Sequence[str], config_name: str = "config", multi
                 hydra_node = cfg.pop("hydra")
             check_hydra(hydra_node, line)
             check_keys(cfg, line, config_name)
+            check_env_values(cfg, line)
             check_allowed_targets(cfg, line, hydra_node.runtime.choices)
             check_values(cfg, line)
             if i == 0:
@@ -161,6 +162,23 @@ def check_output_folder(hydra_node: DictConfig, cfg: DictConfig, multirun: bool)
                           "sweep would rewrite. Add resume=true to continue that sweep (its completed jobs are "
                           "skipped, new ones run), overwrite=true to run its jobs again, or choose another "
                           "hydra.sweep.dir.")
+
+
+def check_env_values(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """A value read with ``${oc.env:...}`` that its key cannot take, said without the value (which may be a
+    secret: OmegaConf's own error would print it)."""
+    from ftexp.config.hydra_guard import leaves
+
+    for key, value in leaves(cfg, ""):
+        if isinstance(value, str) and "${oc.env:" in value:
+            try:
+                OmegaConf.select(cfg, key.lstrip("."), throw_on_resolution_failure=True)
+            except Exception as exc:  # noqa: BLE001 - every resolution error is reported the same way
+                key = key.lstrip(".")
+                problem = ("the environment variable is not set" if "not found" in str(exc) else
+                           "the value it reads from the environment cannot be used here (the wrong type?); it is "
+                           "not shown, as it may be a secret")
+                raise ConfigError(f"{locate(key, overrides)}: {key}={value}: {problem}.") from None
 
 
 def check_hydra_nodes(overrides: Sequence[str], config_name: str = "config", extra_dir: Optional[str] = None) -> None:
