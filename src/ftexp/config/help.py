@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 from ftexp.config import config_dir
-from ftexp.config.preflight import HIDDEN_GROUPS, group_options, hydra_context, search_dirs
+from ftexp.config.preflight import HIDDEN_GROUPS
+from ftexp.config.session import group_options, hydra_context, search_dirs
 
 HEADER = """\
 ftexp: controlled LLM fine-tuning experiments.
