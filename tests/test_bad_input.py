@@ -271,8 +271,7 @@ CASES: List[Case] = [
     Case("own data without its folder", lambda ws: cli(ws, "data=own"), 2,
          ["data=own", "set it to the folder that holds your files"]),
     Case("own files read as the default dataset", lambda ws: cli(ws, f"data.path={ws.toy}"), 2,
-         ["override 'data.path={toy}'", "read as data=banking77 (the default)", "Add data=own"],
-         own_dir=False),  # (an experiment file may choose the data; the check leaves those runs alone)
+         ["override 'data.path={toy}'", "read as data=banking77 (the default)", "Add data=own"]),
     Case("run folder inside a file", lambda ws: cli(ws, f"hydra.run.dir={a_file(ws)}/run"), 2,
          ["hydra.run.dir={root}/a_file/run", "{root}/a_file is a file, not a folder"]),
     Case("a new sweep into a finished sweep's folder", lambda ws: cli(ws, "-m", "seed=3,4", *finished_sweep(ws)), 2,

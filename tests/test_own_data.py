@@ -164,3 +164,13 @@ def test_over_long_prompts_are_counted_warned_and_recorded(tmp_path, run_own, ca
                f"lost); raise model.max_length or shorten the texts")
     assert warning in caplog.messages
     assert not any("completions are cut" in m for m in caplog.messages)
+
+
+def test_data_path_alone_is_refused_only_where_nobody_chose_the_data(tmp_path):
+    """With the default option, data.path would read the files as Banking77; a choice on the command line,
+    or in an experiment file, says what they are."""
+    with pytest.raises(ConfigError, match=r"override 'data.path=/my/intents': the files would be read as "
+                                          r"data=banking77 \(the default\).*Add data=own"):
+        check_overrides(["data.path=/my/intents"])
+    check_overrides(["data=banking77", "data.path=/my/banking77"])
+    check_overrides(["experiment=human_review", "data.path=/my/medquad"])  # the experiment chose data=medquad

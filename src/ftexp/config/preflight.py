@@ -80,19 +80,31 @@ def check_overrides(overrides: Sequence[str], config_name: str = "config", multi
             check_values(cfg, line)
             if i == 0:
                 check_output_folder(hydra_node, cfg, multirun)
-                check_own_files(hydra_node.runtime.choices, line)
+                check_own_files(hydra_node.runtime.choices, line, config_name)
 
 
-def check_own_files(choices: Any, overrides: Sequence[str]) -> None:
+def check_own_files(choices: Any, overrides: Sequence[str], config_name: str = "config") -> None:
     """data.path on the command line with the data option nobody chose (the default, Banking77) would
     read the user's files as Banking77: its name, prompt, slices, red team and hub copy."""
-    keys = [line.split("=", 1)[0].lstrip("+~") for line in overrides]
-    if "data.path" in keys and "data" not in keys and not choices.get("experiment") and not choices.get("sweeps"):
-        line = next(o for o in overrides if o.split("=", 1)[0].lstrip("+~") == "data.path")
-        raise ConfigError(f"override '{line}': the files would be read as data={choices.get('data')} (the default), "
-                          "with its name, prompt, slices, red-team prompts and hub copy. Add data=own for files of "
-                          f"your own (named after their folder), or data={choices.get('data')} to say that these are "
-                          "its files.")
+    line = next((o for o in overrides if o.split("=", 1)[0].lstrip("+~") == "data.path"), None)
+    if line is None or _chosen("data", overrides, config_name):
+        return
+    default = choices.get("data")
+    raise ConfigError(f"override '{line}': the files would be read as data={default} (the default), with its name, "
+                      "prompt, slices, red-team prompts and hub copy. Add data=own for files of your own (named after "
+                      f"their folder), or data={default} to say that these are its files.")
+
+
+def _chosen(group: str, overrides: Sequence[str], config_name: str) -> bool:
+    """Whether the command line, an experiment or a sweep file chose ``group``'s option (not the default)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    try:  # the overrides Hydra collected from the command line and the defaults lists of the chosen files
+        found = GlobalHydra.instance().config_loader().compute_defaults_list(config_name, list(overrides), RunMode.RUN)
+        return group in found.overrides.override_choices
+    except Exception:  # noqa: BLE001 - Hydra's internals moved: say nothing rather than refuse a good run
+        return True
 
 
 def check_output_folder(hydra_node: DictConfig, cfg: DictConfig, multirun: bool) -> None:
