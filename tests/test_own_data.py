@@ -174,3 +174,26 @@ def test_data_path_alone_is_refused_only_where_nobody_chose_the_data(tmp_path):
         check_overrides(["data.path=/my/intents"])
     check_overrides(["data=banking77", "data.path=/my/banking77"])
     check_overrides(["experiment=human_review", "data.path=/my/medquad"])  # the experiment chose data=medquad
+
+
+def test_a_data_option_in_a_config_dir_trains_on_the_users_files(intents, tmp_path, cache_dir, monkeypatch, capsys):
+    """The way to keep one's own data without editing conf/: an option file in a --config-dir, built on
+    data=own, chosen by name; the command line's checks and the run both see it."""
+    from ftexp.cli import main
+
+    configs = tmp_path / "myconf"
+    (configs / "data").mkdir(parents=True)
+    (configs / "data" / "intents.yaml").write_text(
+        "# My intents.\ndefaults:\n  - own\n  - _self_\n"
+        f"path: {intents}\ntrain_file: train.csv\ntest_file: test.csv\ntext_field: utterance\nlabel_field: intent\n")
+    main(["--config-dir", str(configs), "--help"])
+    assert any(line.split()[:2] == ["intents", "My"] for line in capsys.readouterr().out.splitlines())
+    check_overrides(["data=intents"], extra_dir=str(configs))
+    with pytest.raises(ConfigError, match="data.n_train=0: must be >= 1"):
+        check_overrides(["data=intents", "data.n_train=0"], extra_dir=str(configs))
+    cfg = compose_config([*TINY, "data=intents", "data.n_train=null", "data.n_test=null", f"cache_dir={cache_dir}",
+                          f"output_dir={tmp_path / 'run'}", "save_model=false"], extra_dir=str(configs))
+    run_job(cfg)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "completed" and results["config"]["data"]["name"] == "intents"
+    assert results["data"]["counts"]["test"]["total"] == 9
