@@ -274,6 +274,8 @@ CASES: List[Case] = [
          ["override 'data.path={toy}'", "read as data=banking77 (the default)", "Add data=own"]),
     Case("run folder inside a file", lambda ws: cli(ws, f"hydra.run.dir={a_file(ws)}/run"), 2,
          ["hydra.run.dir={root}/a_file/run", "{root}/a_file is a file, not a folder"]),
+    Case("sweep folder inside a file", lambda ws: cli(ws, "-m", f"hydra.sweep.dir={a_file(ws)}/sweep", "seed=0,1"), 2,
+         ["hydra.sweep.dir={root}/a_file/sweep", "{root}/a_file is a file, not a folder"]),
     Case("a new sweep into a finished sweep's folder", lambda ws: cli(ws, "-m", "seed=3,4", *finished_sweep(ws)), 2,
          ["hydra.sweep.dir={root}/done holds a sweep already", "resume=true"]),
     # data files
@@ -303,6 +305,8 @@ CASES: List[Case] = [
     Case("cache folder inside a file", lambda ws: job(ws, *ws.base, f"cache_dir={a_file(ws)}/cache"), 1,
          ["cannot write to the cache folder {root}/a_file", "FTEXP_CACHE_DIR"], RUN),
     # run folders
+    Case("run folder the run cannot write", lambda ws: job(ws, *ws.base, f"output_dir={a_file(ws)}/run"), 1,
+         ["cannot write to the run folder {root}/a_file/run", "hydra.run.dir="]),
     Case("output folder holds a completed run", completed_run_in_output_folder, 1,
          ["{root}/run/results.json holds a completed run; refusing to overwrite it"]),
     Case("completed run folder named on the command line", completed_run_folder_from_the_command_line, 1,

@@ -16,6 +16,11 @@ from omegaconf.errors import OmegaConfBaseException
 from ftexp.config.session import group_options, search_dirs
 
 
+def override_key(line: str) -> str:
+    """The key an override sets (``+a.b=1``, ``~a.b``, ``a.b=1``: ``a.b``)."""
+    return line.split("=", 1)[0].lstrip("+~")
+
+
 def explain(exc: BaseException, overrides: Sequence[str], config_name: str = "config") -> str:
     """One paragraph describing a composition error in the user's terms."""
     if isinstance(exc, MissingConfigException) or "Could not find" in str(exc) or "Could not load" in str(exc):
@@ -37,7 +42,7 @@ def _explain_missing_option(exc: BaseException, overrides: Sequence[str]) -> str
     m = re.search(r"Could not (?:find|load) '([^']+)'", text)
     target = m.group(1) if m else ""
     group, _, option = target.rpartition("/")
-    where = next((o for o in overrides if o.split("=", 1)[0].lstrip("+~") in (group, f"/{group}")), None)
+    where = next((o for o in overrides if override_key(o) in (group, f"/{group}")), None)
     context = f"override '{where}'" if where else _in_file(text) or "the defaults list"
     options = [o for o in (getattr(exc, "options", None) or _safe_options(group))]
     msg = f"{context}: '{option}' is not an option of the config group '{group}'."
@@ -123,7 +128,7 @@ def _omegaconf_cause(exc: BaseException) -> Optional[BaseException]:
 
 def where_from(text: str, overrides: Sequence[str], full_key: str) -> str:
     """Name the override or the file (and line) the error came from."""
-    keys = [(line, line.split("=", 1)[0].lstrip("+~")) for line in overrides]
+    keys = [(line, override_key(line)) for line in overrides]
     for line, key in keys:  # the override of the key itself first, then one of a parent
         if full_key and key == full_key:
             return f"override '{line}'"
@@ -160,7 +165,7 @@ def _with_line(path_text: str, full_key: str) -> str:
 def _good_config(overrides: Sequence[str], config_name: str, drop_key: str) -> Optional[DictConfig]:
     """The config composed without the overrides that touch ``drop_key`` (None if that fails too)."""
     def touches(line: str) -> bool:
-        key = line.split("=", 1)[0].lstrip("+~")
+        key = override_key(line)
         # not a parent's group choice (mitigation=ewc): the bad key is a key of that choice
         return key == drop_key or key.startswith(drop_key + ".")
 

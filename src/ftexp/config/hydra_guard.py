@@ -9,11 +9,11 @@ these lists: what Hydra needs to run ftexp is on them, and anything else would r
 
 from __future__ import annotations
 
-from typing import Any, Iterator, List, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from ftexp.config.validate import targets
+from ftexp.config.validate import leaves, targets
 from ftexp.utils.build import ALLOWED_PREFIXES
 
 # Names a Hydra node may give (full names, or prefixes ending in "."):
@@ -84,23 +84,10 @@ def _plugin_problems(kind: str, config: Any) -> List[Tuple[str, str]]:
 def _logging_problems(prefix: str, config: Any) -> List[Tuple[str, str]]:
     """logging.config.dictConfig imports ``class`` and calls ``()``; ``ext://`` values are imported too."""
     found = []
-    for key, value in leaves(config, prefix):
+    for key, value in leaves(config, f"{prefix}."):
         leaf = key.rpartition(".")[2]
         if leaf in ("class", "()", "_target_") and not matches(value, LOGGING):
             found.append((key, f"'{value}' is not a logging class Hydra may build (allowed: {_listed(LOGGING)})"))
         elif isinstance(value, str) and value.startswith("ext://") and value not in STREAMS:
             found.append((key, f"'{value}' is not a stream logging may import (allowed: {_listed(STREAMS)})"))
     return found
-
-
-def leaves(node: Any, prefix: str) -> Iterator[Tuple[str, Any]]:
-    if isinstance(node, (DictConfig, ListConfig)):
-        node = OmegaConf.to_container(node, resolve=False)
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from leaves(value, f"{prefix}.{key}")
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from leaves(value, f"{prefix}.{i}")
-    else:
-        yield prefix, node

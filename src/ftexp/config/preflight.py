@@ -18,7 +18,7 @@ from hydra.core.override_parser.types import Override, ValueType
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ftexp.config.explain import explain, explain_unknown_key, locate, one_paragraph, where_from
+from ftexp.config.explain import explain, explain_unknown_key, locate, one_paragraph, override_key, where_from
 from ftexp.config.session import ConfigError, hydra_context
 
 # Not chosen on the command line: Hydra's own, the schemas, and parts that data configs and experiments include.
@@ -86,7 +86,7 @@ def check_overrides(overrides: Sequence[str], config_name: str = "config", multi
 def check_own_files(choices: Any, overrides: Sequence[str], config_name: str = "config") -> None:
     """data.path on the command line with the data option nobody chose (the default, Banking77) would
     read the user's files as Banking77: its name, prompt, slices, red team and hub copy."""
-    line = next((o for o in overrides if o.split("=", 1)[0].lstrip("+~") == "data.path"), None)
+    line = next((o for o in overrides if override_key(o) == "data.path"), None)
     if line is None or _chosen("data", overrides, config_name):
         return
     default = choices.get("data")
@@ -130,14 +130,13 @@ def check_output_folder(hydra_node: DictConfig, cfg: DictConfig, multirun: bool)
 def check_env_values(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
     """A value read with ``${oc.env:...}`` that its key cannot take, said without the value (which may be a
     secret: OmegaConf's own error would print it)."""
-    from ftexp.config.hydra_guard import leaves
+    from ftexp.config.validate import leaves
 
-    for key, value in leaves(cfg, ""):
+    for key, value in leaves(cfg):
         if isinstance(value, str) and "${oc.env:" in value:
             try:
-                OmegaConf.select(cfg, key.lstrip("."), throw_on_resolution_failure=True)
+                OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
             except Exception as exc:  # noqa: BLE001 - every resolution error is reported the same way
-                key = key.lstrip(".")
                 problem = ("the environment variable is not set" if "not found" in str(exc) else
                            "the value it reads from the environment cannot be used here (the wrong type?); it is "
                            "not shown, as it may be a secret")
@@ -168,7 +167,7 @@ def check_hydra(hydra_node: DictConfig, overrides: Sequence[str] = ()) -> None:
 def check_allowed_targets(cfg: DictConfig, overrides: Sequence[str] = (), choices: Any = None) -> None:
     """Only the command line widens what configs may build: a config file that did would name its own
     callable."""
-    given = any(line.split("=", 1)[0].lstrip("+~") == "allowed_targets" for line in overrides)
+    given = any(override_key(line) == "allowed_targets" for line in overrides)
     if list(cfg.get("allowed_targets") or []) and not given:
         raise ConfigError(f"{locate('allowed_targets', overrides, choices)}: a config file sets allowed_targets="
                           f"{list(cfg.allowed_targets)}. Only the command line may widen what configs can build "

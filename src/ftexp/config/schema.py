@@ -12,9 +12,8 @@ YAML file, never a new branch.
 
 from __future__ import annotations
 
-import os
-
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional

@@ -171,18 +171,17 @@ def added_keys(node: DictConfig, prefix: str = "") -> List[str]:
     return found
 
 
-def targets(node: Any, prefix: str = "") -> List[Tuple[str, Any]]:
-    """Every ``_target_`` of a config (as written: interpolations are not resolved), with its key."""
+def leaves(node: Any, prefix: str = "") -> List[Tuple[str, Any]]:
+    """Every value of a config that is not a dict or a list, with its dotted key (``prefix`` ends in "."
+    when given); as written: interpolations are not resolved."""
     if isinstance(node, (DictConfig, ListConfig)):
         node = OmegaConf.to_container(node, resolve=False)
-    found: List[Tuple[str, Any]] = []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "_target_":
-                found.append((f"{prefix}{key}", value))
-            else:
-                found += targets(value, f"{prefix}{key}.")
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            found += targets(value, f"{prefix}{i}.")
-    return found
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else None
+    if items is None:
+        return [(prefix.rstrip("."), node)]
+    return [leaf for key, value in items for leaf in leaves(value, f"{prefix}{key}.")]
+
+
+def targets(node: Any, prefix: str = "") -> List[Tuple[str, Any]]:
+    """Every ``_target_`` of a config (as written: interpolations are not resolved), with its key."""
+    return [(key, value) for key, value in leaves(node, prefix) if key.rpartition(".")[2] == "_target_"]
