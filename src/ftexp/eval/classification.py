@@ -184,25 +184,30 @@ class ClassificationEvaluator(Evaluator):
         }
         # Named slices of the test set (data.slices): accuracy only; macro-F1 over a slice's few
         # labels is not comparable with the whole set's.
-        slices = task.slices if split == "test" else {}
+        slices = self.slices(task)
         for name, idx in slices.items():
             if idx:
                 hits = (pred[idx] == target[idx]).float()
                 out[f"{split}/slice/{name}/accuracy"] = float(hits.mean())
             out[f"{split}/slice/{name}/n"] = float(len(idx))
-        self.keep_outputs(model, task, ctx, examples, pred, target, slices, out)
+        self.keep_outputs(model, task, ctx, pred, out)
         return out
 
-    def keep_outputs(self, model, task, ctx: EvalContext, examples, pred, target, slices, out) -> None:
+    def slices(self, task: Any) -> Dict[str, List[int]]:
+        """The named test slices (data.slices) scored beside the split: the test split's only."""
+        return task.slices if self.cfg.split == "test" else {}
+
+    def keep_outputs(self, model, task, ctx: EvalContext, pred: torch.Tensor, out: Dict[str, float]) -> None:
         """Each prediction as an :class:`Output` for review, and the red-team prompts' predictions."""
+        examples = task.splits[self.cfg.split]
         member: Dict[int, List[str]] = {}
-        for name, idx in slices.items():
+        for name, idx in self.slices(task).items():
             for i in idx:
                 member.setdefault(i, []).append(name)
         red_slices = set(task.red_team_slices)
         outputs = ctx.outputs.setdefault(task.name, [])
         for i, ex in enumerate(examples):
-            hit = bool(pred[i] == target[i])
+            hit = task.labels[int(pred[i])] == ex.label
             outputs.append(Output(id=f"{task.name}/{self.cfg.split}/{i}", task=task.name, prompt=ex.prompt,
                                   output=task.labels[int(pred[i])], reference=ex.label, scores={"correct": float(hit)},
                                   auto_correct=hit, slices=member.get(i, []),

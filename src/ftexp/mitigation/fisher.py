@@ -48,14 +48,7 @@ def per_sample_fisher(model: torch.nn.Module, batches: Iterable[Batch],
                    for name, p in theta.items()}
     count = torch.zeros((), dtype=torch.long, device=device)
 
-    def sample_loss(theta_, input_ids, labels):
-        logits = functional_call(model, (theta_, fixed), args=(),
-                                 kwargs={"input_ids": input_ids[None], "use_cache": False}).logits[0, :-1]
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        targets = labels[1:]  # causal shift, as transformers does
-        total = F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
-        return total / (targets != -100).sum().clamp(min=1)  # no targets: 0, not NaN
-
+    sample_loss = completion_loss(model, fixed)
     vocab = model.get_output_embeddings().weight.shape[0] if hasattr(model, "get_output_embeddings") else 1
     weights = max(1, sum(p.numel() for p in theta.values()))
     modes = [(module, module.training) for module in model.modules()]
@@ -80,6 +73,21 @@ def per_sample_fisher(model: torch.nn.Module, batches: Iterable[Batch],
             dist.all_reduce(squared_sum[name])
         dist.all_reduce(count)
     return {name: s / count.clamp(min=1) for name, s in squared_sum.items()}
+
+
+def completion_loss(model: torch.nn.Module, fixed: Mapping[str, torch.Tensor]):
+    """``loss(theta, input_ids, labels)``: one sample's mean completion loss as a function of the
+    weighed parameters ``theta`` (the ``fixed`` ones held), for ``grad`` and ``vmap``."""
+
+    def sample_loss(theta, input_ids, labels):
+        logits = functional_call(model, (theta, fixed), args=(),
+                                 kwargs={"input_ids": input_ids[None], "use_cache": False}).logits[0, :-1]
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        targets = labels[1:]  # causal shift, as transformers does
+        total = F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
+        return total / (targets != -100).sum().clamp(min=1)  # no targets: 0, not NaN
+
+    return sample_loss
 
 
 def require_right_padding(batch: Batch) -> None:
