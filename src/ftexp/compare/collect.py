@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 RESULTS_FILE = "results.json"  # as ftexp.tracking.results writes it (not imported: it pulls in ftexp.utils)
 REPLICATE = "seed"
-# Overrides that change how a job runs, not what it computes: never a swept key. (A sweep resumed
+# Overrides that change how a job runs or is shown, not what it computes: never a swept key. (A sweep resumed
 # with resume=true carries it on the jobs that ran after the resume only; cells must not split there.)
 RUN_CONTROL = ("resume", "overwrite", "output_dir", "cache_dir", "cache_stages", "cache_rows", "save_model",
                "objective", "logger", "trainer.checkpoints", "trainer.enable_progress_bar", "trainer.num_workers",
@@ -28,7 +28,7 @@ RUN_CONTROL = ("resume", "overwrite", "output_dir", "cache_dir", "cache_stages",
 
 def run_control(key: str) -> bool:
     key = key.lstrip("+~")
-    return key in RUN_CONTROL or key.startswith("logger.")
+    return key in RUN_CONTROL or key.startswith(("logger.", "report."))
 
 
 QUESTIONS = {  # DESIGN.md's table, for a sweep whose files cannot be found
