@@ -93,8 +93,8 @@ def fitting(sweep: Sweep, cells: Sequence[Cell]) -> Dict[str, Callable[[], bool]
 
 
 def wanted(sweep: Sweep) -> List[str]:
-    """The plots the sweep asks for, first first: the declared one; for a folder from before ``report``
-    existed, the ones its tags called for."""
+    """The plots the sweep asks for, in the order they are tried: the declared one; for a folder from
+    before ``report`` existed, the ones its tags called for."""
     if sweep.report is None:
         return list(dict.fromkeys(LEGACY_TAG_PLOTS[t] for t in sweep.tags if t in LEGACY_TAG_PLOTS))
     plot = declared(sweep, "plot")
