@@ -347,6 +347,9 @@ def test_a_bad_report_plot_is_refused_naming_the_key_and_the_choices(tmp_path):
     root = write_multirun(tmp_path / "s", declare(size_jobs("data.n_train"), plot="histogram"), {})
     with pytest.raises(CompareError, match="report.plot='histogram': must be one of learning_curve"):
         compare_folder(root)
+    root = write_multirun(tmp_path / "t", declare(size_jobs("data.n_train"), metrics="test/accuracy"), {})
+    with pytest.raises(CompareError, match="report.metrics='test/accuracy': must be a list"):  # a file written by hand
+        compare_folder(root)
 
 
 def test_every_question_s_experiment_declares_the_plot_its_tags_chose():

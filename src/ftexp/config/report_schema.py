@@ -12,6 +12,7 @@ config), and the compare command reads it from there. Import-light: no omegaconf
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
@@ -44,6 +45,12 @@ def report_problems(report: Any) -> List[str]:
     plot, x = report.get("plot"), report.get("x")
     if plot is not None and plot not in PLOTS:
         out.append(f"report.plot={plot!r}: must be one of {', '.join(PLOTS)} (or null: guessed from the swept keys)")
+    for key in ("x", "metric"):  # the schema types these; a results.json written elsewhere may not
+        if report.get(key) is not None and not isinstance(report.get(key), str):
+            out.append(f"report.{key}={report.get(key)!r}: must be a key name (or null)")
+    metrics = report.get("metrics") or []
+    if isinstance(metrics, str) or not isinstance(metrics, Sequence) or not all(isinstance(m, str) for m in metrics):
+        out.append(f"report.metrics={metrics!r}: must be a list of metric names")
     if x is not None and plot is not None and plot not in CURVES:
         out.append(f"report.x={x!r}: sets the x axis of report.plot={' or '.join(CURVES)}, not of {plot!r}; "
                    "drop it, or declare a curve")
