@@ -248,14 +248,30 @@ def review_jobs() -> List[Dict[str, Any]]:
     return out
 
 
+def declare(jobs: List[Dict[str, Any]], **report: Any) -> List[Dict[str, Any]]:
+    """The jobs as today's runs write them: the experiment's ``report`` node in their config, no E-tags needed."""
+    return [{**j, "config": {**j["config"], "tags": [], "report": {"plot": None, "x": None, "metric": None,
+                                                                     "metrics": [], **report}}} for j in jobs]
+
+
 @pytest.mark.parametrize("name,jobs,params,kinds", [
     ("share", share_jobs(["E1", "synthetic_share"]), {"data.synthetic.share": "0.0,0.5,0.83"}, ["share_curve"]),
+    ("share_declared", declare(share_jobs([]), plot="share_curve", x="data.synthetic.share"),
+     {"data.synthetic.share": "0.0,0.5,0.83"}, ["share_curve"]),
+    ("forgetting_declared", declare(forgetting_jobs(), plot="mitigation"), {"mitigation": "none,ewc,replay"},
+     ["mitigation"]),
+    ("param_count_declared", declare(param_jobs(), plot="pareto"), {"model": "tiny,tiny_8m,smollm2_135m"},
+     ["pareto"]),
+    ("human_review_declared", declare(review_jobs(), plot="review"), {"model": "tiny,tiny_8m"}, ["review"]),
     ("share_untagged", share_jobs([]), {"data.synthetic.share": "0.0,0.5,0.83"}, ["share_curve"]),
     ("forgetting", forgetting_jobs(), {"mitigation": "none,ewc,replay"}, ["mitigation"]),
     ("param_count", param_jobs(), {"model": "tiny,tiny_8m,smollm2_135m"}, ["pareto"]),
     ("human_review", review_jobs(), {"model": "tiny,tiny_8m"}, ["review"]),
     ("e5_search", [{**j, "overrides": [f"optim.lr={i}", "seed=0"]} for i, j in enumerate(param_jobs())],
      {"optim.lr": "interval(1e-4, 1e-2)"}, ["generic"]),  # a search, not a model ladder: no Pareto plot
+    ("e5_search_declared", declare([{**j, "overrides": [f"optim.lr={i}", "seed=0"]}
+                                    for i, j in enumerate(param_jobs())], plot="pareto"),
+     {"optim.lr": "interval(1e-4, 1e-2)"}, ["generic"]),
 ])
 def test_each_sweep_gets_its_plot(tmp_path, name, jobs, params, kinds):
     out = _draw(tmp_path, name, jobs, params)
@@ -283,6 +299,80 @@ def test_review_metrics_reach_the_table(tmp_path):
     assert float(rows["tiny_8m"]["review/sample/agreement/cohen_kappa:mean"]) == pytest.approx(0.525)
     assert float(rows["tiny"]["review/sample/agreement/auto_pass_rate:mean"]) == pytest.approx(0.6)
     assert float(rows["tiny"]["review/red_team/correctness:mean"]) == pytest.approx(0.8)
+
+
+# ------------------------------------------------------------------------------------ the declared report
+
+
+def size_jobs(key: str) -> List[Dict[str, Any]]:
+    return [results([f"{key}={n}"], seed, {"test/accuracy": acc, "test/macro_f1": acc - 0.05}, [])
+            for n, accs in (("100", ACC["500"]), ("400", ACC["null"])) for seed, acc in enumerate(accs)]
+
+
+def test_a_declared_report_chooses_the_plot_its_axis_and_its_columns(tmp_path):
+    """Swept keys alone would give data.n_train a learning curve and data.n_rows one bar per cell:
+    the jobs' report says otherwise, and wins."""
+    bars_out = _draw(tmp_path, "bars", declare(size_jobs("data.n_train"), plot="generic"),
+                     {"data.n_train": "100,400"})
+    assert (bars_out / "generic.png").is_file() and not (bars_out / "learning_curve.png").exists()
+    curve_jobs = declare(size_jobs("data.n_rows"), plot="learning_curve", x="data.n_rows", metric="test/macro_f1",
+                         metrics=["time/wall_s"])
+    out = _draw(tmp_path, "curve", curve_jobs, {"data.n_rows": "100,400"})
+    assert (out / "learning_curve.png").read_bytes()[:8] == PNG and not (out / "generic.png").exists()
+    text = (out / "report.md").read_text()
+    header = text.split("## Results")[1].split("\n|")[1]
+    assert header.split(" | ")[3:5] == ["test/macro_f1", "time/wall_s"]  # after the swept key, n and seeds
+    assert float(read_table(out / "table.csv")[0]["test/macro_f1:mean"]) == pytest.approx(0.73 - 0.05)
+    undeclared = _draw(tmp_path, "guessed", size_jobs("data.n_rows"), {"data.n_rows": "100,400"})
+    assert (undeclared / "generic.png").is_file() and not (undeclared / "learning_curve.png").exists()
+
+
+def test_a_declared_plot_the_jobs_do_not_allow_says_why(tmp_path):
+    out = _draw(tmp_path, "s", declare(size_jobs("data.n_train"), plot="mitigation"), {"data.n_train": "100,400"})
+    text = (out / "report.md").read_text()
+    assert "![learning_curve](learning_curve.png)" in text  # the guess from the swept key, as without a report
+    assert "- mitigation: declared by report.plot, but not drawn: no job has cl/acc" in text
+
+
+def test_a_bad_report_plot_is_refused_naming_the_key_and_the_choices(tmp_path):
+    from ftexp.compare import CompareError
+    from ftexp.config.preflight import ConfigError, check_overrides
+    from ftexp.config.report_schema import PLOTS
+
+    with pytest.raises(ConfigError) as refused:
+        check_overrides(["report.plot=histogram"])
+    assert "report.plot='histogram'" in str(refused.value) and all(p in str(refused.value) for p in PLOTS)
+    with pytest.raises(ConfigError, match="report.x='data.n_train': sets the x axis of"):
+        check_overrides(["report.plot=pareto", "report.x=data.n_train"])
+    root = write_multirun(tmp_path / "s", declare(size_jobs("data.n_train"), plot="histogram"), {})
+    with pytest.raises(CompareError, match="report.plot='histogram': must be one of learning_curve"):
+        compare_folder(root)
+    root = write_multirun(tmp_path / "t", declare(size_jobs("data.n_train"), metrics="test/accuracy"), {})
+    with pytest.raises(CompareError, match="report.metrics='test/accuracy': must be a list"):  # a file written by hand
+        compare_folder(root)
+
+
+def test_every_question_s_experiment_declares_the_plot_its_tags_chose():
+    """The E1-E5 experiment files declare the plot that their tags chose before report existed, so their
+    sweeps' plots and tables come out as they did; each plot kind has a drawing."""
+    import yaml
+
+    from ftexp.compare.plots import TITLES
+    from ftexp.compare.select import CURVE_KEYS, LEGACY_TAG_PLOTS
+    from ftexp.config.report_schema import PLOTS, report_problems
+
+    assert set(TITLES) == set(PLOTS)
+    checked = 0
+    for path in sorted((REPO / "conf" / "experiment").glob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        if not any(t in ("E1", "E2", "E3", "E4", "E5") for t in cfg.get("tags", [])):
+            continue
+        report = cfg.get("report") or {}
+        assert report.get("plot") == LEGACY_TAG_PLOTS[cfg["tags"][0]] and not report_problems(report), path.name
+        x = report.get("x")
+        assert x is None or x.endswith(CURVE_KEYS[report["plot"]]), path.name
+        checked += 1
+    assert checked == 10
 
 
 # ------------------------------------------------------------------------------------ the command
@@ -337,7 +427,7 @@ def fake_run(i: int, group: str, swept: Dict[str, str], seed: int, acc: Optional
     if acc is not None:
         summary.update({"final/test/accuracy": acc, "eval/banking77/test/accuracy": acc})
     config = {"seed": seed, "tags": ["E2", "dataset_size"], "swept": {**swept, "seed": str(seed)},
-              "output_dir": f"/runs/{group}/{i}"}
+              "output_dir": f"/runs/{group}/{i}", "report": {"plot": "learning_curve", "x": "data.n_train"}}
     return SimpleNamespace(id=f"r{i}", name=f"{group}/{i}", group=group, state=state, job_type=job_type,
                            url=f"https://wandb.ai/me/ftexp/runs/r{i}", config=config, summary=summary, tags=["E2"])
 

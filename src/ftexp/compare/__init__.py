@@ -3,7 +3,8 @@
 Reads only results files (and W&B's API): never training code, torch, transformers or Lightning, so
 it starts in well under a second; matplotlib is imported only to draw. Writes ``report.md``,
 ``table.csv`` (mean, std and 95 % CI over seeds per swept cell and metric) and the plots the sweep
-calls for; jobs that failed or whose results cannot be read are listed with why, never dropped.
+calls for (its experiment or sweep file's ``report:`` node, as each job's config records it); jobs that
+failed or whose results cannot be read are listed with why, never dropped.
 """
 
 from __future__ import annotations

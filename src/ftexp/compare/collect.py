@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 RESULTS_FILE = "results.json"  # as ftexp.tracking.results writes it (not imported: it pulls in ftexp.utils)
 REPLICATE = "seed"
-# Overrides that change how a job runs, not what it computes: never a swept key. (A sweep resumed
+# Overrides that change how a job runs or is shown, not what it computes: never a swept key. (A sweep resumed
 # with resume=true carries it on the jobs that ran after the resume only; cells must not split there.)
 RUN_CONTROL = ("resume", "overwrite", "output_dir", "cache_dir", "cache_stages", "cache_rows", "save_model",
                "objective", "logger", "trainer.checkpoints", "trainer.enable_progress_bar", "trainer.num_workers",
@@ -28,7 +28,7 @@ RUN_CONTROL = ("resume", "overwrite", "output_dir", "cache_dir", "cache_stages",
 
 def run_control(key: str) -> bool:
     key = key.lstrip("+~")
-    return key in RUN_CONTROL or key.startswith("logger.")
+    return key in RUN_CONTROL or key.startswith(("logger.", "report."))
 
 
 QUESTIONS = {  # DESIGN.md's table, for a sweep whose files cannot be found
@@ -54,6 +54,7 @@ class Job:
     sweep_name: Optional[str] = None  # the sweep file (``sweeps=...``)
     experiment: Optional[str] = None
     wandb: Optional[Dict[str, Any]] = None  # project, entity, group, mode of the job's W&B run
+    report: Optional[Dict[str, Any]] = None  # the composed config's ``report`` node (None: a job from before it)
 
 
 @dataclass
@@ -66,6 +67,7 @@ class Sweep:
     question: List[str] = field(default_factory=list)
     command: Optional[str] = None
     wandb: Optional[Dict[str, Any]] = None  # where the sweep's runs are in W&B (for the report's artifact)
+    report: Optional[Dict[str, Any]] = None  # what the jobs' experiment or sweep file declares (ReportConfig)
 
     @property
     def completed(self) -> List[Job]:
@@ -180,6 +182,7 @@ def _fill(job: Job, results: Dict[str, Any]) -> Job:
     job.overrides = parse_overrides(results.get("overrides")) or job.overrides
     job.seed = results.get("seed", config.get("seed"))
     job.tags = [str(t) for t in (config.get("tags") or [])]
+    job.report = config.get("report") if isinstance(config.get("report"), dict) else None
     job.sweep_name, job.experiment = choices.get("sweeps"), choices.get("experiment")
     job.metrics = job_metrics(results)
     logger = results.get("logger") if isinstance(results.get("logger"), dict) else {}
@@ -264,7 +267,7 @@ def config_dir_flag(hydra: Dict[str, Any]) -> List[str]:
 
 
 def finish(sweep: Sweep) -> Sweep:
-    """Swept keys, tags and the question, from what the jobs say."""
+    """Swept keys, tags, the declared report and the question, from what the jobs say."""
     keys: List[str] = []
     for job in sweep.jobs:
         keys += [k for k in job.overrides if k not in keys and k != REPLICATE and not run_control(k)]
@@ -275,6 +278,8 @@ def finish(sweep: Sweep) -> Sweep:
     for job in sweep.jobs:
         sweep.tags += [t for t in job.tags if t not in sweep.tags]
     sweep.wandb = sweep.wandb or next((j.wandb for j in sweep.jobs if j.wandb), None)
+    # Every job of a sweep composes the same report node; a completed job's is the one whose results count.
+    sweep.report = next((j.report for j in sweep.completed + sweep.jobs if j.report is not None), None)
     named = next((j for j in sweep.completed + sweep.jobs if j.sweep_name or j.experiment), None)
     sweep.question = question(named.sweep_name if named else None, named.experiment if named else None, sweep.tags)
     return sweep

@@ -1,4 +1,4 @@
-"""The sweep's plots, chosen by its tags (else by its swept keys); error bars are 95 % CIs over seeds.
+"""The sweep's plots, as its ``report.plot`` declares (else by its swept keys); error bars are 95 % CIs over seeds.
 
 learning_curve (E2, ``data.n_train``), share_curve (E1, ``data.synthetic.share``), mitigation bars of
 ACC and forgetting (E3, ``mitigation``), pareto: score vs cost, latency and parameters with the Pareto
@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ftexp.compare.collect import Sweep
-from ftexp.compare.select import (AGREEMENT, REVIEW, axis_label, cost_axes, higher_better, key_ending, metrics_like,
-                                  slices)
+from ftexp.compare.select import AGREEMENT, REVIEW, axis_label, cost_axes, higher_better, metrics_like, slices, x_key
 from ftexp.compare.stats import Cell, pareto_front
 
 TITLES = {"learning_curve": "Learning curve", "share_curve": "Synthetic share", "mitigation": "Forgetting and ACC",
@@ -234,8 +233,7 @@ def generic(sweep: Sweep, cells: Sequence[Cell], metric: str, path: Path) -> Pat
 def draw(kind: str, sweep: Sweep, cells: Sequence[Cell], metric: str, out_dir: Path) -> Path:
     path = Path(out_dir) / f"{kind}.png"
     if kind in ("learning_curve", "share_curve"):
-        key = key_ending(sweep, "n_train") if kind == "learning_curve" else key_ending(sweep, "share")
-        return curve(sweep, cells, metric, path, key, kind)
+        return curve(sweep, cells, metric, path, x_key(sweep, kind), kind)
     draw_kind: Dict[str, Callable[..., Path]] = {"mitigation": mitigation, "pareto": pareto, "review": review,
                                                 "generic": generic}
     return draw_kind[kind](sweep, cells, metric, path)

@@ -25,18 +25,22 @@ def all_metrics(sweep: Sweep) -> List[str]:
 
 
 def primary_metric(sweep: Sweep, asked: Optional[str]) -> str:
+    """``asked`` (--metric), else the jobs' report.metric, else the first of PRIMARY they have."""
     found = all_metrics(sweep)
+    where = "metric" if asked else "report.metric (declared by the jobs' experiment or sweep file)"
+    asked = asked or select.declared(sweep, "metric")
     if asked:
         if found and asked not in found:
             near = [m for m in found if asked.split("/")[-1] in m][:8]
-            raise CompareError(f"metric '{asked}' is in no completed job's results"
+            raise CompareError(f"{where} '{asked}' is in no completed job's results"
                                f"{'; close: ' + ', '.join(near) if near else ''}; all: {', '.join(found[:40])}")
         return asked
     return next((m for m in PRIMARY if m in found), found[0] if found else "test/accuracy")
 
 
-def shown_metrics(kinds: Sequence[str], cells: Sequence[Cell], metric: str) -> List[str]:
-    """The report's columns: the primary metric and what the sweep's plots are about."""
+def shown_metrics(kinds: Sequence[str], cells: Sequence[Cell], metric: str,
+                  declared_metrics: Sequence[str] = ()) -> List[str]:
+    """The report's columns: the primary metric, what the sweep's plots are about and the jobs' report.metrics."""
     out = [metric] + select.slices(cells, metric)
     split = metric.split("/")[0]
     out += [m for m in (f"{split}/macro_f1",) if select.has(cells, m)]
@@ -49,7 +53,7 @@ def shown_metrics(kinds: Sequence[str], cells: Sequence[Cell], metric: str) -> L
         out += select.cost_axes(cells)
     if "review" in kinds:
         out += [m for m, _ in select.REVIEW + select.AGREEMENT if select.has(cells, m)]
-    return list(dict.fromkeys(out))
+    return list(dict.fromkeys(out + list(declared_metrics)))
 
 
 def problem_text(cell: Cell) -> str:
@@ -105,9 +109,7 @@ def write_md(path: Path, sweep: Sweep, cells: Sequence[Cell], metrics: Sequence[
     lines += [f"- {kind}: not drawn ({md(why)})" for kind, why in failed_plots.items()]
     if not drawn and not failed_plots:
         lines.append("None: no completed job.")
-    if {"E4", "human_review"} & set(sweep.tags) and "review" not in drawn:
-        lines.append("- review: no human ratings in these results yet; import each job's with "
-                     "`python -m ftexp.review import <ratings file> <job folder>`, then compare again.")
+    lines += select.plot_notes(sweep, cells, list(drawn))
     lines += ["", "## Jobs that did not complete", ""]
     if sweep.problems:
         lines += ["| job | status | cell | seed | error | where |", "|---|---|---|---|---|---|"]
@@ -129,7 +131,7 @@ def write_report(sweep: Sweep, out_dir: Path, metric: Optional[str] = None) -> P
     metric = primary_metric(sweep, metric)
     cells = make_cells(sweep)
     kinds = select.choose(sweep, cells) if sweep.completed else []
-    shown = shown_metrics(kinds, cells, metric)
+    shown = shown_metrics(kinds, cells, metric, select.declared(sweep, "metrics") or [])
     write_csv(out_dir / "table.csv", sweep, cells, shown + [m for m in all_metrics(sweep) if m not in shown])
     drawn, failed = {}, {}
     for stale in plots.TITLES:  # a previous compare's plots that this one may not draw

@@ -1,22 +1,41 @@
-"""What a sweep's report shows: which plot its tags (else its swept keys) call for, which metrics
-go beside the primary one, and each metric's unit and direction. No matplotlib here."""
+"""What a sweep's report shows: the plot its experiment or sweep file declares (``report:``, see
+ftexp.config.report_schema), else one its swept keys call for; which metrics go beside the primary one,
+and each metric's unit and direction. No matplotlib here."""
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ftexp.compare.collect import Sweep
+from ftexp.compare.collect import CompareError, Sweep
 from ftexp.compare.stats import Cell
+from ftexp.config.report_schema import report_problems
 
-TAG_KINDS = {"E1": "share_curve", "synthetic_share": "share_curve", "synthetic_data": "share_curve",
-             "synthetic_trap": "share_curve", "E2": "learning_curve", "dataset_size": "learning_curve",
-             "E3": "mitigation", "forgetting": "mitigation", "mitigation": "mitigation",
-             "E4": "review", "human_review": "review", "E5": "pareto", "param_count": "pareto"}
+# Sweep folders from before the ``report`` node record no declared plot: their tags choose it, as they did
+# then (the findings page is built from such folders, so this stays while they are quoted).
+LEGACY_TAG_PLOTS = {"E1": "share_curve", "synthetic_share": "share_curve", "synthetic_data": "share_curve",
+                    "synthetic_trap": "share_curve", "E2": "learning_curve", "dataset_size": "learning_curve",
+                    "E3": "mitigation", "forgetting": "mitigation", "mitigation": "mitigation",
+                    "E4": "review", "human_review": "review", "E5": "pareto", "param_count": "pareto"}
+GUESSES = [("learning_curve", ("n_train",)), ("share_curve", ("synthetic.share",)),  # plot, swept key
+           ("mitigation", ("mitigation",)), ("pareto", ("model",))]
+CURVE_KEYS = {"learning_curve": "n_train", "share_curve": "share"}  # a curve's x key ends so, unless declared
+UNFIT = {"learning_curve": "its x key ({x}) is not swept", "share_curve": "its x key ({x}) is not swept",
+         "mitigation": "no job has cl/acc (a run of two or more stages)",
+         "pareto": "it needs a swept model or recipe, and costs, latencies or sizes that differ between cells"}
 KAPPA = "review/sample/agreement/cohen_kappa"
 REVIEW = [("review/sample/correctness", "human: correct"),
           ("review/sample/agreement/auto_pass_rate", "automated: pass")]
 AGREEMENT = [(KAPPA, "Cohen's κ"), ("review/sample/agreement/agreement_rate", "raw agreement"),
              ("review/sample/agreement/auto_pass_human_fail_rate", "auto pass, human fail")]
+
+
+def declared(sweep: Sweep, key: str) -> Any:
+    """``report.<key>`` as the jobs' config declares it (None: not declared, or a folder from before it)."""
+    report = sweep.report or {}
+    found = report_problems(report)
+    if found:  # compose refuses these; a results.json written by hand or by another version may not
+        raise CompareError(f"the jobs' config says {found[0]}")
+    return report.get(key)
 
 
 def has(cells: Sequence[Cell], metric: str) -> bool:
@@ -53,20 +72,57 @@ def cost_axes(cells: Sequence[Cell]) -> List[str]:
     return [m for m in (cost, latency, params) if m and len({c.summary(m).mean for c in cells if c.n}) > 1]
 
 
-def choose(sweep: Sweep, cells: Sequence[Cell]) -> List[str]:
-    """The sweep's plot (by its tags, else its swept keys), plus the review plot when ratings exist."""
-    fits = {"learning_curve": lambda: key_ending(sweep, "n_train"),
-            "share_curve": lambda: key_ending(sweep, "share"),
+def x_key(sweep: Sweep, kind: str) -> Optional[str]:
+    """The swept key along a curve's x axis: ``report.x`` when declared, else the one ending in n_train
+    (learning_curve) or share (share_curve); None when that key is not swept."""
+    x = declared(sweep, "x")
+    if x is not None:
+        return x if x in sweep.keys else None
+    return key_ending(sweep, CURVE_KEYS[kind])
+
+
+def fitting(sweep: Sweep, cells: Sequence[Cell]) -> Dict[str, Callable[[], bool]]:
+    """Per plot, whether these jobs allow it."""
+    return {"learning_curve": lambda: x_key(sweep, "learning_curve") is not None,
+            "share_curve": lambda: x_key(sweep, "share_curve") is not None,
             "mitigation": lambda: has(cells, "cl/acc"),
-            "pareto": lambda: cost_axes(cells) and any(k in ("model", "recipe") or k.startswith("model.")
-                                                       for k in sweep.keys),
-            "review": lambda: has(cells, KAPPA) or has(cells, REVIEW[0][0])}
-    kind = next((TAG_KINDS[t] for t in sweep.tags if t in TAG_KINDS and fits[TAG_KINDS[t]]()), None)
+            "pareto": lambda: bool(cost_axes(cells)) and any(k in ("model", "recipe") or k.startswith("model.")
+                                                             for k in sweep.keys),
+            "review": lambda: has(cells, KAPPA) or has(cells, REVIEW[0][0]),
+            "generic": lambda: True}
+
+
+def wanted(sweep: Sweep) -> List[str]:
+    """The plots the sweep asks for, in the order they are tried: the declared one; for a folder from
+    before ``report`` existed, the ones its tags called for."""
+    if sweep.report is None:
+        return list(dict.fromkeys(LEGACY_TAG_PLOTS[t] for t in sweep.tags if t in LEGACY_TAG_PLOTS))
+    plot = declared(sweep, "plot")
+    return [plot] if plot else []
+
+
+def choose(sweep: Sweep, cells: Sequence[Cell]) -> List[str]:
+    """The sweep's plot (the one it asks for when the jobs allow it, else one its swept keys call for),
+    plus the review plot when ratings exist."""
+    fits = fitting(sweep, cells)
+    kind = next((k for k in wanted(sweep) if fits[k]()), None)
     if kind is None:
-        by_key = [("learning_curve", ("n_train",)), ("share_curve", ("synthetic.share",)),
-                  ("mitigation", ("mitigation",)), ("pareto", ("model",))]
-        kind = next((k for k, names in by_key if key_ending(sweep, *names) and fits[k]()), "generic")
+        kind = next((k for k, names in GUESSES if key_ending(sweep, *names) and fits[k]()), "generic")
     return [kind] + (["review"] if kind != "review" and fits["review"]() else [])
+
+
+def plot_notes(sweep: Sweep, cells: Sequence[Cell], drawn: Sequence[str]) -> List[str]:
+    """report.md's lines for a plot the sweep asks for that these jobs do not allow, with why."""
+    plot = declared(sweep, "plot")
+    review = plot == "review" if sweep.report is not None else bool({"E4", "human_review"} & set(sweep.tags))
+    lines = []
+    if sweep.completed and plot and plot not in ("review", *choose(sweep, cells)):
+        x = declared(sweep, "x") or f"a key ending in {CURVE_KEYS.get(plot, '')}"
+        lines.append(f"- {plot}: declared by report.plot, but not drawn: {UNFIT[plot].format(x=x)}.")
+    if review and "review" not in drawn:
+        lines.append("- review: no human ratings in these results yet; import each job's with "
+                     "`python -m ftexp.review import <ratings file> <job folder>`, then compare again.")
+    return lines
 
 
 # ------------------------------------------------------------------------------------ drawing

@@ -39,6 +39,7 @@ def wandb_job(run: Any) -> Job:
     job = Job(name=str(getattr(run, "name", None) or run.id), source=source, status="unreadable",
               overrides={str(k): str(v) for k, v in (config.get("swept") or {}).items()},
               seed=config.get("seed"), tags=[str(t) for t in (config.get("tags") or getattr(run, "tags", None) or [])])
+    job.report = config.get("report") if isinstance(config.get("report"), dict) else None
     final = {k[len("final/"):]: v for k, v in summary.items() if k.startswith("final/")}
     if not final:  # runs from before ``final/``: every numeric summary entry but W&B's own
         final = {k: v for k, v in summary.items() if not k.startswith("_")}

@@ -36,6 +36,7 @@ from ftexp.config.eval_schema import (
     MultipleChoiceEvalConfig,
     PerplexityEvalConfig,
 )
+from ftexp.config.report_schema import ReportConfig
 
 # --------------------------------------------------------------------------------------- model
 
@@ -383,6 +384,7 @@ class Config:
     stages: List[StageConfig] = field(default_factory=lambda: [StageConfig()])
     seed: int = 0
     tags: List[str] = field(default_factory=list)  # labels of the run (W&B tags, results.json); experiments set them
+    report: ReportConfig = field(default_factory=ReportConfig)  # what compare shows for a sweep (report_schema.py)
     data_dir: str = "data"  # where local datasets live (FTEXP_DATA_DIR overrides)
     cache_dir: str = ".cache/ftexp"  # tokenizers and other content-addressed artefacts
     output_dir: str = II("hydra:runtime.output_dir")

@@ -7,6 +7,8 @@ from typing import Any, List, Tuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from ftexp.config.report_schema import report_problems
+
 ADAMW_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop", "compiled")
 
 
@@ -125,6 +127,7 @@ def problems(cfg: DictConfig) -> List[str]:
     for i, stage in enumerate(cfg.stages):
         if stage.lr is not None:
             need(stage.lr > 0, f"stages[{i}].lr", stage.lr, "must be > 0")
+    out += report_problems(cfg.get("report") or {})
     from ftexp.utils.build import refusal, target_allowed
 
     extra = list(cfg.get("allowed_targets") or [])
