@@ -223,6 +223,10 @@ def test_a_mitigation_value_is_checked_before_anything_loads(overrides, expected
     assert expected in message(overrides)
 
 
+def test_an_evaluator_s_rows_are_all_or_last():
+    assert "evaluator.classification.rows='Last': must be 'all'" in message(["evaluator.classification.rows=Last"])
+
+
 def test_every_problem_is_listed_at_once_with_its_full_key():
     msg = message(["mitigation=lwf", "mitigation.temperature=0", "optim.lr=0", "data.extra_sources=[{weight:-1}]",
                    "stages=[{name:a},{name:a,lr:-1}]", "trainer.fused_loss=true"])
