@@ -6,13 +6,23 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 from omegaconf import OmegaConf
 
 from ftexp.config import config_dir, sweeps_root
 from ftexp.config.preflight import HIDDEN_GROUPS, ConfigError, check_overrides, compose_config, expand_sweeps
-from ftexp.config.schema import SCHEMAS
+from ftexp.config.schema import (
+    SCHEMAS,
+    Config,
+    EwcConfig,
+    LwfConfig,
+    MitigationConfig,
+    NoMitigationConfig,
+    ReplayConfig,
+)
 
 GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir() and p.name not in HIDDEN_GROUPS)
 
@@ -198,3 +208,59 @@ def test_the_set_and_forget_recipe_overrides_each_size_s_own_settings():
         assert tuned.optim.lr == tuned.model.lr and tuned.trainer.max_epochs == tuned.model.max_epochs
         assert (fixed.optim.lr, fixed.optim.batch_size, fixed.trainer.max_epochs) == (2e-4, 16, 3)
     assert compose_config(["model=tiny_03m"]).optim.lr != compose_config(["model=tiny_8m"]).optim.lr
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["mitigation=ewc", "mitigation.mode=bogus"], "mitigation.mode='bogus': must be 'online' or 'separate'"),
+    (["mitigation=ewc", "mitigation.fisher_batch_size=0"], "mitigation.fisher_batch_size=0: must be >= 1"),
+    (["mitigation=lwf", "mitigation.temperature=0"], "mitigation.temperature=0.0: must be > 0"),
+    (["mitigation=lwf", "mitigation.vocab_chunk=0"], "mitigation.vocab_chunk=0: must be >= 1"),
+    (["mitigation=replay", "mitigation.sampling=x"], "mitigation.sampling='x': must be 'reservoir' or 'balanced'"),
+    (["mitigation=replay", "mitigation.mode=both"], "mitigation.mode='both': must be 'replace' or 'add'"),
+    (["mitigation=replay", "mitigation.ratio=1"], "mitigation.ratio=1.0: must be in [0, 1)"),
+])
+def test_a_mitigation_value_is_checked_before_anything_loads(overrides, expected):
+    assert expected in message(overrides)
+
+
+def test_an_evaluator_s_rows_are_all_or_last():
+    assert "evaluator.classification.rows='Last': must be 'all'" in message(["evaluator.classification.rows=Last"])
+
+
+def test_every_problem_is_listed_at_once_with_its_full_key():
+    msg = message(["mitigation=lwf", "mitigation.temperature=0", "optim.lr=0", "data.extra_sources=[{weight:-1}]",
+                   "stages=[{name:a},{name:a,lr:-1}]", "trainer.fused_loss=true"])
+    for words in ("mitigation.temperature=0.0", "optim.lr=0.0", "data.extra_sources[0].weight=-1.0",
+                  "stages[1].lr=-1.0", "stages=['a', 'a']", "trainer.fused_loss=True: mitigation=lwf distils"):
+        assert words in msg
+    assert msg.startswith("invalid values")
+
+
+def test_the_rules_reach_every_task_and_generator():
+    """A task besides `data` (here the forgetting experiment's) and a synthetic generator's model config
+    are data and model configs too: their rules run under their own keys."""
+    msg = message(["experiment=forgetting", "tasks.cuad.n_train=0"])
+    assert "tasks.cuad.n_train=0: must be >= 1" in msg
+    msg = message(["+model@data.synthetic.generator=smollm2_135m", "data.synthetic.generator.max_length=4"])
+    assert "data.synthetic.generator.max_length=4: must be >= 8" in msg
+
+
+@dataclass
+class Distiller(MitigationConfig):
+    """A mitigation of one's own that distils from the student's logits."""
+
+    _target_: str = "my.Distiller"
+    reads_student_logits: ClassVar[bool] = True
+
+
+def test_rules_across_groups_read_what_a_mitigation_declares():
+    """FSDP x EWC/LwF and the fused loss x LwF read ClassVar capabilities of the mitigation's schema, so a
+    mitigation of one's own declares them instead of being named in the rule."""
+    assert EwcConfig.needs_whole_parameters and LwfConfig.needs_whole_parameters and LwfConfig.reads_student_logits
+    assert not (ReplayConfig.needs_whole_parameters or EwcConfig.reads_student_logits)
+    assert not (NoMitigationConfig.needs_whole_parameters or NoMitigationConfig.reads_student_logits)
+    cfg = compose_config(["trainer.fused_loss=true"])
+    cfg.mitigation = OmegaConf.structured(Distiller)
+    found = {key: rule for key, _, rule in Config.problems(cfg)}
+    assert "distils from the student's full logits" in found["trainer.fused_loss"]
+    assert "is not allowed" in found["mitigation._target_"]  # a class of one's own is still refused unless allowed

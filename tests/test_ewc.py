@@ -17,7 +17,7 @@ from ftexp.data.datamodule import FineTuneDataModule, pad_batch
 from ftexp.mitigation.base import Mitigation, StageContext
 from ftexp.mitigation.ewc import EWC, trainable_parameters
 from ftexp.mitigation.fisher import per_sample_fisher
-from ftexp.training.module import FineTuneModule, completion_loss
+from ftexp.training.module import FineTuneModule, StepOptions, completion_loss
 from tests.test_eval import tiny_lm
 
 PAD = 0
@@ -303,14 +303,14 @@ def pending_loss_scale(trainer, optimizer):
     return scaler.get_scale()
 
 
-def one_step(model, mitigation, accumulate=2, clip=None, precision="32-true", implementation="auto", **module_args):
-    """One optimizer step of the training module over ``accumulate`` micro-batches of 4 rows: the module
-    (with the gradients stepped) and the trainer."""
+def one_step(model, mitigation, accumulate=2, clip=None, precision="32-true", implementation="auto", **step):
+    """One optimizer step of the training module over ``accumulate`` micro-batches of 4 rows (``step``: the
+    module's StepOptions): the module (with the gradients stepped) and the trainer."""
     pl.seed_everything(0, verbose=False)
     rows = make_rows(4 * accumulate, seed=5)
     dm = FineTuneDataModule(rows, rows[:4], pad_id=PAD, batch_size=4, seed=0, group_by_length=False)
     optim = compose_config(["optim.warmup_ratio=0", f"optim.implementation={implementation}"]).optim
-    module = Recorded(model, optim, lr=1e-3, mitigation=mitigation, **module_args)
+    module = Recorded(model, optim, lr=1e-3, mitigation=mitigation, step=StepOptions(**step))
     precision = {"plugins": [fp16_on_cpu()]} if precision == "16-mixed" else {"precision": precision}
     trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,

@@ -4,6 +4,8 @@ A data config is one task. Its own fields name the primary source (the one its v
 test splits come from); ``extra_sources`` add training examples from more files, weighted. The
 validation and test splits are always real and never depend on ``n_train`` or ``synthetic``, so
 every job of a sweep is scored on the same examples.
+
+Each schema's ``problems(node)`` holds its value rules (see :mod:`ftexp.config.validate`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from ftexp.config.validate import Problems
 
 
 @dataclass
@@ -27,6 +31,11 @@ class SourceConfig:
     test_file: Optional[str] = "test.jsonl"
     fields: Dict[str, str] = field(default_factory=dict)  # task field -> field in these records, e.g. {text: utterance}
     weight: float = 1.0  # share of the real training set drawn from this source, relative to the others
+
+    @classmethod
+    def problems(cls, node: DictConfig) -> Problems:
+        if not node.weight >= 0:
+            yield "weight", node.weight, "must be >= 0"
 
 
 @dataclass
@@ -61,6 +70,11 @@ class ChecksConfig:
 
     dedupe: bool = True  # drop train examples whose (normalised) text also occurs in validation or test
     max_test_overlap: float = 0.05  # error when more than this fraction of the test set also occurs in train
+
+    @classmethod
+    def problems(cls, node: DictConfig) -> Problems:
+        if not 0 <= node.max_test_overlap <= 1:
+            yield "max_test_overlap", node.max_test_overlap, "must be in [0, 1]"
 
 
 @dataclass
@@ -107,6 +121,18 @@ class DataConfig(SourceConfig):
     slices: List[SliceConfig] = field(default_factory=list)
     eval_only: bool = False  # refuse to train on it (e.g. benchmarks with a canary)
     red_team: RedTeamConfig = field(default_factory=RedTeamConfig)
+
+    @classmethod
+    def problems(cls, node: DictConfig) -> Problems:
+        yield from super().problems(node)
+        if node.path is None and OmegaConf.is_interpolation(node, "name"):
+            yield "path", None, ("data=own is named after and reads the folder data.path: set it to the folder that "
+                                 "holds your files")
+        if not 0 <= node.val_fraction < 1:
+            yield "val_fraction", node.val_fraction, "must be in [0, 1)"
+        for key in ("n_train", "n_test", "n_val"):
+            if not (node[key] is None or node[key] >= 1):
+                yield key, node[key], "must be >= 1 (or null for all)"
 
 
 @dataclass
@@ -157,3 +183,24 @@ class MultipleChoiceDataConfig(DataConfig):
     answer_field: str = "answer_index"  # index of the correct choice in `choices_field`
     mc2_choices_field: Optional[str] = None  # e.g. mc2_choices
     mc2_labels_field: Optional[str] = None  # e.g. mc2_labels: 1 = true, 0 = false, one per mc2 choice
+
+
+def synthetic_problems(node: DictConfig) -> Problems:
+    """The value rules of :class:`SyntheticConfig`, kept apart from the class until it declares its own
+    ``problems``."""
+    if not 0 <= node.share <= 0.9:
+        yield "share", node.share, "must be in [0, 0.9]"
+    if not (node.n is None or node.n >= 0):
+        yield "n", node.n, "must be >= 0 (or null to use share)"
+    if node.method not in ("model", "augment"):
+        yield "method", node.method, "must be 'model' or 'augment'"
+    if not node.temperature > 0:
+        yield "temperature", node.temperature, "must be > 0"
+    if not 0 < node.top_p <= 1:
+        yield "top_p", node.top_p, "must be in (0, 1]"
+    if not node.oversample >= 1:
+        yield "oversample", node.oversample, "must be >= 1"
+
+
+if not hasattr(SyntheticConfig, "problems"):  # the walker finds a schema's rules as its `problems`
+    SyntheticConfig.problems = staticmethod(synthetic_problems)

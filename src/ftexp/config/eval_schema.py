@@ -1,11 +1,14 @@
-"""Typed schemas of the ``evaluator`` group (import-light: no torch)."""
+"""Typed schemas of the ``evaluator`` group (import-light: no torch), with their value rules (see
+:mod:`ftexp.config.validate`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
+
+from ftexp.config.validate import Problems
 
 
 @dataclass
@@ -15,6 +18,13 @@ class EvaluatorConfig:
     _target_: str = MISSING
     batch_size: int = 64
     rows: str = "all"  # all: row 0 (before training) and after every stage | last: after the last stage only
+
+    @classmethod
+    def problems(cls, node: DictConfig) -> Problems:
+        if node.rows not in ("all", "last"):  # any other word would quietly mean "last"
+            yield "rows", node.rows, "must be 'all' (row 0 and after every stage) or 'last' (after the last stage)"
+        if not node.batch_size >= 1:
+            yield "batch_size", node.batch_size, "must be >= 1"
 
 
 @dataclass

@@ -8,6 +8,13 @@ once. This module must stay import-light: no torch, no transformers.
 ``_target_`` names the ftexp class that an option builds; :func:`ftexp.utils.build` constructs it
 as ``cls(cfg, ...)`` with the typed config object, so a new option is a dataclass, a class and a
 YAML file, never a new branch.
+
+The rules that types cannot express (ranges, combinations) live here too, beside the fields they read:
+a schema's ``problems(node)`` yields ``(key, value, rule)`` for a composed node of its type, and
+:func:`ftexp.config.validate.problems` runs them all before anything loads. What an option needs of the
+rest of the run is declared on its class (``ClassVar`` capabilities, such as
+``MitigationConfig.needs_whole_parameters``), so that rules across groups, on :class:`Config`, read those
+and never the text of a ``_target_``.
 """
 
 from __future__ import annotations
@@ -16,10 +23,10 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II, MISSING, OmegaConf
+from omegaconf import II, MISSING, DictConfig, ListConfig, OmegaConf
 
 from ftexp.config.data_schema import (
     ClassificationDataConfig,
@@ -37,6 +44,7 @@ from ftexp.config.eval_schema import (
     PerplexityEvalConfig,
 )
 from ftexp.config.report_schema import ReportConfig
+from ftexp.config.validate import Problems, targets
 
 # --------------------------------------------------------------------------------------- model
 
@@ -62,6 +70,11 @@ class ModelConfig:
     # on for a model trained from scratch, which must learn the language of the prompts too.
     train_on_prompt: bool = False
 
+    @classmethod
+    def problems(cls, node: DictConfig) -> Problems:
+        if not node.max_length >= 8:
+            yield "max_length", node.max_length, "must be >= 8"
+
 
 @dataclass
 class GgufFileConfig:
@@ -82,6 +95,15 @@ class GgufConfig:
     quantization: str = MISSING  # e.g. Q4_1: recorded beside every result, since it is not the original release
     release: str = ""  # what was quantized, e.g. "HuggingFaceTB/SmolLM2-135M-Instruct (bf16)"
 
+    @classmethod
+    def problems(cls, node: DictConfig) -> Problems:
+        sha = node.sha256
+        if sha is not None and not (len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+            yield "sha256", sha, "must be 64 lower-case hex digits (or null)"
+
+
+WEIGHT_SOURCES = ("auto", "path", "hub", "gguf")
+
 
 @dataclass
 class HubModelConfig(ModelConfig):
@@ -101,6 +123,23 @@ class HubModelConfig(ModelConfig):
     random_init: bool = False
     trust_remote_code: bool = False  # run modelling code shipped with the weights (off by default)
     attn_implementation: Optional[str] = "sdpa"  # sdpa | eager | flash_attention_2 | flex_attention
+
+    @classmethod
+    def problems(cls, node: DictConfig) -> Problems:
+        yield from super().problems(node)
+        yield from cls._weight_source_problems(node)
+
+    @staticmethod
+    def _weight_source_problems(m: DictConfig) -> Problems:
+        """model.source names a source the model config has (a path, a GGUF)."""
+        if m.source not in WEIGHT_SOURCES:
+            yield "source", m.source, (f"must be one of {', '.join(WEIGHT_SOURCES)} (auto: model.path if set, else "
+                                       "the hub, else the GGUF that model.gguf names)")
+        elif m.source == "path" and not m.path:
+            yield "source", "path", "needs model.path, the folder holding config.json, the weights and the tokenizer"
+        elif m.source == "gguf" and not (m.gguf and m.gguf.files):
+            yield "source", "gguf", (f"model '{m.name}' names no GGUF file (model.gguf.files); use a model config "
+                                     "that ships one (e.g. model=smollm2_135m_instruct) or model.source=auto")
 
 
 @dataclass
@@ -159,6 +198,9 @@ class MitigationConfig:
     """A forgetting mitigation: hooks around each stage and on the training loss."""
 
     _target_: str = MISSING
+    # What the mitigation needs of training, read by the rules across groups (Config.problems):
+    needs_whole_parameters: ClassVar[bool] = False  # every trainable parameter whole in each step (FSDP shards them)
+    reads_student_logits: ClassVar[bool] = False  # the student's full logits (the fused loss never makes them)
 
 
 @dataclass
@@ -186,18 +228,30 @@ def keyword_field(cls: type, attr: str, key: str) -> type:
     return cls
 
 
+EWC_MODES = ("online", "separate")
+
+
 @dataclass
 class EwcConfig(MitigationConfig):
     """Elastic weight consolidation: lambda/2 * sum_i F_i (theta_i - theta*_i)^2 over the parameters
     that train and persist across stages, with a diagonal Fisher from per-sample gradients."""
 
     _target_: str = "ftexp.mitigation.ewc.EWC"
+    needs_whole_parameters: ClassVar[bool] = True  # the penalty reads every weight against its anchor
     lambda_: float = 1000.0  # penalty weight; the config key is `lambda` (see keyword_field below)
     mode: str = "online"  # online: F <- gamma*F + F_new, one anchor | separate: one (F, anchor) per stage
     gamma: float = 1.0  # decay of the old Fisher in online mode
     fisher_split: str = "train"  # the stage task's split the Fisher is estimated on
     fisher_samples: int = 512  # examples used (seeded subset; all if fewer)
     fisher_batch_size: int = 16  # examples per vectorised per-sample-gradient call
+
+    @classmethod
+    def problems(cls, node: DictConfig) -> Problems:
+        if node.mode not in EWC_MODES:
+            yield "mode", node.mode, "must be 'online' or 'separate'"
+        for key in ("fisher_samples", "fisher_batch_size"):
+            if not node[key] >= 1:
+                yield key, node[key], "must be >= 1"
 
 
 keyword_field(EwcConfig, "lambda_", "lambda")
@@ -209,9 +263,18 @@ class LwfConfig(MitigationConfig):
     teacher being the model as it was when the stage began."""
 
     _target_: str = "ftexp.mitigation.lwf.LwF"
+    needs_whole_parameters: ClassVar[bool] = True  # the teacher is a snapshot of every trainable weight
+    reads_student_logits: ClassVar[bool] = True  # it distils from them
     alpha: float = 1.0
     temperature: float = 2.0
     vocab_chunk: int = 4096  # token positions per fp32 softmax chunk (bounds memory to chunk x vocab floats)
+
+    @classmethod
+    def problems(cls, node: DictConfig) -> Problems:
+        if not node.temperature > 0:
+            yield "temperature", node.temperature, "must be > 0"
+        if not node.vocab_chunk >= 1:
+            yield "vocab_chunk", node.vocab_chunk, "must be >= 1"
 
 
 @dataclass
@@ -224,11 +287,23 @@ class ReplayConfig(MitigationConfig):
     buffer_size: int = 1000  # examples kept from all earlier stages together
     sampling: str = "reservoir"  # reservoir (uniform over everything seen) | balanced (per label)
 
+    @classmethod
+    def problems(cls, node: DictConfig) -> Problems:
+        if node.sampling not in ("reservoir", "balanced"):
+            yield "sampling", node.sampling, "must be 'reservoir' or 'balanced'"
+        if node.mode not in ("replace", "add"):
+            yield "mode", node.mode, "must be 'replace' or 'add'"
+        if not 0 <= node.ratio < 1:
+            yield "ratio", node.ratio, "must be in [0, 1)"
+
 
 # evaluator: see ftexp.config.eval_schema
 
 
 # ------------------------------------------------------------------------------------- trainer
+
+
+FSDP_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD")
 
 
 @dataclass
@@ -302,6 +377,82 @@ class TrainerConfig:
     # (ftexp.utils.devices), and no MFU on CPU unless set.
     peak_tflops: Optional[float] = None
 
+    @classmethod
+    def problems(cls, node: DictConfig) -> Problems:
+        if not devices_valid(node.devices):
+            yield "devices", node.devices, "must be a positive int, -1, 'auto' or a list of device ids"
+        if not (node.max_epochs >= 1 or node.max_steps > 0):
+            yield "max_epochs", node.max_epochs, "must be at least 1 (or set trainer.max_steps)"
+        if node.strategy == "fsdp":
+            yield from cls._fsdp_problems(node)
+        if node.compile_scope not in ("layers", "step"):
+            yield "compile_scope", node.compile_scope, ("must be 'layers' (each decoder layer compiled) or 'step' "
+                                                        "(the whole training forward)")
+        if node.fused_loss:
+            yield from cls._fused_loss_problems(node)
+        if node.master_weights:
+            yield from cls._master_weights_problems(node)
+        yield from cls._count_problems(node)
+
+    @staticmethod
+    def _fsdp_problems(t: DictConfig) -> Problems:
+        if t.accelerator not in ("gpu", "cuda"):
+            yield "accelerator", t.accelerator, ("trainer.strategy=fsdp runs on GPUs only (Lightning's FSDP); use "
+                                                 "trainer=fsdp on a GPU node, or trainer=ddp_cpu to test data "
+                                                 "parallelism on a CPU")
+        if t.fsdp.sharding_strategy not in FSDP_SHARDING:
+            yield "fsdp.sharding_strategy", t.fsdp.sharding_strategy, ("must be FULL_SHARD, SHARD_GRAD_OP, "
+                                                                       "HYBRID_SHARD or NO_SHARD")
+        if t.early_stopping_patience is not None:
+            yield "early_stopping_patience", t.early_stopping_patience, (
+                "early stopping keeps a copy of the best weights, which FSDP shards; not supported with trainer=fsdp")
+        if t.compile:
+            yield "compile", True, (
+                "torch.compile cannot trace into the units of Lightning's FSDP (torch's FSDP v1 swaps each layer's "
+                "flat parameter between its shard and the whole; dynamo fails at the first step, either scope); "
+                "set trainer.compile=false with trainer=fsdp, or use trainer=ddp with compile")
+
+    @staticmethod
+    def _fused_loss_problems(t: DictConfig) -> Problems:
+        if t.strategy == "fsdp":
+            yield "fused_loss", True, ("FSDP shards the output layer that the fused loss reads whole; set "
+                                       "trainer.fused_loss=false with trainer=fsdp")
+        if t.precision.startswith("16"):
+            yield "fused_loss", True, (f"with trainer.precision={t.precision!r} (fp16) the fused loss's gradients "
+                                       "would underflow before the loss scale applies; use bf16-mixed or "
+                                       "bf16-true, or set trainer.fused_loss=false")
+
+    @staticmethod
+    def _master_weights_problems(t: DictConfig) -> Problems:
+        if t.precision != "bf16-true":
+            yield "master_weights", True, (f"keeps fp32 copies of bf16 weights; it needs trainer.precision="
+                                           f"'bf16-true', not {t.precision!r} (the mixed and 32-bit precisions keep "
+                                           "fp32 weights already; fp16 needs loss scaling)")
+        if any(k in str(t.strategy) for k in ("fsdp", "deepspeed")):
+            yield "master_weights", True, (f"trainer.strategy={t.strategy!r} shards the weights that the fp32 "
+                                           "copies mirror (or keeps its own); use it with "
+                                           "trainer.master_weights=false, or master weights with trainer=ddp")
+
+    @staticmethod
+    def _count_problems(t: DictConfig) -> Problems:
+        if not t.accumulate_grad_batches >= 1:
+            yield "accumulate_grad_batches", t.accumulate_grad_batches, "must be >= 1"
+        if t.pack_length is not None and not t.packing:
+            yield "pack_length", t.pack_length, ("sets the row length of packing, which is off: add "
+                                                 "trainer.packing=true (or drop pack_length)")
+        if not (t.peak_tflops is None or t.peak_tflops > 0):
+            yield "peak_tflops", t.peak_tflops, ("must be > 0 (one device's peak bf16 TFLOP/s, for MFU) or null "
+                                                 "(looked up from the GPU's name)")
+        if not (t.checkpoint_every_n_steps is None or t.checkpoint_every_n_steps >= 1):
+            yield "checkpoint_every_n_steps", t.checkpoint_every_n_steps, ("must be >= 1 (or null: checkpoints at "
+                                                                           "epoch ends only)")
+
+
+def devices_valid(devices: Any) -> bool:
+    """trainer.devices: a positive int, -1 (all), 'auto', or a list of device ids."""
+    return ((isinstance(devices, int) and (devices >= 1 or devices == -1)) or devices == "auto"
+            or (isinstance(devices, (list, ListConfig)) and all(isinstance(x, int) and x >= 0 for x in devices)))
+
 
 # -------------------------------------------------------------------------------------- logger
 
@@ -338,6 +489,9 @@ class WandbLoggerConfig(LoggerConfig):
 # ----------------------------------------------------------------------------------- top level
 
 
+ADAMW_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop", "compiled")
+
+
 @dataclass
 class OptimConfig:
     """AdamW with linear warm-up and cosine decay."""
@@ -353,6 +507,20 @@ class OptimConfig:
     # torch.compile'd, cast, clipping and write-back included. Same update rule, different rounding order.
     implementation: str = "auto"
 
+    @classmethod
+    def problems(cls, node: DictConfig) -> Problems:
+        if node.implementation not in ADAMW_IMPLEMENTATIONS:
+            yield "implementation", node.implementation, (f"must be one of {', '.join(ADAMW_IMPLEMENTATIONS)} (auto: "
+                                                          "fused on GPUs and CPUs, torch's default elsewhere)")
+        if not node.lr > 0:
+            yield "lr", node.lr, "must be > 0"
+        if not node.batch_size >= 1:
+            yield "batch_size", node.batch_size, "must be >= 1"
+        if not 0 <= node.warmup_ratio < 1:
+            yield "warmup_ratio", node.warmup_ratio, "must be in [0, 1)"
+        if not (len(node.betas) == 2 and all(0 <= b < 1 for b in node.betas)):
+            yield "betas", list(node.betas), "must be two numbers in [0, 1)"
+
 
 @dataclass
 class StageConfig:
@@ -363,6 +531,11 @@ class StageConfig:
     max_epochs: Optional[int] = None
     max_steps: Optional[int] = None
     lr: Optional[float] = None
+
+    @classmethod
+    def problems(cls, node: DictConfig) -> Problems:
+        if node.lr is not None and not node.lr > 0:
+            yield "lr", node.lr, "must be > 0"
 
 
 @dataclass
@@ -406,6 +579,70 @@ class Config:
     allowed_targets: List[str] = field(default_factory=list)
     objective: Optional[str] = "val/loss"  # metric returned to sweepers (tune on val, never on test)
 
+    @classmethod
+    def problems(cls, node: DictConfig) -> Problems:
+        """The rules across groups (each group's own are on its schema)."""
+        yield from cls._mitigation_problems(node)
+        yield from cls._optimizer_problems(node)
+        yield from cls._packing_problems(node)
+        names = [s.name for s in node.stages]
+        if len(set(names)) != len(names):
+            yield "stages", names, "stage names must be unique"
+        yield from cls._target_problems(node)
+
+    @staticmethod
+    def _mitigation_problems(cfg: DictConfig) -> Problems:
+        """What the mitigation declares it needs, against what the trainer does."""
+        t, mitigation = cfg.trainer, OmegaConf.get_type(cfg.mitigation)
+        if t.strategy == "fsdp" and getattr(mitigation, "needs_whole_parameters", False):
+            yield "mitigation", option_name("mitigation", mitigation), (
+                "EWC's penalty and LwF's teacher need every parameter whole in each step, which FSDP shards; "
+                "use trainer=ddp with this mitigation, or mitigation=replay with trainer=fsdp")
+        if t.fused_loss and getattr(mitigation, "reads_student_logits", False):
+            yield "trainer.fused_loss", True, ("mitigation=lwf distils from the student's full logits, which the "
+                                               "fused loss never makes; set trainer.fused_loss=false with LwF")
+
+    @staticmethod
+    def _optimizer_problems(cfg: DictConfig) -> Problems:
+        o, t = cfg.optim, cfg.trainer
+        if o.implementation == "compiled" and not t.master_weights:
+            yield "optim.implementation", "compiled", (
+                "compiles the step of trainer.master_weights (the bf16 gradient's cast, clipping's factor, the fp32 "
+                "update and the rounded write-back in one pass); set trainer.master_weights=true with "
+                "trainer.precision=bf16-true, or optim.implementation=auto")
+        if o.implementation == "fused" and t.gradient_clip_val and str(t.precision) in ("16-mixed", "16"):
+            yield "optim.implementation", "fused", (
+                f"with trainer.precision={t.precision!r} a fused AdamW unscales the fp16 gradients in its step, "
+                "after they were clipped still scaled; set optim.implementation=auto (fused where it can be), "
+                "trainer.precision=bf16-mixed, or trainer.gradient_clip_val=0")
+
+    @staticmethod
+    def _packing_problems(cfg: DictConfig) -> Problems:
+        t, m = cfg.trainer, cfg.model
+        impl = m.get("attn_implementation")
+        if t.packing and impl not in (None, "sdpa", "eager"):
+            from ftexp.models.attention import reads_position_ids
+
+            if not reads_position_ids(str(impl)):
+                yield "model.attn_implementation", impl, (
+                    "trainer.packing needs attention that takes a 4-D mask (sdpa, eager) or reads example "
+                    "boundaries from position_ids (flash-attention kernels, flex_attention); turn packing off for "
+                    "this one")
+        if t.pack_length is not None and not t.pack_length >= m.max_length:
+            yield "trainer.pack_length", t.pack_length, (f"must be at least model.max_length ({m.max_length}) so "
+                                                         "that every example fits a packed row (null: "
+                                                         "model.max_length)")
+
+    @staticmethod
+    def _target_problems(cfg: DictConfig) -> Problems:
+        """Every ``_target_`` names what ftexp may build (or what allowed_targets adds)."""
+        from ftexp.utils.build import refusal, target_allowed
+
+        extra = list(cfg.get("allowed_targets") or [])
+        for key, target in targets(cfg):
+            if not target_allowed(str(target), extra):
+                yield key, target, refusal(str(target))
+
 
 SCHEMAS: Dict[str, Dict[str, type]] = {
     "model": {"hub": HubModelConfig, "tiny": TinyModelConfig},
@@ -419,6 +656,11 @@ SCHEMAS: Dict[str, Dict[str, type]] = {
     "trainer": {"trainer": TrainerConfig},
     "logger": {"none": NoLoggerConfig, "csv": CSVLoggerConfig, "wandb": WandbLoggerConfig},
 }
+
+
+def option_name(group: str, schema: type) -> str:
+    """The option of ``group`` built on ``schema`` (the class's name for a schema of one's own)."""
+    return next((name for name, known in SCHEMAS[group].items() if known is schema), schema.__name__)
 
 
 def folder_name(path: Optional[str]) -> str:

@@ -24,7 +24,6 @@ from ftexp.mitigation.fisher import per_sample_fisher
 log = logging.getLogger(__name__)
 
 Tensors = Dict[str, torch.Tensor]
-MODES = ("online", "separate")
 
 
 def trainable_parameters(model: torch.nn.Module) -> Tensors:
@@ -35,12 +34,11 @@ def trainable_parameters(model: torch.nn.Module) -> Tensors:
 
 class EWC(Mitigation):
     """``online``: one Fisher, ``F <- gamma * F + F_new``, anchored at the latest weights (Schwarz et
-    al. 2018). ``separate``: one (Fisher, anchor) term per finished stage (Kirkpatrick et al. 2017)."""
+    al. 2018). ``separate``: one (Fisher, anchor) term per finished stage (Kirkpatrick et al. 2017).
+    ``cfg`` has passed :class:`~ftexp.config.schema.EwcConfig`'s rules in the pre-flight."""
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
-        if cfg.mode not in MODES:
-            raise ValueError(f"mitigation.mode must be one of {MODES}, not {cfg.mode!r}")
         self.weight = float(getattr(cfg, "lambda"))
         self.terms: List[Tuple[Tensors, Tensors]] = []  # (fisher, anchor), by parameter name
         self._placed = True  # terms sit on their parameters' devices (not so after load_state_dict)

@@ -86,13 +86,11 @@ def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, label
 
 
 class LwF(Mitigation):
-    """Adds ``alpha · T² · KL(teacher ‖ student)`` per completion token to the task loss."""
+    """Adds ``alpha · T² · KL(teacher ‖ student)`` per completion token to the task loss. ``cfg`` has
+    passed :class:`~ftexp.config.schema.LwfConfig`'s rules in the pre-flight."""
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
-        if cfg.temperature <= 0 or cfg.vocab_chunk < 1:
-            raise ValueError(f"mitigation.temperature={cfg.temperature} must be > 0 and "
-                             f"mitigation.vocab_chunk={cfg.vocab_chunk} >= 1")
         self.teacher: Dict[str, torch.Tensor] = {}
         self.idle = False  # stage 1 of a model trained from scratch: nothing to keep yet
 
