@@ -23,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from ftexp.config.validate import problems as value_problems
 from ftexp.errors import FtexpError, JobFailed
 from ftexp.record import RunRecord
 from ftexp.run import run
@@ -169,6 +170,9 @@ def _run_locked(cfg: DictConfig, run_dir: Path, rank: int) -> Optional[float]:
     # results.json, the saved Hydra config, the logs or W&B.
     secrets = secret_values(extra=referenced_secrets(OmegaConf.to_container(cfg, resolve=False)))
     resolved = redact(OmegaConf.to_container(cfg, resolve=True), secrets)
+    found = value_problems(cfg)  # the command line's pre-flight checked them too; a Python caller's config too
+    if found:
+        _refuse(redact("bad config values: " + "; ".join(found), secrets), rank)
     done = _check_folder(cfg, run_dir, resolved, rank)
     if done is not None:  # resume=true, and the job finished before
         return done["metrics"].get(cfg.objective) if cfg.objective else None
