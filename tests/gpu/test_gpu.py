@@ -10,7 +10,8 @@ import torch
 
 from ftexp.config.preflight import compose_config
 from ftexp.job import run_job
-from tests.test_eval import LABELS, PROMPTS, tiny_lm
+from tests.helpers import SHORT, TINY
+from tests.helpers.models import LABELS, PROMPTS, tiny_lm
 
 pytestmark = pytest.mark.gpu
 
@@ -46,7 +47,7 @@ def test_hub_model_from_a_local_folder_trains_lora_on_the_gpu(tiny_overrides, tm
     folder = tmp_path / "smol"
     LlamaForCausalLM(arch).save_pretrained(folder)
     tok.save_pretrained(folder)
-    keep = [o for o in tiny_overrides if not o.startswith("model.")]
+    keep = [o for o in tiny_overrides if o not in TINY] + SHORT  # the tiny run with the model below
     cfg = compose_config([*keep, "model=smollm2_135m", f"model.path={folder}", "model.max_length=64",
                           "trainer=gpu", "peft.r=4"])
     run_job(cfg)
@@ -65,7 +66,7 @@ def test_flattened_packing_keeps_examples_apart_in_varlen_attention_on_the_gpu(i
     from ftexp.data.datamodule import pad_batch
     from ftexp.data.packing import flatten_batch
     from ftexp.training.module import completion_loss
-    from tests.test_packing import varied_rows
+    from tests.helpers.models import varied_rows
 
     rows = varied_rows(12)
     flat, padded = flatten_batch(rows), pad_batch(rows, pad_id=0)

@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY
-from tests.wandb_records import wandb_run_record
+from tests.helpers.cli import ftexp, offline_runs, small
+from tests.helpers.wandb_records import wandb_run_record
 
 pytestmark = pytest.mark.slow
-
-
-def ftexp(*args, env_extra=None, timeout=600):
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "ftexp", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
-def small(data_dir, cache_dir, logger="wandb"):
-    return [a for a in TINY if not a.startswith("logger=")] + [f"logger={logger}", f"data_dir={data_dir}",
-                                                               f"cache_dir={cache_dir}"]
-
-
-def offline_runs(run_dir: Path):
-    return sorted((run_dir / "wandb").glob("offline-run-*"))
 
 
 def wandb_exit_code(offline_run: Path) -> int:

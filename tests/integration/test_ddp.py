@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,15 +16,15 @@ from typing import List
 
 import pytest
 
-from tests.conftest import TINY
+from tests.helpers import TINY, checkout_env
 
 pytestmark = pytest.mark.slow
 
-BASE = [a for a in TINY if not a.startswith("logger=")] + ["logger=wandb", "trainer.max_epochs=2", "save_model=false"]
+BASE = [*TINY, "logger=wandb", "trainer.max_epochs=2", "save_model=false"]
 
 
 def ftexp(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = checkout_env(WANDB_MODE="offline", WANDB_SILENT="true")
     cwd.mkdir(parents=True, exist_ok=True)
     return subprocess.run([sys.executable, "-m", "ftexp", *args], capture_output=True, text=True, timeout=900,
                           env=env, cwd=cwd)

@@ -1,7 +1,7 @@
 """trainer=fsdp. Lightning runs FSDP on GPUs only, so on a CPU the config, its refusals and the
 strategy it builds are checked; the step ftexp adds after a sharded stage (gather the weights, unwrap
 the FSDP units) and the clipping run under torch's FSDP itself on two gloo processes; and a whole run
-goes through Lightning's FSDP strategy on two CPU processes (tests/fsdp_on_cpu.py lifts the refusal)."""
+goes through Lightning's FSDP strategy on two CPU processes (tests/helpers/fsdp_on_cpu.py lifts the refusal)."""
 
 from __future__ import annotations
 
@@ -15,16 +15,13 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from ftexp.config.preflight import ConfigError, check_overrides, compose_config
-from tests.conftest import TINY
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import TINY, checkout_env, script
 
 
 def tiny_llama():
@@ -232,10 +229,10 @@ def test_after_a_sharded_step_the_model_is_whole_plain_and_equal_to_one_process(
         assert got["buffers"] and all(v == ["torch.float32", True] for v in got["buffers"].values()), got
 
 
-# A whole ftexp run with trainer=fsdp on two CPU processes (tests/fsdp_on_cpu.py lifts the GPU-only refusal).
-FSDP_ON_CPU = [sys.executable, str(REPO / "tests" / "fsdp_on_cpu.py")]
+# A whole ftexp run with trainer=fsdp on two CPU processes (tests/helpers/fsdp_on_cpu.py lifts the GPU-only refusal).
+FSDP_ON_CPU = [sys.executable, str(script("fsdp_on_cpu"))]
 TWO_CPUS = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
-CLI_ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+CLI_ENV = checkout_env()
 
 
 def run_cli(command, cwd):
@@ -247,7 +244,7 @@ def run_cli(command, cwd):
 @pytest.mark.parametrize("extra", [[], ["peft=lora", "peft.dropout=0", "trainer.fsdp.activation_checkpointing=true"]])
 def test_a_fsdp_run_on_two_cpu_processes_matches_one_process(data_dir, cache_dir, tmp_path, extra):
     """The whole of ftexp's trainer=fsdp path, through Lightning's FSDP strategy (made to run on CPU
-    processes by tests/fsdp_on_cpu.py): sharded training with gradient clipping (of a full fine-tune, or
+    processes by tests/helpers/fsdp_on_cpu.py): sharded training with gradient clipping (of a full fine-tune, or
     of LoRA's adapters among frozen weights, no dropout, each layer's activations recomputed), the weights
     gathered after the stage, evaluation. The same losses and accuracy as one process, up to
     summation order."""
@@ -268,11 +265,11 @@ def test_a_fsdp_run_on_two_cpu_processes_matches_one_process(data_dir, cache_dir
 
 @pytest.mark.slow
 def test_a_fsdp_run_killed_mid_stage_and_resumed_equals_an_uninterrupted_one(data_dir, cache_dir, tmp_path):
-    """trainer=fsdp on two CPU processes (tests/fsdp_on_cpu.py), SIGKILLed once its first epoch's
+    """trainer=fsdp on two CPU processes (tests/helpers/fsdp_on_cpu.py), SIGKILLed once its first epoch's
     checkpoint is written, resumed: Lightning's FSDP strategy saves the full checkpoint and loads it
     into the shards; the run ends with the evaluations of one that was never interrupted, bit for bit."""
-    args = [a for a in TINY if not a.startswith("trainer.max_epochs")] + [
-        "trainer.max_epochs=3", "save_model=false", "cache_stages=false", f"data_dir={data_dir}",
+    args = [
+        *TINY, "trainer.max_epochs=3", "save_model=false", "cache_stages=false", f"data_dir={data_dir}",
         f"cache_dir={cache_dir}", *TWO_CPUS]
 
     def command(run_dir, *extra):

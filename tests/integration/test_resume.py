@@ -9,18 +9,17 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY
+from tests.helpers import TINY, script
 
 pytestmark = pytest.mark.slow
 
 # Two stages (Banking77, then CUAD) with EWC: the Fisher and anchors made after stage 1 must
 # survive the kill; stage 2 runs three epochs and is killed after its first.
-SMALL = [a for a in TINY if not a.startswith(("logger=", "trainer.max_epochs"))] + [
-    "logger=none", "experiment=forgetting", "mitigation=ewc", "mitigation.fisher_samples=32",
+SMALL = [
+    *TINY, "logger=none", "experiment=forgetting", "mitigation=ewc", "mitigation.fisher_samples=32",
     "mitigation.fisher_batch_size=8", "data.n_train=154", "data.n_test=40", "tasks.cuad.n_train=152",
     "tasks.cuad.n_test=40", "tasks.general.n_train=20", "tasks.general.n_test=5", "trainer.max_epochs=3",
     "save_model=false", "cache_stages=false"]
@@ -82,7 +81,7 @@ def test_killed_inside_an_epoch_and_resumed_equals_uninterrupted(data_dir, cache
 
     killed = tmp_path / "killed"
     args = command(data_dir, cache_dir, killed, *extra)
-    died = subprocess.run([sys.executable, str(Path(__file__).parent / "kill_at_checkpoint.py"), *args[3:]],
+    died = subprocess.run([sys.executable, str(script("kill_at_checkpoint")), *args[3:]],
                           capture_output=True, text=True, timeout=900, env={**os.environ, "FTEXP_KILL_STAGE": "2"})
     assert died.returncode == 137, died.stderr[-3000:]
     import torch

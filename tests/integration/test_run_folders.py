@@ -13,7 +13,7 @@ import yaml
 
 from ftexp.config.preflight import compose_config
 from ftexp.utils.run_folder import RunFolderError, run_folder_lock
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 
 def test_a_held_folder_is_refused_naming_the_holder_and_free_again_after(tmp_path):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from ftexp.config.preflight import ConfigError, check_overrides, compose_config
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs pip install 'ftexp[slurm]'")
 
@@ -82,8 +82,8 @@ def _sweep(args, tmp_path, env_extra=None, timeout=600):
 
 
 def _small(data_dir, cache_dir, sweep_dir):
-    return [a for a in TINY if not a.startswith("data.n_")] + [
-        "data.n_train=60", "data.n_test=20", f"data_dir={data_dir}", f"cache_dir={cache_dir}",
+    return [
+        *TINY, "data.n_train=60", "data.n_test=20", f"data_dir={data_dir}", f"cache_dir={cache_dir}",
         f"hydra.sweep.dir={sweep_dir}"]
 
 

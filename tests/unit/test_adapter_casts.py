@@ -9,8 +9,7 @@ from ftexp.config.preflight import compose_config
 from ftexp.data.datamodule import FineTuneDataModule
 from ftexp.training.adapter_casts import AdapterInputCasts
 from ftexp.training.module import FineTuneModule
-from tests.test_eval import tiny_lm
-from tests.test_packing import varied_rows
+from tests.helpers.models import tiny_lm, varied_rows
 
 
 def _train_lora(monkeypatch, skip: bool, dropout: float = 0.0):

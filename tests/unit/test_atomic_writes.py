@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 CHILD = """
 import os, sys, time
@@ -41,10 +41,10 @@ WRITERS = {
     "results.json": ("from ftexp.tracking.results import write_results\n"
                      "write_results(folder, {'status': 'completed', 'metrics': {'test/accuracy': 0.9}})",
                      ["results.json"]),
-    "review export": ("from tests.test_review import export, fixture_outputs\n"
+    "review export": ("from tests.helpers.review import export, fixture_outputs\n"
                       "export(folder, {'qa': fixture_outputs()}, n=50)",
                       ["review/review.jsonl", "review/review.csv", "review/label_studio_tasks.json"]),
-    "compare report": ("from tests.test_compare import results, write_multirun\n"
+    "compare report": ("from tests.helpers.multirun import results, write_multirun\n"
                        "from ftexp.compare import compare_folder\n"
                        "jobs = [results(['lr=1'], s, {'test/accuracy': 0.5 + s / 10}, ['E2']) for s in range(3)]\n"
                        "compare_folder(write_multirun(folder / 'sweep', jobs, {'seed': '0,1,2'}), out=folder)",

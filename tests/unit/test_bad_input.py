@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import pytest
 
-from tests.conftest import TINY
+from tests.helpers import SHORT, TINY
 
 Attempt = Callable[[], Tuple[int, str]]  # runs the bad input: (exit code, what the user reads)
 
@@ -120,7 +120,7 @@ def empty_test_split(ws: Workspace) -> Attempt:
 
 
 def ratings_with(ws: Workspace, row_id: str, **changes) -> Attempt:
-    from tests.test_review import filled
+    from tests.helpers.review import filled
 
     path = filled(ws.review_run, "jsonl")
     rows = [json.loads(line) for line in path.read_text().splitlines()]
@@ -297,7 +297,7 @@ CASES: List[Case] = [
          ["data 'truthfulqa' is for evaluation only"], RUN),
     Case("missing data directory", lambda ws: job(ws, *ws.base, f"data_dir={ws.root}/no_such_dir"), 1,
          ["{root}/no_such_dir/banking77/", "does not exist", "FTEXP_DATA_DIR"], RUN),
-    Case("missing model path", lambda ws: job(ws, *[o for o in ws.base if not o.startswith("model.")],
+    Case("missing model path", lambda ws: job(ws, *[o for o in ws.base if o not in TINY], *SHORT,
                                              "model=smollm2_135m", f"model.path={ws.root}/no_model"), 1,
          ["model.path='{root}/no_model' is not a folder"], RUN),
     Case("NaN loss", lambda ws: job(ws, *ws.base, "optim.lr=1e6", "trainer.gradient_clip_val=0"), 1,
@@ -344,8 +344,8 @@ NEEDS_DATA = {"n_train too large", "training on an evaluation-only dataset", "mi
 
 @pytest.fixture
 def workspace(request, tmp_path, cache_dir, toy_data, monkeypatch) -> Workspace:
-    from tests.conftest import _data_dir
-    from tests.test_review import export, fixture_outputs
+    from tests.helpers import find_data_dir as _data_dir
+    from tests.helpers.review import export, fixture_outputs
 
     case, via = request.node.callspec.params["case"], request.node.callspec.params["via"]
     data_dir = _data_dir()

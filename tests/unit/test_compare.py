@@ -16,67 +16,10 @@ import pytest
 from ftexp.compare import compare_folder, compare_wandb, read_multirun
 from ftexp.compare.select import choose
 from ftexp.compare.stats import cells, fmt, pareto_front, summarise, t_quantile
+from tests.helpers import REPO
+from tests.helpers.multirun import ACC, T_975_2, ci, results, write_multirun
 
-REPO = Path(__file__).resolve().parents[1]
-T_975_2 = 4.302652729911275  # t_{0.975, 2}, as tables give it
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def results(overrides: List[str], seed: int, metrics: Dict[str, float], tags: List[str], sweep: str = "",
-            status: str = "completed", error: Optional[Dict[str, str]] = None, **extra: Any) -> Dict[str, Any]:
-    out = {"status": status, "seed": seed, "overrides": [*overrides, f"seed={seed}"],
-           "choices": {"sweeps": sweep or None, "experiment": sweep or None},
-           "config": {"seed": seed, "tags": tags}, "metrics": metrics,
-           "model": {"parameters": {"total": 1000, "trainable": 1000}}, "wall_time_s": {"total": 12.0}, **extra}
-    if error:
-        out["error"] = error
-    return out
-
-
-def write_multirun(root: Path, jobs: List[Any], params: Dict[str, str]) -> Path:
-    """``jobs``: results dicts, raw text (a broken results.json) or None (no results.json)."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "multirun.yaml").write_text(
-        "hydra:\n  sweeper:\n    params:\n" + "".join(f"      {k}: {v}\n" for k, v in params.items())
-        + "  overrides:\n    task:\n    - logger=none\n    - seed=0,1,2\n", encoding="utf-8")
-    for i, job in enumerate(jobs):
-        folder = root / str(i)
-        folder.mkdir()
-        if isinstance(job, dict):
-            (folder / "results.json").write_text(json.dumps(job), encoding="utf-8")
-        elif isinstance(job, str):
-            (folder / "results.json").write_text(job, encoding="utf-8")
-    return root
-
-
-ACC = {"500": [0.70, 0.72, 0.77], "null": [0.85, 0.86, 0.90]}
-
-
-@pytest.fixture
-def size_sweep(tmp_path) -> Path:
-    """E2: 2 sizes x 3 seeds, known accuracies; one more job failed, one results.json truncated."""
-    jobs: List[Any] = []
-    for n, accs in ACC.items():
-        for seed, acc in enumerate(accs):
-            jobs.append(results([f"data.n_train={n}", "logger=none"], seed,
-                                {"test/accuracy": acc, "test/slice/long/accuracy": acc - 0.1,
-                                 "test/macro_f1": acc - 0.05},
-                                ["E2", "dataset_size"], "dataset_size",
-                                data={"counts": {"train": {"total": 500 if n == "500" else 8976}}}))
-    jobs.append(results(["data.n_train=500", "logger=none"], 3, {}, ["E2", "dataset_size"], "dataset_size",
-                        status="failed", error={"type": "DataError", "message": "CUDA out of memory at step 7"}))
-    jobs.append(json.dumps(jobs[0])[:120])  # a partial file: its cell is known from Hydra's .hydra/overrides.yaml
-    root = write_multirun(tmp_path / "multirun" / "2026-11-26" / "10-00-00", jobs, {"data.n_train": "500,null"})
-    (root / "7" / ".hydra").mkdir()
-    (root / "7" / ".hydra" / "overrides.yaml").write_text("- data.n_train=null\n- logger=none\n- seed=2\n")
-    return root
-
-
-def ci(values: List[float]) -> float:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return T_975_2 * std / math.sqrt(n)
 
 
 def read_table(path: Path) -> List[Dict[str, str]]:
@@ -424,7 +367,7 @@ GROUP = "dataset_size/2026-11-26/10-00-00"
 
 
 def test_the_report_is_logged_as_an_artifact_in_the_sweeps_group(size_sweep, tmp_path):
-    from tests.wandb_records import wandb_artifacts, wandb_run_record
+    from tests.helpers.wandb_records import wandb_artifacts, wandb_run_record
 
     for job in sorted(size_sweep.glob("[0-9]*/results.json"))[:6]:  # the completed jobs logged to W&B
         res = json.loads(job.read_text())

@@ -5,27 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
-import pytorch_lightning as pl
 
 from ftexp.config.preflight import compose_config
-from ftexp.data.datamodule import FineTuneDataModule
 from ftexp.training.compiled import CompiledRegions
-from ftexp.training.module import FineTuneModule
-from tests.test_eval import tiny_lm
-from tests.test_packing import StepLosses, varied_rows
-
-
-def train_tiny(model=None, **module_options):
-    """Six steps of the tiny model on fixed batches: the step losses and the trained module."""
-    pl.seed_everything(0, verbose=False)
-    rows = varied_rows(48, seed=2)
-    dm = FineTuneDataModule(rows, rows[:16], pad_id=0, batch_size=16, seed=0, group_by_length=False)
-    module = FineTuneModule(model or tiny_lm(), compose_config([]).optim, lr=3e-3, **module_options)
-    steps = StepLosses()
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[steps])
-    trainer.fit(module, datamodule=dm)
-    return steps.losses, module
+from tests.helpers.models import tiny_lm, train_tiny
 
 
 @pytest.mark.slow

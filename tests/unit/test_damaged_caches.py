@@ -15,7 +15,7 @@ import torch
 
 from ftexp.config.preflight import compose_config
 from ftexp.job import run_job
-from tests.test_reliability import TIMING
+from tests.helpers import TIMING
 
 TWO_STAGES = ["experiment=forgetting", "data.n_train=154", "data.n_test=40", "tasks.cuad.n_train=152",
               "tasks.cuad.n_test=40", "tasks.general.n_train=20", "tasks.general.n_test=5", "mitigation=none"]

@@ -14,7 +14,7 @@ from ftexp.eval.efficiency import (EfficiencyEvaluator, cost_per_1k, latency_sum
                                    training_summary)
 from ftexp.utils.build import build, typed
 
-from .conftest import TINY
+from tests.helpers import TINY
 
 PRICES = {"cpu": 0.1, "A100": 2.0, "H100": 3.0, "H200": 3.8, "L4": 0.8, "A100 80GB": 2.5}
 

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import MistralConfig, MistralForCausalLM
 
 from ftexp.data.base import Example, Task
 from ftexp.eval.base import EvalContext
 from ftexp.eval.classification import ClassificationEvaluator, label_chunks, label_logprobs, label_trie, trie_size
 from ftexp.config.preflight import compose_config
 from ftexp.utils.build import build
-
-PROMPTS = [[1, 5, 6, 7], [1, 8], [1, 9, 10, 11, 12, 13], [1, 14, 15]]
-LABELS = [[20, 2], [21, 22, 23, 2], [24, 25, 2], [20, 26, 2], [27, 2], [21, 22, 26, 2]]  # shared prefixes
-
-
-def tiny_lm(impl="sdpa", seed=0, head_dim=8):
-    torch.manual_seed(seed)
-    cfg = MistralConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, head_dim=head_dim,
-                        num_attention_heads=4, num_key_value_heads=2, attn_implementation=impl)
-    return MistralForCausalLM(cfg).eval()
+from tests.helpers.models import LABELS, PROMPTS, tiny_lm
 
 
 def pairwise(model, prompts, labels):

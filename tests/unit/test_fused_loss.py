@@ -17,9 +17,7 @@ from ftexp.errors import FtexpError
 from ftexp.training import fused_loss
 from ftexp.training.fused_loss import FUSABLE, fused_forward, linear_cross_entropy
 from ftexp.training.module import FineTuneModule, forward
-from tests.test_eval import tiny_lm
-from tests.test_compile import train_tiny
-from tests.test_packing import varied_rows
+from tests.helpers.models import tiny_lm, train_tiny, varied_rows
 
 SHAPE = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2)

@@ -16,7 +16,7 @@ from ftexp.config.preflight import ConfigError, check_overrides, compose_config
 from ftexp.models import gguf
 from ftexp.models.base import ModelLoadError
 from ftexp.utils.build import build
-from tests.gguf_files import install_fake_distribution, write_tiny_gguf
+from tests.helpers.gguf_files import install_fake_distribution, write_tiny_gguf
 
 PACKAGE = "ftexp-test-weights"
 

@@ -11,7 +11,7 @@ from peft import LoraConfig, get_peft_model
 from ftexp.config.schema import LwfConfig
 from ftexp.mitigation.base import StageContext
 from ftexp.mitigation.lwf import LwF, forward_kl
-from tests.test_eval import tiny_lm
+from tests.helpers.models import tiny_lm
 
 BATCH = {
     "input_ids": torch.tensor([[1, 5, 6, 7, 20, 2], [1, 8, 21, 22, 2, 0]]),

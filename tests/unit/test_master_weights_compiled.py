@@ -12,8 +12,7 @@ from ftexp.config.preflight import ConfigError, check_overrides, compose_config
 from ftexp.data.datamodule import FineTuneDataModule
 from ftexp.training.master_weights import MasterWeightAdamW
 from ftexp.training.module import FineTuneModule
-from tests.test_eval import tiny_lm
-from tests.test_packing import varied_rows
+from tests.helpers.models import tiny_lm, varied_rows
 
 
 def _optimizers(device: str):

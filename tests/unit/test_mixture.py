@@ -109,7 +109,7 @@ def test_synthetic_share_is_realised_within_one_example(toy, share):
 
 
 def test_model_written_synthetic_data_is_cached_and_reproducible(toy, tmp_path, cache_dir):
-    from tests.conftest import TINY
+    from tests.helpers import TINY
 
     overrides = [*TINY, f"data.path={toy}", "data.slices=[]", "data.n_train=60", "data.synthetic.generator_epochs=1",
                  "data.synthetic.max_new_tokens=8", "data.synthetic.temperature=1.5"]

@@ -14,7 +14,7 @@ from ftexp.config.preflight import ConfigError, check_overrides, compose_config
 from ftexp.data.base import DataError
 from ftexp.job import run_job
 from ftexp.utils.build import build
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 WORDS = {"card_arrival": "card arrive post", "top_up": "top up money", "refund": "refund return back"}
 LONG = " ".join(f"word{i}" for i in range(60))  # far more than 24 tokens, whatever the tokenizer

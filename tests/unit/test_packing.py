@@ -13,18 +13,7 @@ from ftexp.data.datamodule import FineTuneDataModule, pad_batch
 from ftexp.data.packing import (first_fit_decreasing, flatten_batch, pack_batch, pack_rows, real_tokens,
                                 spread_evenly)
 from ftexp.training.module import FineTuneModule, completion_loss
-from tests.test_eval import tiny_lm
-
-
-def varied_rows(n: int, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        k = int(torch.randint(2, 14, (1,), generator=gen))
-        prompt = torch.randint(5, 15, (k,), generator=gen).tolist()
-        label = 20 + prompt[0] % 3
-        out.append({"input_ids": [1, *prompt, label, 2], "labels": [-100] * (k + 1) + [label, 2]})
-    return out
+from tests.helpers.models import StepLosses, tiny_lm, varied_rows
 
 
 def test_first_fit_decreasing_respects_the_capacity_and_keeps_every_item():
@@ -144,14 +133,6 @@ def test_packing_with_attention_that_takes_neither_layout_is_refused_at_composit
     else:
         with pytest.raises(ConfigError, match=r"model.attn_implementation='paged\|sdpa': trainer.packing needs"):
             check_overrides(overrides)
-
-
-class StepLosses(pl.Callback):
-    def __init__(self):
-        self.losses = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.losses.append(float(outputs["loss"]))
 
 
 def _train(pack_length, pack_flat=False):

@@ -8,19 +8,14 @@ from pathlib import Path
 import pytest
 
 from ftexp.config.preflight import compose_config
-
-
-def _job(overrides):
-    from ftexp.job import run_job
-
-    cfg = compose_config(overrides)
-    return cfg, run_job(cfg)
+from tests.helpers import TIMING, TINY, script
+from tests.helpers.cli import compose_and_run
 
 
 def test_a_diverging_loss_stops_the_stage_with_step_and_last_finite_loss(tiny_overrides, capsys):
     overrides = [*tiny_overrides, "optim.lr=1e6", "trainer.gradient_clip_val=0", "trainer.log_every_n_steps=1"]
     with pytest.raises(SystemExit) as exit_info:
-        _job(overrides)
+        compose_and_run(overrides)
     assert exit_info.value.code == 1
     out = Path(compose_config(overrides).output_dir)
     res = json.loads((out / "results.json").read_text())
@@ -37,7 +32,7 @@ def test_the_divergence_advice_follows_the_runs_settings(tiny_overrides, capsys)
     overrides = [*tiny_overrides, "optim.lr=1e6", "trainer.gradient_clip_val=0.5", "trainer.precision=32-true",
                  "trainer.log_every_n_steps=1"]
     with pytest.raises(SystemExit):
-        _job(overrides)
+        compose_and_run(overrides)
     message = capsys.readouterr().err
     assert "Try a lower learning rate (it is 1e+06); gradient clipping (trainer.gradient_clip_val=0.5) and " \
            "32-bit precision are on already" in message, message
@@ -45,21 +40,18 @@ def test_the_divergence_advice_follows_the_runs_settings(tiny_overrides, capsys)
 
 
 def test_a_completed_run_is_not_overwritten_unless_asked(tiny_overrides, capsys):
-    cfg, _ = _job(tiny_overrides)
+    cfg, _ = compose_and_run(tiny_overrides)
     results = Path(cfg.output_dir) / "results.json"
     before = results.read_bytes()
     with pytest.raises(SystemExit) as exit_info:
-        _job(tiny_overrides)
+        compose_and_run(tiny_overrides)
     assert exit_info.value.code == 1
     assert "holds a completed run; refusing to overwrite it" in capsys.readouterr().err
     assert results.read_bytes() == before  # untouched
-    _job([*tiny_overrides, "resume=true"])  # skipped, still untouched
+    compose_and_run([*tiny_overrides, "resume=true"])  # skipped, still untouched
     assert results.read_bytes() == before
-    _job([*tiny_overrides, "overwrite=true"])
+    compose_and_run([*tiny_overrides, "overwrite=true"])
     assert json.loads(results.read_text())["finished_at"] != json.loads(before)["finished_at"]
-
-
-TIMING = ("per_s", "mfu", "_ms", "time", "cost", "memory")  # measured durations, not results
 
 
 @pytest.mark.slow
@@ -69,8 +61,6 @@ def test_two_fresh_processes_give_byte_identical_metrics(data_dir, cache_dir, tm
     import os
     import subprocess
     import sys
-
-    from tests.conftest import TINY
 
     sections = []
     for name in ("a", "b"):
@@ -148,7 +138,7 @@ def test_a_failed_run_keeps_its_checkpoints_and_checkpoints_false_writes_none(ti
     monkeypatch.setattr(ftexp.run, "evaluate_row", failing_second_row)
     overrides = [*tiny_overrides, "trainer.max_epochs=2", f"trainer.checkpoints={str(keep).lower()}"]
     with pytest.raises(RuntimeError, match="evaluation broke"):
-        _job(overrides)
+        compose_and_run(overrides)
     out = Path(compose_config(overrides).output_dir)
     assert json.loads((out / "results.json").read_text())["status"] == "failed"
     saved = sorted(p.relative_to(out).as_posix() for p in out.glob("checkpoints/**/*") if p.is_file())
@@ -169,10 +159,10 @@ def test_a_resumed_job_continues_its_own_wandb_run(tiny_overrides, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ftexp.run, "evaluate_row", failing_once)
-    overrides = [o for o in tiny_overrides if not o.startswith("logger=")] + ["logger=wandb"]
+    overrides = [*tiny_overrides, "logger=wandb"]
     with pytest.raises(RuntimeError):
-        _job(overrides)
-    cfg, _ = _job([*overrides, "resume=true"])
+        compose_and_run(overrides)
+    cfg, _ = compose_and_run([*overrides, "resume=true"])
     out = Path(cfg.output_dir)
     runs = sorted((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and len({r.name.rsplit("-", 1)[-1] for r in runs}) == 1, runs  # one run id
@@ -206,8 +196,6 @@ def test_a_run_stopped_by_sigterm_exits_non_zero_and_says_how_to_resume(data_dir
     import sys
     import time
 
-    from tests.conftest import TINY
-
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "ftexp", *TINY, f"data_dir={data_dir}", f"cache_dir={cache_dir}",
                              "trainer.max_epochs=50", "save_model=false", f"hydra.run.dir={run_dir}",
@@ -240,13 +228,11 @@ def test_sigterm_to_one_ddp_rank_stops_every_rank_at_the_same_point(data_dir, ca
 
     import torch
 
-    from tests.conftest import TINY
-
     run_dir = tmp_path / "run"
     epochs = 1 if at.endswith("val") else 3
     args = [*TINY, f"data_dir={data_dir}", f"cache_dir={cache_dir}", "trainer=ddp_cpu", f"trainer.max_epochs={epochs}",
             "trainer.checkpoint_every_n_steps=1", "save_model=false", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "sigterm_at_batch.py"), *args],
+    proc = subprocess.Popen([sys.executable, str(script("sigterm_at_batch")), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, "FTEXP_SIGTERM_AT": at})
     out, err = _finish_or_fail(proc, 240, f"SIGTERM to rank {at}")

@@ -15,7 +15,7 @@ from ftexp.data.base import Example, Task
 from ftexp.eval.base import EvalContext, Evaluator, Output
 from ftexp.eval.row_cache import RowCache
 from ftexp.job import run_job
-from tests.test_eval import tiny_lm
+from tests.helpers.models import tiny_lm
 
 
 class Counting(Evaluator):

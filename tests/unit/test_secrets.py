@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_reliability import _job
+from tests.helpers.cli import compose_and_run, ftexp, offline_runs, small
 
 SECRET, WANDB_KEY, URL = "tok-9f8e7d6c", "wandb-0123456789abcdef", "postgres://ftexp:pw-5a4b3c@db/runs"
 
@@ -37,7 +37,7 @@ def test_secrets_never_reach_results_or_the_tracker(tiny_overrides, monkeypatch)
     monkeypatch.setattr(sys, "argv", ["ftexp", "tags=[x-" + WANDB_KEY + "]"])  # as W&B would record it
     overrides = [*tiny_overrides, "tags=[${oc.env:FTEXP_TEST_TOKEN},x-" + WANDB_KEY + ",${oc.env:FTEXP_TEST_URL}]",
                  "logger=wandb", "logger.group=${oc.env:FTEXP_TEST_URL}"]
-    cfg, _ = _job(overrides)
+    cfg, _ = compose_and_run(overrides)
     assert sys.argv[1] == "tags=[x-" + WANDB_KEY + "]"  # put back: DDP starts the other ranks from it
     text = (Path(cfg.output_dir) / "results.json").read_text()
     for secret in (SECRET, WANDB_KEY, URL):
@@ -85,13 +85,12 @@ def test_every_log_record_is_redacted_whatever_handlers_come_later(monkeypatch, 
 def test_a_sweep_keeps_every_secret_out_of_its_files_and_console(data_dir, cache_dir, tmp_path):
     """Two jobs with W&B offline: one secret passed as a tag, two read with ${oc.env:...}, whatever their
     names; none of them in any file of the sweep (binary too: the .wandb files) or on the console."""
-    from tests.test_cli import ftexp, offline_runs, small
-    from tests.wandb_records import wandb_run_record
+    from tests.helpers.wandb_records import wandb_run_record
 
     env = {"WANDB_API_KEY": WANDB_KEY, "HF_TOKEN": "hf_Sweep0Secret1", "OPENAI_API_KEY": "sk-Sweep2Secret3",
            "DATABASE_URL": URL}
-    args = [a for a in small(data_dir, cache_dir) if not a.startswith(("data.n_train", "data.n_test"))]
-    proc = ftexp("-m", *args, "data.n_train=16", "data.n_test=8", "seed=0,1", f"hydra.sweep.dir={tmp_path}",
+    proc = ftexp("-m", *small(data_dir, cache_dir), "data.n_train=16", "data.n_test=8", "seed=0,1",
+                 f"hydra.sweep.dir={tmp_path}",
                  "tags=[hf_Sweep0Secret1,${oc.env:DATABASE_URL}]", "logger.group=${oc.env:OPENAI_API_KEY}",
                  env_extra=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

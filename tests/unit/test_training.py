@@ -13,7 +13,7 @@ from ftexp.mitigation.base import Mitigation
 from ftexp.training.module import FineTuneModule, adamw_kernels, completion_loss, warmup_cosine
 from ftexp.training.throughput import Throughput
 from ftexp.config.preflight import ConfigError, check_overrides, compose_config
-from tests.test_eval import tiny_lm
+from tests.helpers.models import tiny_lm
 
 
 def test_warmup_then_cosine_to_the_floor():
