@@ -24,11 +24,13 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ftexp.errors import FtexpError, JobFailed
-from ftexp.run import RunRecord, eval_device, run
+from ftexp.record import RunRecord
+from ftexp.run import run
 from ftexp.training import checkpoints
 from ftexp.tracking.loggers import NoLogger, RunIdentity
 from ftexp.tracking.results import RESULTS_FILE, environment, now, write_results
 from ftexp.utils.build import build, typed
+from ftexp.utils.devices import process_device
 from ftexp.utils.run_folder import RunFolderError, run_folder_lock
 from ftexp.utils.secrets import (install_log_filter, redact, redacted_argv, referenced_secrets, remove_log_filter,
                                  scrub_files, secret_values)
@@ -167,6 +169,47 @@ def _run_locked(cfg: DictConfig, run_dir: Path, rank: int) -> Optional[float]:
     # results.json, the saved Hydra config, the logs or W&B.
     secrets = secret_values(extra=referenced_secrets(OmegaConf.to_container(cfg, resolve=False)))
     resolved = redact(OmegaConf.to_container(cfg, resolve=True), secrets)
+    done = _check_folder(cfg, run_dir, resolved, rank)
+    if done is not None:  # resume=true, and the job finished before
+        return done["metrics"].get(cfg.objective) if cfg.objective else None
+    _refuse_if_no_gpu(cfg.trainer, rank)
+    if rank == 0:
+        _prepare_folder(cfg, run_dir, resolved)
+    log_filter = install_log_filter(secrets)
+    if rank == 0:
+        scrub_files(run_dir / ".hydra", secrets)
+        if multirun_mode():  # the sweep's multirun.yaml, which Hydra's launcher wrote before the jobs
+            scrub_files(Path(HydraConfig.get().sweep.dir), secrets)
+    results = ResultsFile(run_dir, cfg.data.name, secrets, {
+        "status": "running", "run_dir": str(run_dir), "seed": cfg.seed, "started_at": now(),
+        **redact(hydra_info(), secrets), "config": resolved, "environment": environment()})
+    tracker = build(redact(typed(cfg.logger), secrets)) if rank == 0 else NoLogger(None)  # its name, group, tags
+    record = RunRecord()
+    with distributed_scope(), log_filter_scope(log_filter):
+        try:
+            identity = redact(run_identity(run_dir, list(cfg.tags)), secrets)
+            results.tracker_group = cfg.logger.get("group") or identity.group
+            with redacted_argv(secrets):
+                tracker.start(run_dir, {**resolved, "swept": identity.swept}, identity)
+            run(cfg, run_dir, tracker, record, rank=rank)
+        except BaseException as exc:
+            if rank == 0:
+                results.write(record, tracker, error=exc)
+            _fail(exc, tracker, run_dir, secrets, rank)
+    if rank != 0:
+        tracker.finish(failed=False)
+        return None
+    written = results.write(record, tracker)
+    checkpoints.remove(run_dir)  # only an interrupted job needs them
+    tracker.log_summary(written["metrics"])
+    tracker.finish(failed=False)
+    _print_summary(written)
+    return written["metrics"].get(cfg.objective) if cfg.objective else None
+
+
+def _check_folder(cfg: DictConfig, run_dir: Path, resolved: Dict[str, Any], rank: int) -> Optional[Dict[str, Any]]:
+    """Refuse a folder whose run must be left as it is; under ``resume``, the completed run's results
+    (the job is skipped) or None (it continues or starts)."""
     done = completed_results(run_dir)
     damaged = unreadable_results(run_dir)
     if damaged and not cfg.overwrite:
@@ -179,7 +222,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, rank: int) -> Optional[float]:
         if done is not None:  # a re-run sweep skips the jobs that finished
             if rank == 0:
                 print(f"ftexp: resume: {run_dir / RESULTS_FILE} is completed; skipping this job")
-            return done["metrics"].get(cfg.objective) if cfg.objective else None
+            return done
         if rank == 0 and not (run_dir / checkpoints.FOLDER).is_dir():
             print(f"ftexp: resume: no checkpoints in {run_dir}; starting from the beginning")
     elif not cfg.overwrite and done is not None:
@@ -187,62 +230,37 @@ def _run_locked(cfg: DictConfig, run_dir: Path, rank: int) -> Optional[float]:
         _refuse(f"{run_dir / RESULTS_FILE} holds a completed run; refusing to overwrite it. Use resume=true "
                 f"to keep it (and skip this job), overwrite=true to run again into the same folder, or "
                 f"another hydra.run.dir / hydra.sweep.dir", rank)
-    _refuse_if_no_gpu(cfg.trainer, rank)
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_hydra_files(run_dir, cfg)
-        if not cfg.resume:  # an earlier run's checkpoints must not pass for this one's
-            checkpoints.remove(run_dir)
-        if cfg.trainer.checkpoints:  # what resume=true holds a later command line to
-            checkpoints.save_config(run_dir, resolved)
-    t0 = time.perf_counter()
-    log_filter = install_log_filter(secrets)
-    if rank == 0:
-        scrub_files(run_dir / ".hydra", secrets)
-        if multirun_mode():  # the sweep's multirun.yaml, which Hydra's launcher wrote before the jobs
-            scrub_files(Path(HydraConfig.get().sweep.dir), secrets)
-    record = RunRecord()
-    base: Dict[str, Any] = {"status": "running", "run_dir": str(run_dir), "seed": cfg.seed, "started_at": now(),
-                            **redact(hydra_info(), secrets), "config": resolved, "environment": environment(),
-                            "_secrets": secrets}
-    tracker = build(redact(typed(cfg.logger), secrets)) if rank == 0 else NoLogger(None)  # its name, group, tags
-    multirun = multirun_mode()
-    with distributed_scope(), log_filter_scope(log_filter):
-        try:
-            identity = redact(run_identity(run_dir, list(cfg.tags)), secrets)
-            base["tracker_group"] = cfg.logger.get("group") or identity.group
-            with redacted_argv(secrets):
-                tracker.start(run_dir, {**resolved, "swept": identity.swept}, identity)
-            run(cfg, run_dir, tracker, record, rank=rank)
-        except BaseException as exc:
-            if rank == 0:
-                _record(run_dir, base, record, cfg, tracker, t0, error=exc)
-            tracker.finish(failed=True, error=redact(f"{type(exc).__name__}: {exc}", secrets))
-            if isinstance(exc, SIGTERMException):  # Lightning's: a SystemExit with no code, i.e. exit 0
-                if rank == 0:  # every rank receives it; one message
-                    print(f"ftexp: error: stopped by SIGTERM; resume=true (same hydra.run.dir) continues from "
-                          f"the last checkpoint\nftexp: results: {run_dir / RESULTS_FILE} (status: failed)",
-                          file=sys.stderr)
-                raise SystemExit(143) from None
-            if isinstance(exc, FtexpError):
-                paragraph = (f"ftexp: error: {redact(str(exc), secrets)}\n"
-                             f"ftexp: results: {run_dir / RESULTS_FILE} (status: failed)")
-                if multirun:
-                    raise JobFailed(paragraph) from None
-                print(paragraph, file=sys.stderr)
-                raise SystemExit(1) from None
-            # Under -m an Exception is Hydra's to record: the other jobs still run, and the sweep
-            # exits non-zero at the end. SystemExit or KeyboardInterrupt stop the sweep.
-            raise
-    if rank != 0:
-        tracker.finish(failed=False)
-        return None
-    results = _record(run_dir, base, record, cfg, tracker, t0)
-    checkpoints.remove(run_dir)  # only an interrupted job needs them
-    tracker.log_summary(results["metrics"])
-    tracker.finish(failed=False)
-    _print_summary(results)
-    return results["metrics"].get(cfg.objective) if cfg.objective else None
+    return None
+
+
+def _prepare_folder(cfg: DictConfig, run_dir: Path, resolved: Dict[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_hydra_files(run_dir, cfg)
+    if not cfg.resume:  # an earlier run's checkpoints must not pass for this one's
+        checkpoints.remove(run_dir)
+    if cfg.trainer.checkpoints:  # what resume=true holds a later command line to
+        checkpoints.save_config(run_dir, resolved)
+
+
+def _fail(exc: BaseException, tracker: Any, run_dir: Path, secrets: List[str], rank: int) -> None:
+    """Close the tracker as failed and leave the way the error calls for (always raises)."""
+    tracker.finish(failed=True, error=redact(f"{type(exc).__name__}: {exc}", secrets))
+    if isinstance(exc, SIGTERMException):  # Lightning's: a SystemExit with no code, i.e. exit 0
+        if rank == 0:  # every rank receives it; one message
+            print(f"ftexp: error: stopped by SIGTERM; resume=true (same hydra.run.dir) continues from "
+                  f"the last checkpoint\nftexp: results: {run_dir / RESULTS_FILE} (status: failed)",
+                  file=sys.stderr)
+        raise SystemExit(143) from None
+    if isinstance(exc, FtexpError):
+        paragraph = (f"ftexp: error: {redact(str(exc), secrets)}\n"
+                     f"ftexp: results: {run_dir / RESULTS_FILE} (status: failed)")
+        if multirun_mode():
+            raise JobFailed(paragraph) from None
+        print(paragraph, file=sys.stderr)
+        raise SystemExit(1) from None
+    # Under -m an Exception is Hydra's to record: the other jobs still run, and the sweep
+    # exits non-zero at the end. SystemExit or KeyboardInterrupt stop the sweep.
+    raise exc
 
 
 def save_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
@@ -274,7 +292,7 @@ def _refuse_if_no_gpu(trainer: Any, rank: int) -> None:
     """trainer=gpu/ddp/fsdp where torch sees no CUDA device: said before the model loads."""
     import torch
 
-    if eval_device(trainer).type == "cuda" and not torch.cuda.is_available():
+    if process_device(trainer).type == "cuda" and not torch.cuda.is_available():
         build = "a CPU-only build" if torch.version.cuda is None else "no device visible (CUDA_VISIBLE_DEVICES?)"
         _refuse(f"trainer.accelerator={trainer.accelerator!r} (trainer=gpu, ddp or fsdp) needs a CUDA GPU, and torch "
                 f"{torch.__version__} has none ({build}). Use trainer=cpu, or trainer=ddp_cpu for data "
@@ -316,30 +334,37 @@ def unreadable_results(run_dir: Path) -> Optional[str]:
     return None if isinstance(results, dict) and "status" in results else "it is not a run's record"
 
 
-def _record(run_dir, base, record: RunRecord, cfg, tracker, t0, error: Optional[BaseException] = None):
-    results = dict(base)
-    results.update(
-        status="failed" if error is not None else "completed",
-        finished_at=now(),
-        # A failed run has no final metrics: its rows say how far it got (row 0 is the untrained model's).
-        metrics=record.final_metrics(cfg.data.name) if error is None else {},
-        rows=record.rows,
-        stages=record.stages,
-        wall_time_s={**record.wall_time_s, "total": time.perf_counter() - t0},
-        **record.info,
-    )
-    if record.continual:
-        results["continual"] = record.continual
-    group = results.pop("tracker_group", None)
-    secrets = results.pop("_secrets", [])
-    if tracker.location:  # the group lets `ftexp.review import` log its table next to the run
-        results["logger"] = {"type": type(tracker).__name__, "dir": tracker.location, "group": group}
-    if error is not None:
-        results["error"] = {"type": type(error).__name__, "message": str(error),
-                            "traceback": traceback.format_exception(type(error), error, error.__traceback__)[-8:]}
-    results = redact(results, secrets)  # error messages and tracebacks too
-    write_results(run_dir, results)
-    return results
+class ResultsFile:
+    """The job's results.json: what is known at the start, written with the run's record at the end
+    (``completed``) or when it fails (``failed``, with the error), secrets redacted."""
+
+    def __init__(self, run_dir: Path, main_task: str, secrets: List[str], base: Dict[str, Any]) -> None:
+        self.run_dir, self.main_task, self.secrets, self.base = run_dir, main_task, secrets, base
+        self.tracker_group: Optional[str] = None  # the W&B group: `ftexp.review import` logs next to the run
+        self.t0 = time.perf_counter()
+
+    def write(self, record: RunRecord, tracker: Any, error: Optional[BaseException] = None) -> Dict[str, Any]:
+        results = dict(self.base)
+        results.update(
+            status="failed" if error is not None else "completed",
+            finished_at=now(),
+            # A failed run has no final metrics: its rows say how far it got (row 0 is the untrained model's).
+            metrics=record.final_metrics(self.main_task) if error is None else {},
+            rows=record.rows,
+            stages=record.stages,
+            wall_time_s={**record.wall_time_s, "total": time.perf_counter() - self.t0},
+            **record.info,
+        )
+        if record.continual:
+            results["continual"] = record.continual
+        if tracker.location:
+            results["logger"] = {"type": type(tracker).__name__, "dir": tracker.location, "group": self.tracker_group}
+        if error is not None:
+            results["error"] = {"type": type(error).__name__, "message": str(error),
+                                "traceback": traceback.format_exception(type(error), error, error.__traceback__)[-8:]}
+        results = redact(results, self.secrets)  # error messages and tracebacks too
+        write_results(self.run_dir, results)
+        return results
 
 
 def _print_summary(results: Dict[str, Any]) -> None:

@@ -125,9 +125,9 @@ def test_divergence_is_reported_in_optimizer_steps_under_gradient_accumulation(a
 def test_a_failed_run_keeps_its_checkpoints_and_checkpoints_false_writes_none(tiny_overrides, monkeypatch, keep):
     """An exception after training (here: in the evaluation of the trained model) keeps the epoch
     checkpoints for resume=true; trainer.checkpoints=false never writes any."""
-    import ftexp.run
+    from ftexp.eval.row import RowEvaluator
 
-    real, calls = ftexp.run.evaluate_row, []
+    real, calls = RowEvaluator.evaluate, []
 
     def failing_second_row(*args, **kwargs):
         calls.append(1)
@@ -135,7 +135,7 @@ def test_a_failed_run_keeps_its_checkpoints_and_checkpoints_false_writes_none(ti
             raise RuntimeError("evaluation broke")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ftexp.run, "evaluate_row", failing_second_row)
+    monkeypatch.setattr(RowEvaluator, "evaluate", failing_second_row)
     overrides = [*tiny_overrides, "trainer.max_epochs=2", f"trainer.checkpoints={str(keep).lower()}"]
     with pytest.raises(RuntimeError, match="evaluation broke"):
         compose_and_run(overrides)
@@ -146,11 +146,11 @@ def test_a_failed_run_keeps_its_checkpoints_and_checkpoints_false_writes_none(ti
 
 
 def test_a_resumed_job_continues_its_own_wandb_run(tiny_overrides, monkeypatch):
-    import ftexp.run
+    from ftexp.eval.row import RowEvaluator
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    real, calls = ftexp.run.evaluate_row, []
+    real, calls = RowEvaluator.evaluate, []
 
     def failing_once(*args, **kwargs):
         calls.append(1)
@@ -158,7 +158,7 @@ def test_a_resumed_job_continues_its_own_wandb_run(tiny_overrides, monkeypatch):
             raise RuntimeError("evaluation broke")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ftexp.run, "evaluate_row", failing_once)
+    monkeypatch.setattr(RowEvaluator, "evaluate", failing_once)
     overrides = [*tiny_overrides, "logger=wandb"]
     with pytest.raises(RuntimeError):
         compose_and_run(overrides)

@@ -144,7 +144,7 @@ def test_mfu_counts_6n_for_full_fine_tuning_and_about_4n_for_lora():
 
     from peft import LoraConfig, get_peft_model
 
-    from ftexp.run import mfu_inputs
+    from ftexp.training.stage import mfu_inputs
 
     model = tiny_lm()
     n = sum(p.numel() for p in model.parameters())

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import pytorch_lightning as pl
@@ -83,28 +85,35 @@ def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+@dataclass(frozen=True)
+class StepOptions:
+    """How the training step runs (the ``trainer`` keys of the same names); see configure_optimizers and
+    train_forward."""
+
+    compile: bool = False
+    compile_scope: str = "layers"  # layers: each decoder layer and the loss | step: the whole training forward
+    fused_loss: bool = False
+    master_weights: bool = False
+
+    @classmethod
+    def of(cls, trainer_cfg: Any) -> "StepOptions":
+        return cls(**{f.name: trainer_cfg[f.name] for f in dataclasses.fields(cls)})
+
+
 class FineTuneModule(pl.LightningModule):
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        optim_cfg: Any,
-        lr: float,
-        mitigation: Optional[Mitigation] = None,
-        compile: bool = False,
-        compile_scope: str = "layers",
-        fused_loss: bool = False,
-        master_weights: bool = False,
-    ) -> None:
+    def __init__(self, model: torch.nn.Module, optim_cfg: Any, lr: float, mitigation: Optional[Mitigation] = None,
+                 step: StepOptions = StepOptions()) -> None:
         super().__init__()
         self.model = model
         # see compiled.py: each decoder layer and the loss compiled (training forward and backward), or the step
-        self.compiled_regions = CompiledRegions(model) if compile and compile_scope == "layers" else None
-        self.compile_step = compile and compile_scope == "step"  # see train_forward
+        compiled, scope = step.compile, step.compile_scope
+        self.compiled_regions = CompiledRegions(model) if compiled and scope == "layers" else None
+        self.compile_step = compiled and scope == "step"  # see train_forward
         self.adapter_casts = AdapterInputCasts(model)  # off in the training step under autocast (see its file)
-        if fused_loss:
+        if step.fused_loss:
             require_fusable(model)
-        self.fused_loss = fused_loss
-        self.master_weights = master_weights  # see configure_optimizers
+        self.fused_loss = step.fused_loss
+        self.master_weights = step.master_weights  # see configure_optimizers
         self.optim_cfg = optim_cfg
         self.lr = lr
         self.mitigation = mitigation or NoMitigation()
