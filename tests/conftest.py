@@ -1,6 +1,9 @@
 """Shared fixtures: real data from FTEXP_DATA_DIR, a tiny-run config, toy datasets, multirun folders.
 
-Plain helpers (constants, functions, classes) live in tests/helpers/; test modules import them from there.
+The folders: unit/ (fast, mostly in this process; a few files keep a slow test beside their fast ones),
+integration/ (``python -m ftexp`` and other scripts in subprocesses, DDP and FSDP on CPU processes), gpu/
+(needs CUDA), helpers/ (what test modules share, and the scripts that tests start). The markers choose the tiers, not the folders: ``make test-fast`` runs what is neither
+``slow`` nor ``gpu``, ``make test`` everything but ``gpu``.
 """
 
 from __future__ import annotations
