@@ -1,46 +1,27 @@
-"""Shared fixtures: real data from FTEXP_DATA_DIR, a tiny-model config, in-process runs."""
+"""Shared fixtures: real data from FTEXP_DATA_DIR, a tiny-run config, toy datasets, multirun folders.
+
+The folders: unit/ (fast, mostly in this process; a few files keep a slow test beside their fast ones),
+integration/ (``python -m ftexp`` and other scripts in subprocesses, DDP and FSDP on CPU processes), gpu/
+(needs CUDA), helpers/ (what test modules share, and the scripts that tests start). The markers choose the tiers, not the folders: ``make test-fast`` runs what is neither
+``slow`` nor ``gpu``, ``make test`` everything but ``gpu``.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import List
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-# A ~25 k-parameter model and a few hundred examples: a whole run takes seconds on a CPU.
-TINY = [
-    "model.hidden_size=32",
-    "model.intermediate_size=64",
-    "model.num_hidden_layers=1",
-    "model.num_attention_heads=2",
-    "model.num_key_value_heads=1",
-    "model.vocab_size=400",
-    "model.max_length=64",
-    "data.n_train=240",
-    "data.n_test=80",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.log_every_n_steps=2",
-    "logger=none",
-]
-
-
-def _data_dir() -> Path | None:
-    candidates = [os.environ.get("FTEXP_DATA_DIR"), REPO.parent / "shared" / "data"]
-    for c in candidates:
-        if c and (Path(c) / "banking77" / "train.jsonl").is_file():
-            return Path(c).resolve()
-    return None
+from tests.helpers import TINY, find_data_dir
+from tests.helpers.multirun import write_size_sweep
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real datasets; tests that need them are skipped, with the reason, where they are absent."""
-    found = _data_dir()
+    found = find_data_dir()
     if found is None:
         pytest.skip("real datasets not found: set FTEXP_DATA_DIR to the folder holding banking77/")
     return found
@@ -68,7 +49,14 @@ def toy_data(tmp_path) -> Path:
 
 @pytest.fixture
 def tiny_overrides(data_dir, cache_dir, tmp_path) -> List[str]:
+    """A tiny run (debug=tiny) on the real data, writing into tmp_path/run."""
     return [*TINY, f"data_dir={data_dir}", f"cache_dir={cache_dir}", f"output_dir={tmp_path / 'run'}"]
+
+
+@pytest.fixture
+def size_sweep(tmp_path) -> Path:
+    """E2's multirun folder: 2 sizes x 3 seeds with known accuracies, a failed job, a truncated results.json."""
+    return write_size_sweep(tmp_path)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,0 +1,273 @@
+"""trainer.master_weights: bf16 compute, the optimizer on fp32 copies of the weights that train."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from ftexp.config.preflight import ConfigError, check_overrides, compose_config
+from ftexp.data.datamodule import FineTuneDataModule
+from ftexp.training.master_weights import MasterWeightAdamW
+from ftexp.training.module import FineTuneModule
+from tests.helpers.models import tiny_lm, varied_rows
+
+
+def _train_bf16(master_weights: bool, lr: float = 1e-5):
+    """Six bf16-true steps of the tiny model; the model, its weights before, and the trainer."""
+    pl.seed_everything(0, verbose=False)
+    rows = varied_rows(48, seed=2)
+    dm = FineTuneDataModule(rows, rows[:16], pad_id=0, batch_size=16, seed=0, group_by_length=False)
+    model = tiny_lm().to(torch.bfloat16)
+    before = copy.deepcopy(model)
+    optim = compose_config(["optim.warmup_ratio=0"]).optim
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", precision="bf16-true", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         gradient_clip_val=1.0)
+    trainer.fit(FineTuneModule(model, optim, lr=lr, master_weights=master_weights), datamodule=dm)
+    return model, before, trainer
+
+
+def _share_changed(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    pairs = list(zip(a.parameters(), b.parameters()))
+    return sum(int((x != y).sum()) for x, y in pairs) / sum(x.numel() for x, _ in pairs)
+
+
+def test_updates_too_small_for_bf16_accumulate_in_the_fp32_copies():
+    """At a fine-tuning learning rate most AdamW updates are below bf16's resolution: pure bf16 drops
+    them, the fp32 copies keep them, and the model's weights are the copies rounded."""
+    pure, before, _ = _train_bf16(master_weights=False)
+    assert _share_changed(pure, before) < 0.3
+    model, before, trainer = _train_bf16(master_weights=True)
+    optimizer = trainer.optimizers[0]
+    assert isinstance(optimizer, MasterWeightAdamW)
+    masters = dict(zip([id(p) for p in optimizer.model_params], optimizer.masters))
+    moved = 0
+    for p, p0 in zip(model.parameters(), before.parameters()):
+        m = masters[id(p)]
+        assert m.dtype == torch.float32 and p.dtype == torch.bfloat16
+        assert torch.equal(p, m.to(torch.bfloat16))  # the weights the model computes with: the copies, rounded
+        moved += int((m != p0.float()).sum())
+        assert all(s["exp_avg"].dtype == torch.float32 for s in [optimizer.state[m]])
+    assert moved / sum(p.numel() for p in model.parameters()) > 0.95
+    assert _share_changed(model, before) > _share_changed(pure, before)
+
+
+def test_gradients_reach_the_fp32_copies_before_lightning_clips_them(monkeypatch):
+    """The norm Lightning clips is the copies': each step's gradients on them are within the limit."""
+    from ftexp.training import module
+
+    norms = []
+
+    class Spy(MasterWeightAdamW):
+        def step(self, closure=None):
+            def clipped():  # the closure runs the backward, on_before_optimizer_step and the clipping
+                loss = closure()
+                norms.append(float(torch.stack([m.grad.norm() for m in self.masters if m.grad is not None]).norm()))
+                return loss
+            return super().step(clipped)
+
+    monkeypatch.setattr(module, "MasterWeightAdamW", Spy)
+    pl.seed_everything(0, verbose=False)
+    rows = varied_rows(32, seed=2)
+    dm = FineTuneDataModule(rows, rows[:8], pad_id=0, batch_size=16, seed=0, group_by_length=False)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", precision="bf16-true", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         gradient_clip_val=1e-3)  # far below the tiny model's gradient norm
+    trainer.fit(FineTuneModule(tiny_lm().to(torch.bfloat16), compose_config([]).optim, lr=1e-3,
+                               master_weights=True), datamodule=dm)
+    assert len(norms) == 2 and all(n <= 1e-3 * 1.001 for n in norms), norms
+
+
+def test_the_fp32_copies_travel_in_the_optimizers_checkpoint_state():
+    model, _, trainer = _train_bf16(master_weights=True)
+    optimizer = trainer.optimizers[0]
+    state = optimizer.state_dict()
+    assert len(state["master_weights"]) == len(list(model.parameters()))
+    # A resumed run's model holds the rounded weights, and its optimizer rebuilds copies of those.
+    twin = copy.deepcopy(model)
+    where = {id(p): i for i, p in enumerate(model.parameters())}
+    same = [list(twin.parameters())[where[id(p)]] for p in optimizer.model_params]
+    sizes = [len(g["params"]) for g in optimizer.param_groups]
+    groups = [{"params": same[sum(sizes[:i]):sum(sizes[:i + 1])]} for i in range(len(sizes))]
+    fresh = MasterWeightAdamW(groups, lr=1e-5)
+    assert not all(torch.equal(a, b) for a, b in zip(fresh.masters, state["master_weights"]))
+    fresh.load_state_dict(state)
+    for a, b, p in zip(fresh.masters, state["master_weights"], fresh.model_params):
+        assert torch.equal(a, b) and torch.equal(p, b.to(torch.bfloat16))
+
+
+def test_master_weights_need_a_low_precision_and_refuse_fsdp():
+    check_overrides(["trainer.precision=bf16-true", "trainer.master_weights=true"])
+    with pytest.raises(ConfigError, match="trainer.master_weights=True: .*needs trainer.precision='bf16-true', not '32-true'"):
+        check_overrides(["trainer.master_weights=true"])
+    with pytest.raises(ConfigError, match="trainer.master_weights=True: trainer.strategy='fsdp' shards"):
+        check_overrides(["trainer=fsdp", "trainer.precision=bf16-true", "trainer.master_weights=true"])
+    with pytest.raises(ConfigError, match="trainer.strategy='deepspeed_stage_2' shards"):
+        check_overrides(["trainer.strategy=deepspeed_stage_2", "trainer.precision=bf16-true",
+                         "trainer.master_weights=true"])
+
+
+def test_trainer_master_weights_reaches_the_optimizer(tiny_overrides, tmp_path, monkeypatch):
+    from ftexp.job import run_job
+
+    calls = []
+    original = MasterWeightAdamW.accumulate_grads
+    monkeypatch.setattr(MasterWeightAdamW, "accumulate_grads", lambda self: calls.append(1) or original(self))
+    run_job(compose_config([*tiny_overrides, "trainer.precision=bf16-true", "trainer.master_weights=true",
+                            "trainer.max_steps=2", "save_model=false", f"output_dir={tmp_path / 'run'}"]))
+    assert len(calls) == 4  # after each backward and before each step
+
+
+@pytest.mark.parametrize("implementation", ["auto", "compiled"])
+def test_a_run_resumed_from_a_checkpoint_goes_on_from_the_fp32_copies(tmp_path, implementation):
+    """Resumed after its first epoch, a run ends with the uninterrupted run's copies and weights, bit for
+    bit (copies rebuilt from the rounded weights would differ), the compiled step's too."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    def fit(folder, ckpt=None):
+        pl.seed_everything(0, verbose=False)
+        rows = varied_rows(48, seed=2)
+        dm = FineTuneDataModule(rows, rows[:16], pad_id=0, batch_size=8, seed=0, group_by_length=False)
+        model = tiny_lm().to(torch.bfloat16)
+        optim = compose_config(["optim.warmup_ratio=0", f"optim.implementation={implementation}"]).optim
+        module = FineTuneModule(model, optim, lr=1e-5, master_weights=True)
+        trainer = pl.Trainer(max_epochs=2, accelerator="cpu", precision="bf16-true", logger=False,
+                             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                             callbacks=[ModelCheckpoint(dirpath=folder, save_top_k=-1, every_n_epochs=1,
+                                                        filename="{epoch}")])
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        return trainer.optimizers[0], model
+
+    whole, whole_model = fit(tmp_path / "a")
+    resumed, resumed_model = fit(tmp_path / "b", ckpt=str(tmp_path / "a" / "epoch=0.ckpt"))
+    assert all(torch.equal(a, b) for a, b in zip(whole.masters, resumed.masters))
+    assert all(torch.equal(a, b) for a, b in zip(whole_model.parameters(), resumed_model.parameters()))
+
+
+class FirstStepGrads(pl.Callback):
+    """The micro-batches of the first optimizer step and the fp32 copies' gradients it stepped with
+    (still there at the batch's end: Lightning zeroes them before the next step), in the order of the
+    model's parameters, saved per rank."""
+
+    def __init__(self, folder):
+        self.folder, self.batches = folder, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 0:
+            self.batches.append({k: v.clone() for k, v in batch.items()})
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == 1 and not (self.folder / f"rank{trainer.global_rank}.pt").exists():
+            optimizer = trainer.optimizers[0]
+            master = {id(p): m for p, m in zip(optimizer.model_params, optimizer.masters)}
+            grads = [master[id(p)].grad.clone() for p in pl_module.model.parameters()]  # the model's order
+            torch.save({"grads": grads, "batches": self.batches}, self.folder / f"rank{trainer.global_rank}.pt")
+
+
+def _first_step(folder, accumulate: int, devices: int = 1, batch_size: int = 4):
+    """One bf16-true optimizer step with master weights over ``accumulate`` micro-batches of
+    ``batch_size`` rows (the global batch: under DDP each rank takes half of it)."""
+    pl.seed_everything(0, verbose=False)
+    rows = varied_rows(batch_size * accumulate, seed=3)
+    dm = FineTuneDataModule(rows, rows[:4], pad_id=0, batch_size=batch_size, seed=0, group_by_length=False)
+    module = FineTuneModule(tiny_lm().to(torch.bfloat16), compose_config(["optim.warmup_ratio=0"]).optim, lr=1e-3,
+                            master_weights=True)
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", devices=devices, precision="bf16-true", logger=False,
+                         strategy="ddp_spawn" if devices > 1 else "auto", use_distributed_sampler=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, accumulate_grad_batches=accumulate,
+                         callbacks=[FirstStepGrads(folder)])
+    trainer.fit(module, datamodule=dm)
+    return [torch.load(folder / f"rank{r}.pt") for r in range(devices)]
+
+
+def test_micro_batch_gradients_add_up_in_fp32(tmp_path):
+    """With accumulate_grad_batches=4 the copies step with the fp32 sum of the four micro-batches' bf16
+    gradients (bf16-mixed's numerics), not with a sum rounded to bf16 at every addition."""
+    from ftexp.training.module import completion_loss
+
+    [saved] = _first_step(tmp_path, accumulate=4)
+    assert len(saved["batches"]) == 4
+    model = tiny_lm().to(torch.bfloat16)
+    parts = []
+    for batch in saved["batches"]:
+        (completion_loss(model, batch) / 4).backward()
+        parts.append([p.grad.clone() for p in model.parameters()])
+        model.zero_grad(set_to_none=True)
+    in_fp32 = [sum(g.float() for g in grads) for grads in zip(*parts)]
+    in_bf16 = [sum(grads[1:], grads[0].clone()).float() for grads in zip(*parts)]
+    assert all(torch.equal(a, b) for a, b in zip(saved["grads"], in_fp32))
+    assert not all(torch.equal(a, b) for a, b in zip(saved["grads"], in_bf16))  # the test can tell them apart
+
+
+@pytest.mark.slow
+def test_under_ddp_every_micro_batch_is_averaged_over_the_ranks(tmp_path):
+    """Two gloo ranks, two micro-batches each: the micro-batch that skipped DDP's all-reduce is averaged
+    too, so both ranks step with the same gradients, those of one process on the same global batches
+    (up to bf16 rounding: each rank's matmuls see half the rows)."""
+    (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+    [one] = _first_step(tmp_path / "one", accumulate=2, batch_size=8)
+    rank0, rank1 = _first_step(tmp_path / "two", accumulate=2, devices=2, batch_size=8)
+    assert all(torch.equal(a, b) for a, b in zip(rank0["grads"], rank1["grads"]))
+    for a, b in zip(one["grads"], rank0["grads"]):
+        assert torch.allclose(a, b, rtol=0.05, atol=0.02 * float(a.abs().max())), float((a - b).abs().max())
+
+
+@pytest.mark.slow
+def test_under_ddp_the_ranks_gradients_are_averaged_in_fp32(tmp_path):
+    """Two gloo ranks, one batch each: the copies step with exactly the fp32 mean of the two ranks' bf16
+    gradients, as bf16-mixed's fp32 all-reduce gives, not with DDP's own bf16 sum (which the test tells
+    apart)."""
+    from ftexp.training.module import completion_loss
+
+    ranks = _first_step(tmp_path, accumulate=1, devices=2, batch_size=8)
+    batches = [saved["batches"][0] for saved in ranks]
+    tokens = [(b["labels"][:, 1:] != -100).sum() for b in batches]
+    total = tokens[0] + tokens[1]
+    local = []
+    for batch, n in zip(batches, tokens):  # each rank's own gradients, with global_token_weight's scaling
+        model = tiny_lm().to(torch.bfloat16)
+        (completion_loss(model, batch) * (n * 2 / total)).backward()
+        local.append([p.grad for p in model.parameters()])
+    in_fp32 = [(a.float() + b.float()) / 2 for a, b in zip(*local)]
+    in_bf16 = [(a / 2 + b / 2).float() for a, b in zip(*local)]  # DDP's default: divide, then add in bf16
+    for saved in ranks:
+        assert all(torch.equal(a, b) for a, b in zip(saved["grads"], in_fp32))
+    assert not all(torch.equal(a, b) for a, b in zip(in_bf16, in_fp32))
+
+
+def _average_on_rank(rank: int, port: int, out) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    params = [torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16)) for _ in range(3)]
+    optimizer = MasterWeightAdamW([{"params": params}], lr=1e-3)
+    a, b, _ = optimizer.masters
+    a.grad = torch.full((3,), 1.0 + rank)  # both ranks: averaged
+    if rank == 0:
+        b.grad = torch.full((3,), 4.0)  # only rank 0 (e.g. an expert rank 1 never routed to): half of it
+    optimizer.average_grads_over_ranks(2)
+    out[rank] = [None if m.grad is None else m.grad.tolist() for m in optimizer.masters]
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_averaging_over_ranks_takes_every_copy_even_where_a_rank_has_no_gradient():
+    """Ranks that disagree on which copies have gradients still reduce one layout (else sizes mismatch
+    or values land on the wrong copies); a copy no rank has a gradient for keeps none."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_average_on_rank, args=(port, out), nprocs=2)
+    assert out[0] == out[1] == [[1.5] * 3, [2.0] * 3, None]
