@@ -38,7 +38,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
-from ftexp.training.module import FineTuneModule
+from ftexp.training.module import FineTuneModule, StepOptions
 from ftexp.utils.devices import PEAK_BF16_TFLOPS, lookup
 
 CASES = {
@@ -138,8 +138,8 @@ def ftexp_loop(model, data, precision: str, device, warmup: int, compile: bool =
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          gradient_clip_val=1.0, callbacks=[clock], limit_val_batches=0)
     optim = OmegaConf.merge(OPTIM, {"implementation": implementation})
-    trainer.fit(FineTuneModule(model, optim, lr=1e-5, compile=compile, compile_scope=compile_scope,
-                               fused_loss=fused_loss, master_weights=master_weights),
+    trainer.fit(FineTuneModule(model, optim, lr=1e-5, step=StepOptions(compile, compile_scope, fused_loss,
+                                                                         master_weights)),
                 train_dataloaders=DataLoader(data, batch_size=None))
     return clock.times
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from ftexp.config.preflight import compose_config
 from ftexp.data.base import encode_split
 from ftexp.data.datamodule import LengthGroupedBatches, pad_batch
-from ftexp.training.module import FineTuneModule, warmup_cosine
+from ftexp.training.module import FineTuneModule, StepOptions, warmup_cosine
 from ftexp.training.throughput import Throughput
 from ftexp.utils.build import build
 
@@ -113,7 +113,7 @@ def run_ftexp(model, batches, optim_cfg, lr: float, warmup: int, mitigation=None
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          gradient_clip_val=1.0,
                          callbacks=[Throughput(), clock], log_every_n_steps=20, limit_val_batches=0)
-    module = FineTuneModule(model, optim_cfg, lr=lr, mitigation=mitigation, fused_loss=fused_loss)
+    module = FineTuneModule(model, optim_cfg, lr=lr, mitigation=mitigation, step=StepOptions(fused_loss=fused_loss))
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None, shuffle=False))
     return (clock.end - clock.start) / (len(batches) - warmup)
 

@@ -16,7 +16,7 @@ from ftexp.data.packing import flatten_batch
 from ftexp.errors import FtexpError
 from ftexp.training import fused_loss
 from ftexp.training.fused_loss import FUSABLE, fused_forward, linear_cross_entropy
-from ftexp.training.module import FineTuneModule, forward
+from ftexp.training.module import FineTuneModule, StepOptions, forward
 from tests.helpers.models import tiny_lm, train_tiny, varied_rows
 
 SHAPE = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -152,15 +152,15 @@ def test_a_model_whose_logits_are_not_its_output_layer_alone_is_refused():
 
     model = tf.Gemma2ForCausalLM(tf.Gemma2Config(**SHAPE, head_dim=8))  # soft-caps its logits
     with pytest.raises(FtexpError, match="trainer.fused_loss=true.*Gemma2ForCausalLM"):
-        FineTuneModule(model, compose_config([]).optim, lr=1e-3, fused_loss=True)
+        FineTuneModule(model, compose_config([]).optim, lr=1e-3, step=StepOptions(fused_loss=True))
     capped = tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**SHAPE, head_dim=8, final_logit_softcapping=30.0))
     with pytest.raises(FtexpError, match="trainer.fused_loss=true.*Gemma3ForCausalLM"):  # a fusable type, capped
-        FineTuneModule(capped, compose_config([]).optim, lr=1e-3, fused_loss=True)
+        FineTuneModule(capped, compose_config([]).optim, lr=1e-3, step=StepOptions(fused_loss=True))
     adapted_head = get_peft_model(ARCHS["llama"](), LoraConfig(r=2, target_modules=["q_proj", "lm_head"]))
     with pytest.raises(FtexpError, match="no adapter on the output layer"):
-        FineTuneModule(adapted_head, compose_config([]).optim, lr=1e-3, fused_loss=True)
+        FineTuneModule(adapted_head, compose_config([]).optim, lr=1e-3, step=StepOptions(fused_loss=True))
     FineTuneModule(get_peft_model(ARCHS["llama"](), LoraConfig(r=2, target_modules=["q_proj"])),
-                   compose_config([]).optim, lr=1e-3, fused_loss=True)  # adapters inside the decoder only: fine
+                   compose_config([]).optim, lr=1e-3, step=StepOptions(fused_loss=True))  # adapters inside the decoder only: fine
 
 
 @pytest.mark.parametrize("override,why", [("mitigation=lwf", "full logits"), ("trainer=fsdp", "FSDP shards"),
