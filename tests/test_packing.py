@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from ftexp.config.preflight import ConfigError, check_overrides, compose_config
-from ftexp.data.datamodule import FineTuneDataModule, pad_batch
+from ftexp.data.datamodule import Batching, FineTuneDataModule, pad_batch
 from ftexp.data.packing import (first_fit_decreasing, flatten_batch, pack_batch, pack_rows, real_tokens,
                                 spread_evenly)
 from ftexp.training.module import FineTuneModule, completion_loss
@@ -158,8 +158,8 @@ def _train(pack_length, pack_flat=False):
     pl.seed_everything(0, verbose=False)
     model = tiny_lm()
     rows = varied_rows(96, seed=1)
-    dm = FineTuneDataModule(rows, rows[:16], pad_id=0, batch_size=16, seed=0, group_by_length=False,
-                            pack_length=pack_length, pack_flat=pack_flat)
+    dm = FineTuneDataModule(rows, rows[:16], Batching(pad_id=0, batch_size=16, seed=0, group_by_length=False,
+                                                      pack_length=pack_length, pack_flat=pack_flat))
     steps = StepLosses()
     trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[steps])
