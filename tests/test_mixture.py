@@ -13,7 +13,7 @@ from ftexp.config.preflight import compose_config
 from ftexp.data.base import DataError
 from ftexp.data.checks import normalise
 from ftexp.data.mixture import apportion, synthetic_count
-from ftexp.synthesis import add_synthetic
+from ftexp.synthesis import SynthesisInputs, add_synthetic
 from ftexp.utils.build import build
 
 WORDS = {"card_arrival": "card arrive post", "top_up": "top up money", "refund": "refund return back"}
@@ -69,7 +69,7 @@ def test_validation_and_test_do_not_change_with_the_mixture(toy):
     base = task_for(toy)
     other = task_for(toy, "data.n_train=20", "data.synthetic.method=augment", "data.synthetic.share=0.5", seed=3)
     add_synthetic(other, compose_config(["data.synthetic.method=augment", "data.synthetic.share=0.5"]).data.synthetic,
-                  compose_config(["seed=3"]), None, None, Path("unused"))
+                  SynthesisInputs(seed=3, cache_dir=Path("unused")))
     for split in ("val", "test"):
         assert prompts(other.splits[split]) == prompts(base.splits[split])
         assert {e.origin for e in other.splits[split]} == {"real"}
@@ -93,7 +93,7 @@ def test_train_test_duplicates_are_dropped_counted_and_capped(toy):
 def test_synthetic_share_is_realised_within_one_example(toy, share):
     task = task_for(toy, "data.n_train=50")
     cfg = compose_config(["data.synthetic.method=augment", f"data.synthetic.share={share}"])
-    add_synthetic(task, cfg.data.synthetic, cfg, None, None, Path("unused"))
+    add_synthetic(task, cfg.data.synthetic, SynthesisInputs(seed=cfg.seed, cache_dir=Path("unused")))
     train = task.splits["train"]
     n_syn = sum(e.origin == "synthetic" for e in train)
     assert sum(e.origin == "real" for e in train) == 50
@@ -119,7 +119,9 @@ def test_model_written_synthetic_data_is_cached_and_reproducible(toy, tmp_path, 
         task = build(cfg.data, data_dir="unused", seed=0)
         source = build(cfg.model)
         tokenizer = source.load_tokenizer(task.tokenizer_corpus, cache_dir)
-        add_synthetic(task, cfg.data.synthetic, cfg, source, tokenizer, cache)
+        run = SynthesisInputs(seed=cfg.seed, cache_dir=cache, model_source=source, model=cfg.model, tokenizer=tokenizer,
+                              optim=cfg.optim, trainer=cfg.trainer)
+        add_synthetic(task, cfg.data.synthetic, run)
         made = [(e.label, e.text) for e in task.splits["train"] if e.origin == "synthetic"]
         return made, task.report["synthetic"]
 
@@ -272,7 +274,9 @@ def test_few_shot_prompts_use_real_examples_of_the_label_and_are_fixed_per_sampl
 
     task = task_for(toy, "data.n_train=30")
     cfg = compose_config(["data.synthetic.finetune_generator=false", "data.synthetic.shots=2"])
-    gen = Generator(cfg.data.synthetic, cfg, build(cfg.model), Vocab(), task, Path("unused"))
+    run = SynthesisInputs(seed=cfg.seed, cache_dir=Path("unused"), model_source=build(cfg.model), model=cfg.model,
+                          tokenizer=Vocab())
+    gen = Generator(cfg.data.synthetic, run, task)
     refunds = [e.text for e in task.splits["train"] if e.label == "refund"]
     prompts, seeds = gen.prompts("refund", [0, 1, 2], refunds, seed=0)
     assert all(p.count("\nText: refund return back request") == 2 and p.endswith("\nText:") for p in prompts)
