@@ -63,7 +63,8 @@ class SyntheticConfig:
     generator: Optional[Any] = None  # a model config; null = the run's model
     finetune_generator: Optional[bool] = None  # null = only when the generator is not pretrained
     generator_epochs: int = 4  # epochs of in-run generator fine-tuning
-    shots: Optional[int] = None  # real examples per prompt; null = 3 for a pretrained generator, 0 for one fine-tuned in-run
+    # real examples per prompt; null = 3 for a pretrained generator, 0 for one fine-tuned in-run
+    shots: Optional[int] = None
     max_new_tokens: int = 96
     temperature: float = 1.0
     top_p: float = 0.95

@@ -52,7 +52,9 @@ class ReplayBatches(Sampler[List[int]]):
 
     def _per_step(self) -> float:
         """Replayed rows per step, on average."""
-        return self.batch_size * self.ratio if self.mode == "replace" else self.batch_size * self.ratio / (1 - self.ratio)
+        if self.mode == "replace":
+            return self.batch_size * self.ratio
+        return self.batch_size * self.ratio / (1 - self.ratio)
 
     def __len__(self) -> int:
         n_batches = len(self.base)
