@@ -13,8 +13,8 @@ from ftexp.config.preflight import compose_config
 from ftexp.data.base import DataError
 from ftexp.data.checks import normalise
 from ftexp.data.mixture import apportion, synthetic_count
-from ftexp.synthesis import SynthesisInputs, add_synthetic
-from ftexp.utils.build import build
+from ftexp.synthesis import SynthesisInputs, SyntheticWriter, add_synthetic
+from ftexp.utils.build import allow_targets, build
 
 WORDS = {"card_arrival": "card arrive post", "top_up": "top up money", "refund": "refund return back"}
 
@@ -137,6 +137,32 @@ def test_model_written_synthetic_data_is_cached_and_reproducible(toy, tmp_path, 
     assert stats_hot["cache"] != stats["cache"] and hotter != first
 
 
+class EchoWriter(SyntheticWriter):
+    """A writer of one's own: sample k of a label says so."""
+
+    def produce(self, requests):
+        return {label: [f"{label} own sample {k}" for k in range(start, start + n)] for label, start, n in requests}
+
+
+def test_a_writer_of_ones_own_is_a_class_named_in_target(toy):
+    from ftexp.config.preflight import check_overrides
+    from ftexp.config.session import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.synthetic._target_='os.system': .*is not allowed"):
+        check_overrides(["data.synthetic._target_=os.system"])
+    check_overrides(["data.synthetic.method=augment"])  # null: the writer that method names
+    task = task_for(toy, "data.n_train=30")
+    cfg = compose_config([f"data.synthetic._target_={__name__}.EchoWriter", "data.synthetic.share=0.5"])
+    allow_targets([f"{__name__}."])
+    try:
+        add_synthetic(task, cfg.data.synthetic, SynthesisInputs(seed=0, cache_dir=Path("unused")))
+    finally:
+        allow_targets([])
+    made = [e for e in task.splits["train"] if e.origin == "synthetic"]
+    assert len(made) == 30 and all(e.source == "EchoWriter" and " own sample " in e.text for e in made)
+    assert task.report["synthetic"]["source"] == "EchoWriter"
+
+
 def test_extra_sources_are_mixed_by_weight(toy, tmp_path):
     extra = tmp_path / "extra"
     extra.mkdir()
@@ -183,7 +209,7 @@ def test_cuad_drops_multi_label_clauses_and_keeps_38_types(data_dir):
 
 
 def test_truthfulqa_is_refused_for_training(data_dir):
-    from ftexp.run import stage_task
+    from ftexp.parts import stage_task
 
     task = build(compose_config(["data=truthfulqa"]).data, data_dir=str(data_dir), seed=0)
     stage = compose_config([]).stages[0]
