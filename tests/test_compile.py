@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 from ftexp.config.preflight import compose_config
 from ftexp.data.datamodule import Batching, FineTuneDataModule
 from ftexp.training.compiled import CompiledRegions
-from ftexp.training.module import FineTuneModule
+from ftexp.training.module import FineTuneModule, StepOptions
 from tests.test_eval import tiny_lm
 from tests.test_packing import StepLosses, varied_rows
 
@@ -20,7 +20,7 @@ def train_tiny(model=None, **module_options):
     pl.seed_everything(0, verbose=False)
     rows = varied_rows(48, seed=2)
     dm = FineTuneDataModule(rows, rows[:16], Batching(pad_id=0, batch_size=16, seed=0, group_by_length=False))
-    module = FineTuneModule(model or tiny_lm(), compose_config([]).optim, lr=3e-3, **module_options)
+    module = FineTuneModule(model or tiny_lm(), compose_config([]).optim, lr=3e-3, step=StepOptions(**module_options))
     steps = StepLosses()
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[steps])

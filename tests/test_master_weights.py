@@ -11,7 +11,7 @@ import torch
 from ftexp.config.preflight import ConfigError, check_overrides, compose_config
 from ftexp.data.datamodule import Batching, FineTuneDataModule
 from ftexp.training.master_weights import MasterWeightAdamW
-from ftexp.training.module import FineTuneModule
+from ftexp.training.module import FineTuneModule, StepOptions
 from tests.test_eval import tiny_lm
 from tests.test_packing import varied_rows
 
@@ -27,7 +27,7 @@ def _train_bf16(master_weights: bool, lr: float = 1e-5):
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", precision="bf16-true", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          gradient_clip_val=1.0)
-    trainer.fit(FineTuneModule(model, optim, lr=lr, master_weights=master_weights), datamodule=dm)
+    trainer.fit(FineTuneModule(model, optim, lr=lr, step=StepOptions(master_weights=master_weights)), datamodule=dm)
     return model, before, trainer
 
 
@@ -78,7 +78,7 @@ def test_gradients_reach_the_fp32_copies_before_lightning_clips_them(monkeypatch
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          gradient_clip_val=1e-3)  # far below the tiny model's gradient norm
     trainer.fit(FineTuneModule(tiny_lm().to(torch.bfloat16), compose_config([]).optim, lr=1e-3,
-                               master_weights=True), datamodule=dm)
+                               step=StepOptions(master_weights=True)), datamodule=dm)
     assert len(norms) == 2 and all(n <= 1e-3 * 1.001 for n in norms), norms
 
 
@@ -134,7 +134,7 @@ def test_a_run_resumed_from_a_checkpoint_goes_on_from_the_fp32_copies(tmp_path, 
         dm = FineTuneDataModule(rows, rows[:16], Batching(pad_id=0, batch_size=8, seed=0, group_by_length=False))
         model = tiny_lm().to(torch.bfloat16)
         optim = compose_config(["optim.warmup_ratio=0", f"optim.implementation={implementation}"]).optim
-        module = FineTuneModule(model, optim, lr=1e-5, master_weights=True)
+        module = FineTuneModule(model, optim, lr=1e-5, step=StepOptions(master_weights=True))
         trainer = pl.Trainer(max_epochs=2, accelerator="cpu", precision="bf16-true", logger=False,
                              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                              callbacks=[ModelCheckpoint(dirpath=folder, save_top_k=-1, every_n_epochs=1,
@@ -175,7 +175,7 @@ def _first_step(folder, accumulate: int, devices: int = 1, batch_size: int = 4):
     rows = varied_rows(batch_size * accumulate, seed=3)
     dm = FineTuneDataModule(rows, rows[:4], Batching(pad_id=0, batch_size=batch_size, seed=0, group_by_length=False))
     module = FineTuneModule(tiny_lm().to(torch.bfloat16), compose_config(["optim.warmup_ratio=0"]).optim, lr=1e-3,
-                            master_weights=True)
+                            step=StepOptions(master_weights=True))
     trainer = pl.Trainer(max_steps=1, accelerator="cpu", devices=devices, precision="bf16-true", logger=False,
                          strategy="ddp_spawn" if devices > 1 else "auto", use_distributed_sampler=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -11,7 +11,7 @@ import torch
 from ftexp.config.preflight import ConfigError, check_overrides, compose_config
 from ftexp.data.datamodule import Batching, FineTuneDataModule
 from ftexp.training.master_weights import MasterWeightAdamW
-from ftexp.training.module import FineTuneModule
+from ftexp.training.module import FineTuneModule, StepOptions
 from tests.test_eval import tiny_lm
 from tests.test_packing import varied_rows
 
@@ -90,7 +90,7 @@ def _train(implementation: str, accumulate: int, clip: str = "norm", lr: float =
                          limit_val_batches=0, gradient_clip_val=0.05 if clip == "norm" else 1e-3,
                          gradient_clip_algorithm=clip, accumulate_grad_batches=accumulate,
                          callbacks=list(callbacks))
-    trainer.fit(FineTuneModule(model, optim, lr=lr, master_weights=True), datamodule=dm)
+    trainer.fit(FineTuneModule(model, optim, lr=lr, step=StepOptions(master_weights=True)), datamodule=dm)
     return trainer.optimizers[0], model
 
 
@@ -165,7 +165,8 @@ def _ddp_copies(folder, implementation: str, accumulate: int):
     rows = varied_rows(24 * accumulate, seed=3)
     dm = FineTuneDataModule(rows, rows[:4], Batching(pad_id=0, batch_size=8, seed=0, group_by_length=False))
     optim = compose_config(["optim.warmup_ratio=0", f"optim.implementation={implementation}"]).optim
-    module = FineTuneModule(tiny_lm().to(torch.bfloat16), optim, lr=1e-3, master_weights=True)
+    module = FineTuneModule(tiny_lm().to(torch.bfloat16), optim, lr=1e-3,
+                            step=StepOptions(master_weights=True))
     trainer = pl.Trainer(max_steps=3, accelerator="cpu", devices=2, strategy="ddp_spawn", precision="bf16-true",
                          use_distributed_sampler=False,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -185,13 +185,13 @@ def test_trainer_packing_runs_a_job_with_the_same_losses(tiny_overrides, tmp_pat
     here: transformers builds the same boundaries from position_ids)."""
     import json
 
-    import ftexp.run
+    import ftexp.training.stage
     from ftexp.job import run_job
 
     out = {}
     packing = ["trainer.packing=true", "trainer.pack_length=192"]
     for name, extra in (("padded", []), ("packed", packing), ("flat", packing)):
-        monkeypatch.setattr(ftexp.run, "takes_flat_batches", lambda model: name == "flat")
+        monkeypatch.setattr(ftexp.training.stage, "takes_flat_batches", lambda model: name == "flat")
         cfg = compose_config([*tiny_overrides, *extra, "trainer.group_by_length=false", "save_model=false",
                               f"output_dir={tmp_path / name}"])
         run_job(cfg)
