@@ -27,7 +27,7 @@ from ftexp.eval.row_cache import RowCache
 from ftexp.models.base import count_parameters
 from ftexp.parts import build_evaluators, build_stages, build_tasks, seeds_used, task_info
 from ftexp.record import RunRecord
-from ftexp.synthesis import add_synthetic
+from ftexp.synthesis import SynthesisInputs, add_synthetic
 from ftexp.training import checkpoints
 from ftexp.training.stage import Stage, StageOutputs, StageSettings, StageTrainer
 from ftexp.training.stage_cache import rng_states_of_ranks, set_rank_rng_state
@@ -109,8 +109,8 @@ class Run:
     def _add_synthetic(self) -> None:
         started = time.perf_counter()
         for task in self.tasks.values():
-            add_synthetic(task, task.cfg.synthetic, self.cfg, self.source, self.tokenizer, Path(self.cfg.cache_dir),
-                          self.device, persist=self.rank == 0)
+            add_synthetic(task, task.cfg.synthetic, SynthesisInputs.of_run(self.cfg, self.source, self.tokenizer,
+                                                                          self.device, persist=self.rank == 0))
         self.record.wall_time_s["synthetic"] = time.perf_counter() - started
 
     def _describe(self) -> None:

@@ -40,12 +40,12 @@ class StepLosses(pl.Callback):
 def train_tiny(model=None, **step_options):
     """Six steps of the tiny model on fixed batches: the step losses and the trained module."""
     from ftexp.config.preflight import compose_config
-    from ftexp.data.datamodule import FineTuneDataModule
+    from ftexp.data.datamodule import Batching, FineTuneDataModule
     from ftexp.training.module import FineTuneModule, StepOptions
 
     pl.seed_everything(0, verbose=False)
     rows = varied_rows(48, seed=2)
-    dm = FineTuneDataModule(rows, rows[:16], pad_id=0, batch_size=16, seed=0, group_by_length=False)
+    dm = FineTuneDataModule(rows, rows[:16], Batching(pad_id=0, batch_size=16, seed=0, group_by_length=False))
     module = FineTuneModule(model or tiny_lm(), compose_config([]).optim, lr=3e-3, step=StepOptions(**step_options))
     steps = StepLosses()
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,

@@ -12,7 +12,7 @@ import torch
 from ftexp.config.preflight import compose_config
 from ftexp.data.base import encode_prompt, encode_split, Example
 from ftexp.data.datamodule import pad_batch
-from ftexp.models.decoding import generate_ids
+from ftexp.models.decoding import Decoding, generate_ids
 from ftexp.utils.build import build, typed
 
 pytestmark = [
@@ -48,7 +48,7 @@ def test_the_weights_know_a_fact_and_say_where_they_came_from(pretrained):
     cfg, source, tok = pretrained
     model = source.load_model(tok)
     prompt = encode_prompt(tok, "What is the capital of France?", chat=True)
-    answer = tok.decode(generate_ids(model, tok, [prompt], max_new_tokens=12, batch_size=1)[0])
+    answer = tok.decode(generate_ids(model, tok, [prompt], Decoding(max_new_tokens=12, batch_size=1))[0])
     assert "Paris" in answer, answer
     prov = source.provenance
     assert prov["source"] == "gguf" and prov["quantization"] == "Q4_1"

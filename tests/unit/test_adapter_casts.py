@@ -6,7 +6,7 @@ import pytorch_lightning as pl
 import torch
 
 from ftexp.config.preflight import compose_config
-from ftexp.data.datamodule import FineTuneDataModule
+from ftexp.data.datamodule import Batching, FineTuneDataModule
 from ftexp.training.adapter_casts import AdapterInputCasts
 from ftexp.training.module import FineTuneModule
 from tests.helpers.models import tiny_lm, varied_rows
@@ -34,7 +34,7 @@ def _train_lora(monkeypatch, skip: bool, dropout: float = 0.0):
                                                                     lora_dropout=dropout))
     assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.float32}  # peft's default
     rows = varied_rows(24, seed=2)
-    dm = FineTuneDataModule(rows, rows[:8], pad_id=0, batch_size=8, seed=0, group_by_length=False)
+    dm = FineTuneDataModule(rows, rows[:8], Batching(pad_id=0, batch_size=8, seed=0, group_by_length=False))
     module = FineTuneModule(model, compose_config([]).optim, lr=1e-2)
     trainer = pl.Trainer(max_steps=3, accelerator="cpu", precision="bf16-mixed", logger=False, limit_val_batches=0,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)

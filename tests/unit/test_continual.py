@@ -11,8 +11,8 @@ import pytest
 
 from ftexp.config.preflight import compose_config
 from ftexp.data.base import Example, Task
-from ftexp.data.datamodule import LengthGroupedBatches, RankShare
-from ftexp.data.replay_batches import ReplayBatches
+from ftexp.data.datamodule import Batching, FineTuneDataModule, LengthGroupedBatches, RankShare
+from ftexp.data.replay_batches import ReplayBatches, ReplayMix, ReplayRows
 from ftexp.eval.continual import continual_metrics, score_matrix
 
 # Three rows (base, after stage 1 on A, after stage 2 on B) over tasks A, B and a general loss G.
@@ -43,7 +43,7 @@ def test_score_matrix_reads_rows_and_marks_missing_scores():
 @pytest.mark.parametrize("ratio", [0.1, 0.25])
 def test_replay_batches_realise_the_ratio_and_cover_every_new_row(mode, ratio):
     base = LengthGroupedBatches([10 + i % 7 for i in range(1000)], batch_size=32, seed=0)
-    sampler = ReplayBatches(base, n_new=1000, n_replay=300, ratio=ratio, mode=mode, batch_size=32, seed=1)
+    sampler = ReplayBatches(base, n_new=1000, n_replay=300, mix=ReplayMix(ratio, mode), batch_size=32, seed=1)
     batches = list(sampler)
     replayed = sum(i >= 1000 for b in batches for i in b)
     total = sum(len(b) for b in batches)
@@ -121,12 +121,29 @@ def test_ewc_and_lwf_run_through_two_stages(tiny_overrides, mitigation, logged):
     assert values and max(values) > 0  # the penalty / distillation term acted in stage 2
 
 
+def test_replay_installed_on_a_datamodule_draws_the_replay_batches_and_marks_them():
+    """The DataModule knows no replay: the rows, batches and ``is_replay`` marks come from the plan."""
+    train = [{"input_ids": [1] * (3 + i % 5), "labels": [1] * (3 + i % 5), "n": i} for i in range(40)]
+    replay = [{"input_ids": [2] * 4, "labels": [2] * 4, "n": 100 + j} for j in range(9)]
+    dm = FineTuneDataModule(train, [], Batching(pad_id=0, batch_size=8, seed=3))
+    plain_rows, plain = dm.identity()
+    assert set(plain_rows) == {"train", "val"} and "replay_ratio" not in plain and "num_workers" not in plain
+    dm.install(ReplayRows(replay, ReplayMix(0.25, "replace")))
+    rows, settings = dm.identity()
+    assert rows["replay"] == replay and settings == {**plain, "replay_ratio": 0.25, "replay_mode": "replace"}
+    expected = ReplayBatches(LengthGroupedBatches([len(r["input_ids"]) for r in train], 8, seed=3), n_new=40,
+                             n_replay=9, mix=ReplayMix(0.25, "replace"), batch_size=8, seed=3 + 7919)
+    for want, batch in zip(expected, dm.train_dataloader(), strict=True):
+        assert batch["is_replay"].tolist() == [i >= 40 for i in want]
+        assert batch["input_ids"].shape[0] == len(want)
+
+
 def test_replay_batches_under_ddp_are_the_global_batches_split():
     lengths = [10 + i % 7 for i in range(1001)]
 
     def mixed():
         return ReplayBatches(LengthGroupedBatches(lengths, batch_size=32, seed=0), n_new=1001, n_replay=50,
-                             ratio=0.1, mode="replace", batch_size=32, seed=5)
+                             mix=ReplayMix(0.1, "replace"), batch_size=32, seed=5)
 
     single = list(mixed())
     assert len(single) == len(mixed())

@@ -11,7 +11,7 @@ import torch
 
 from ftexp.config.preflight import compose_config
 from ftexp.data.base import DataError, Example, assemble, encode_completion, encode_prompt, encode_split
-from ftexp.data.datamodule import FineTuneDataModule, LengthGroupedBatches, Lent, RankShare, pad_batch
+from ftexp.data.datamodule import Batching, FineTuneDataModule, LengthGroupedBatches, Lent, RankShare, pad_batch
 from ftexp.data.sources import read_rows
 from ftexp.models.tokenizer import bpe_tokenizer
 from ftexp.utils.build import build
@@ -204,7 +204,7 @@ def test_a_lent_row_is_computed_but_adds_nothing_to_the_global_loss(monkeypatch)
     rows = [{"input_ids": [1] + [5] * (i + 1), "labels": [-100] + [5] * (i + 1)} for i in range(5)]
     per_rank = []
     for rank in range(3):
-        dm = FineTuneDataModule(rows, rows, pad_id=0, batch_size=3, seed=0)
+        dm = FineTuneDataModule(rows, rows, Batching(pad_id=0, batch_size=3, seed=0))
         dm.trainer = SimpleNamespace(global_rank=rank, world_size=3, current_epoch=0)
         per_rank.append(list(dm.train_dataloader()))
     short = next(step for step in range(2) if per_rank[2][step].get("lent"))
@@ -227,7 +227,7 @@ def test_a_global_batch_smaller_than_the_devices_is_refused():
     from ftexp.errors import FtexpError
 
     rows = [{"input_ids": [1, 5], "labels": [-100, 5]}] * 8
-    dm = FineTuneDataModule(rows, rows, pad_id=0, batch_size=4, seed=0)
+    dm = FineTuneDataModule(rows, rows, Batching(pad_id=0, batch_size=4, seed=0))
     dm.trainer = SimpleNamespace(global_rank=0, world_size=8, current_epoch=0)
     with pytest.raises(FtexpError, match=r"optim.batch_size=4 is the global batch .* 8 devices"):
         dm.train_dataloader()

@@ -13,7 +13,7 @@ import torch
 
 from ftexp.config.preflight import compose_config
 from ftexp.config.schema import EwcConfig
-from ftexp.data.datamodule import FineTuneDataModule, pad_batch
+from ftexp.data.datamodule import Batching, FineTuneDataModule, pad_batch
 from ftexp.mitigation.base import Mitigation, StageContext
 from ftexp.mitigation.ewc import EWC, trainable_parameters
 from ftexp.mitigation.fisher import per_sample_fisher
@@ -308,7 +308,7 @@ def one_step(model, mitigation, accumulate=2, clip=None, precision="32-true", im
     module's StepOptions): the module (with the gradients stepped) and the trainer."""
     pl.seed_everything(0, verbose=False)
     rows = make_rows(4 * accumulate, seed=5)
-    dm = FineTuneDataModule(rows, rows[:4], pad_id=PAD, batch_size=4, seed=0, group_by_length=False)
+    dm = FineTuneDataModule(rows, rows[:4], Batching(pad_id=PAD, batch_size=4, seed=0, group_by_length=False))
     optim = compose_config(["optim.warmup_ratio=0", f"optim.implementation={implementation}"]).optim
     module = Recorded(model, optim, lr=1e-3, mitigation=mitigation, step=StepOptions(**step))
     precision = {"plugins": [fp16_on_cpu()]} if precision == "16-mixed" else {"precision": precision}
@@ -428,7 +428,7 @@ def test_the_gradient_term_runs_once_per_optimizer_step_between_the_last_backwar
 
     pl.seed_everything(0, verbose=False)
     rows = make_rows(12, seed=5)
-    dm = FineTuneDataModule(rows, rows[:4], pad_id=PAD, batch_size=2, seed=0, group_by_length=False)
+    dm = FineTuneDataModule(rows, rows[:4], Batching(pad_id=PAD, batch_size=2, seed=0, group_by_length=False))
     trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                          accumulate_grad_batches=3, gradient_clip_val=1.0, callbacks=[Order()])

@@ -16,7 +16,7 @@ from ftexp.data.base import Example, Task, encode_split
 from ftexp.data.datamodule import pad_batch
 from ftexp.eval.base import EvalContext
 from ftexp.eval.generation import GenerationEvaluator, answer_scores, corpus_metrics, normalise_answer
-from ftexp.models.decoding import generate_ids
+from ftexp.models.decoding import Decoding, generate_ids
 from ftexp.models.tokenizer import bpe_tokenizer
 from ftexp.utils.build import build
 
@@ -120,9 +120,9 @@ def test_sampled_answers_depend_on_their_seed_not_on_their_batch(tmp_path):
         model, task.splits["test"], task, EvalContext(tokenizer=tok, max_length=64, seed=4))
     assert other != one  # a random model's samples change with the seed
     prompts = [tok(ex.prompt)["input_ids"] for ex in task.splits["test"]]
-    new = generate_ids(model, tok, prompts, max_new_tokens=8, batch_size=4)  # greedy
+    new = generate_ids(model, tok, prompts, Decoding(max_new_tokens=8, batch_size=4))  # greedy
     assert all(len(ids) <= 8 and tok.eos_token_id not in ids for ids in new)
-    assert new == generate_ids(model, tok, prompts, max_new_tokens=8, batch_size=1)
+    assert new == generate_ids(model, tok, prompts, Decoding(max_new_tokens=8, batch_size=1))
 
 
 def test_a_fixed_subset_is_scored_when_n_is_set(tmp_path, monkeypatch):
@@ -157,10 +157,10 @@ def test_sampling_stops_a_row_at_its_line_break_with_the_same_text(tmp_path):
     prompts, seeds = [f"line {i}" for i in range(6)], list(range(6))
     steps = []
     hook = model.register_forward_hook(lambda *a: steps.append(1))
-    early = sample(model, tok, prompts, seeds, 40, 1.0, 1.0, batch_size=6)
+    early = sample(model, tok, prompts, seeds, Decoding(max_new_tokens=40, batch_size=6, stop="\n"))
     n_early = len(steps)
     steps.clear()
-    full = sample(model, tok, prompts, seeds, 40, 1.0, 1.0, batch_size=6, stop=None)
+    full = sample(model, tok, prompts, seeds, Decoding(max_new_tokens=40, batch_size=6))
     hook.remove()
     assert early == [t.split("\n")[0] for t in full]
     assert any("\n" in t for t in full) and n_early < len(steps)

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from ftexp.config.preflight import ConfigError, check_overrides, compose_config
-from ftexp.data.datamodule import FineTuneDataModule
+from ftexp.data.datamodule import Batching, FineTuneDataModule
 from ftexp.training.master_weights import MasterWeightAdamW
 from ftexp.training.module import FineTuneModule, StepOptions
 from tests.helpers.models import tiny_lm, varied_rows
@@ -19,7 +19,7 @@ def _train_bf16(master_weights: bool, lr: float = 1e-5):
     """Six bf16-true steps of the tiny model; the model, its weights before, and the trainer."""
     pl.seed_everything(0, verbose=False)
     rows = varied_rows(48, seed=2)
-    dm = FineTuneDataModule(rows, rows[:16], pad_id=0, batch_size=16, seed=0, group_by_length=False)
+    dm = FineTuneDataModule(rows, rows[:16], Batching(pad_id=0, batch_size=16, seed=0, group_by_length=False))
     model = tiny_lm().to(torch.bfloat16)
     before = copy.deepcopy(model)
     optim = compose_config(["optim.warmup_ratio=0"]).optim
@@ -72,7 +72,7 @@ def test_gradients_reach_the_fp32_copies_before_lightning_clips_them(monkeypatch
     monkeypatch.setattr(module, "MasterWeightAdamW", Spy)
     pl.seed_everything(0, verbose=False)
     rows = varied_rows(32, seed=2)
-    dm = FineTuneDataModule(rows, rows[:8], pad_id=0, batch_size=16, seed=0, group_by_length=False)
+    dm = FineTuneDataModule(rows, rows[:8], Batching(pad_id=0, batch_size=16, seed=0, group_by_length=False))
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", precision="bf16-true", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          gradient_clip_val=1e-3)  # far below the tiny model's gradient norm
@@ -130,7 +130,7 @@ def test_a_run_resumed_from_a_checkpoint_goes_on_from_the_fp32_copies(tmp_path, 
     def fit(folder, ckpt=None):
         pl.seed_everything(0, verbose=False)
         rows = varied_rows(48, seed=2)
-        dm = FineTuneDataModule(rows, rows[:16], pad_id=0, batch_size=8, seed=0, group_by_length=False)
+        dm = FineTuneDataModule(rows, rows[:16], Batching(pad_id=0, batch_size=8, seed=0, group_by_length=False))
         model = tiny_lm().to(torch.bfloat16)
         optim = compose_config(["optim.warmup_ratio=0", f"optim.implementation={implementation}"]).optim
         module = FineTuneModule(model, optim, lr=1e-5, step=StepOptions(master_weights=True))
@@ -172,7 +172,7 @@ def _first_step(folder, accumulate: int, devices: int = 1, batch_size: int = 4):
     ``batch_size`` rows (the global batch: under DDP each rank takes half of it)."""
     pl.seed_everything(0, verbose=False)
     rows = varied_rows(batch_size * accumulate, seed=3)
-    dm = FineTuneDataModule(rows, rows[:4], pad_id=0, batch_size=batch_size, seed=0, group_by_length=False)
+    dm = FineTuneDataModule(rows, rows[:4], Batching(pad_id=0, batch_size=batch_size, seed=0, group_by_length=False))
     module = FineTuneModule(tiny_lm().to(torch.bfloat16), compose_config(["optim.warmup_ratio=0"]).optim, lr=1e-3,
                             step=StepOptions(master_weights=True))
     trainer = pl.Trainer(max_steps=1, accelerator="cpu", devices=devices, precision="bf16-true", logger=False,

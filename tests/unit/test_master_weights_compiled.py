@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from ftexp.config.preflight import ConfigError, check_overrides, compose_config
-from ftexp.data.datamodule import FineTuneDataModule
+from ftexp.data.datamodule import Batching, FineTuneDataModule
 from ftexp.training.master_weights import MasterWeightAdamW
 from ftexp.training.module import FineTuneModule, StepOptions
 from tests.helpers.models import tiny_lm, varied_rows
@@ -81,7 +81,7 @@ def test_the_compiled_step_is_torchs_adamw_on_the_copies_with_clipping_folded_in
 def _train(implementation: str, accumulate: int, clip: str = "norm", lr: float = 1e-3, callbacks=()):
     pl.seed_everything(0, verbose=False)
     rows = varied_rows(48, seed=2)
-    dm = FineTuneDataModule(rows, rows[:16], pad_id=0, batch_size=8, seed=0, group_by_length=False)
+    dm = FineTuneDataModule(rows, rows[:16], Batching(pad_id=0, batch_size=8, seed=0, group_by_length=False))
     model = tiny_lm().to(torch.bfloat16)
     optim = compose_config(["optim.warmup_ratio=0", f"optim.implementation={implementation}"]).optim
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", precision="bf16-true", logger=False,
@@ -162,7 +162,7 @@ def _ddp_copies(folder, implementation: str, accumulate: int):
     folder.mkdir()
     pl.seed_everything(0, verbose=False)
     rows = varied_rows(24 * accumulate, seed=3)
-    dm = FineTuneDataModule(rows, rows[:4], pad_id=0, batch_size=8, seed=0, group_by_length=False)
+    dm = FineTuneDataModule(rows, rows[:4], Batching(pad_id=0, batch_size=8, seed=0, group_by_length=False))
     optim = compose_config(["optim.warmup_ratio=0", f"optim.implementation={implementation}"]).optim
     module = FineTuneModule(tiny_lm().to(torch.bfloat16), optim, lr=1e-3, step=StepOptions(master_weights=True))
     trainer = pl.Trainer(max_steps=3, accelerator="cpu", devices=2, strategy="ddp_spawn", precision="bf16-true",

@@ -13,8 +13,8 @@ from ftexp.config.preflight import compose_config
 from ftexp.data.base import DataError
 from ftexp.data.checks import normalise
 from ftexp.data.mixture import apportion, synthetic_count
-from ftexp.synthesis import add_synthetic
-from ftexp.utils.build import build
+from ftexp.synthesis import SynthesisInputs, SyntheticWriter, add_synthetic
+from ftexp.utils.build import allow_targets, build
 
 WORDS = {"card_arrival": "card arrive post", "top_up": "top up money", "refund": "refund return back"}
 
@@ -69,7 +69,7 @@ def test_validation_and_test_do_not_change_with_the_mixture(toy):
     base = task_for(toy)
     other = task_for(toy, "data.n_train=20", "data.synthetic.method=augment", "data.synthetic.share=0.5", seed=3)
     add_synthetic(other, compose_config(["data.synthetic.method=augment", "data.synthetic.share=0.5"]).data.synthetic,
-                  compose_config(["seed=3"]), None, None, Path("unused"))
+                  SynthesisInputs(seed=3, cache_dir=Path("unused")))
     for split in ("val", "test"):
         assert prompts(other.splits[split]) == prompts(base.splits[split])
         assert {e.origin for e in other.splits[split]} == {"real"}
@@ -93,7 +93,7 @@ def test_train_test_duplicates_are_dropped_counted_and_capped(toy):
 def test_synthetic_share_is_realised_within_one_example(toy, share):
     task = task_for(toy, "data.n_train=50")
     cfg = compose_config(["data.synthetic.method=augment", f"data.synthetic.share={share}"])
-    add_synthetic(task, cfg.data.synthetic, cfg, None, None, Path("unused"))
+    add_synthetic(task, cfg.data.synthetic, SynthesisInputs(seed=cfg.seed, cache_dir=Path("unused")))
     train = task.splits["train"]
     n_syn = sum(e.origin == "synthetic" for e in train)
     assert sum(e.origin == "real" for e in train) == 50
@@ -119,7 +119,9 @@ def test_model_written_synthetic_data_is_cached_and_reproducible(toy, tmp_path, 
         task = build(cfg.data, data_dir="unused", seed=0)
         source = build(cfg.model)
         tokenizer = source.load_tokenizer(task.tokenizer_corpus, cache_dir)
-        add_synthetic(task, cfg.data.synthetic, cfg, source, tokenizer, cache)
+        run = SynthesisInputs(seed=cfg.seed, cache_dir=cache, model_source=source, model=cfg.model, tokenizer=tokenizer,
+                              optim=cfg.optim, trainer=cfg.trainer)
+        add_synthetic(task, cfg.data.synthetic, run)
         made = [(e.label, e.text) for e in task.splits["train"] if e.origin == "synthetic"]
         return made, task.report["synthetic"]
 
@@ -133,6 +135,32 @@ def test_model_written_synthetic_data_is_cached_and_reproducible(toy, tmp_path, 
     overrides.append("data.synthetic.temperature=1.2")  # a setting that changes the samples: another pool
     hotter, stats_hot = synthetic(0.5, tmp_path / "a")
     assert stats_hot["cache"] != stats["cache"] and hotter != first
+
+
+class EchoWriter(SyntheticWriter):
+    """A writer of one's own: sample k of a label says so."""
+
+    def produce(self, requests):
+        return {label: [f"{label} own sample {k}" for k in range(start, start + n)] for label, start, n in requests}
+
+
+def test_a_writer_of_ones_own_is_a_class_named_in_target(toy):
+    from ftexp.config.preflight import check_overrides
+    from ftexp.config.session import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.synthetic._target_='os.system': .*is not allowed"):
+        check_overrides(["data.synthetic._target_=os.system"])
+    check_overrides(["data.synthetic.method=augment"])  # null: the writer that method names
+    task = task_for(toy, "data.n_train=30")
+    cfg = compose_config([f"data.synthetic._target_={__name__}.EchoWriter", "data.synthetic.share=0.5"])
+    allow_targets([f"{__name__}."])
+    try:
+        add_synthetic(task, cfg.data.synthetic, SynthesisInputs(seed=0, cache_dir=Path("unused")))
+    finally:
+        allow_targets([])
+    made = [e for e in task.splits["train"] if e.origin == "synthetic"]
+    assert len(made) == 30 and all(e.source == "EchoWriter" and " own sample " in e.text for e in made)
+    assert task.report["synthetic"]["source"] == "EchoWriter"
 
 
 def test_extra_sources_are_mixed_by_weight(toy, tmp_path):
@@ -181,7 +209,7 @@ def test_cuad_drops_multi_label_clauses_and_keeps_38_types(data_dir):
 
 
 def test_truthfulqa_is_refused_for_training(data_dir):
-    from ftexp.run import stage_task
+    from ftexp.parts import stage_task
 
     task = build(compose_config(["data=truthfulqa"]).data, data_dir=str(data_dir), seed=0)
     stage = compose_config([]).stages[0]
@@ -272,7 +300,9 @@ def test_few_shot_prompts_use_real_examples_of_the_label_and_are_fixed_per_sampl
 
     task = task_for(toy, "data.n_train=30")
     cfg = compose_config(["data.synthetic.finetune_generator=false", "data.synthetic.shots=2"])
-    gen = Generator(cfg.data.synthetic, cfg, build(cfg.model), Vocab(), task, Path("unused"))
+    run = SynthesisInputs(seed=cfg.seed, cache_dir=Path("unused"), model_source=build(cfg.model), model=cfg.model,
+                          tokenizer=Vocab())
+    gen = Generator(cfg.data.synthetic, run, task)
     refunds = [e.text for e in task.splits["train"] if e.label == "refund"]
     prompts, seeds = gen.prompts("refund", [0, 1, 2], refunds, seed=0)
     assert all(p.count("\nText: refund return back request") == 2 and p.endswith("\nText:") for p in prompts)

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from ftexp.config.preflight import ConfigError, check_overrides, compose_config
-from ftexp.data.datamodule import FineTuneDataModule, pad_batch
+from ftexp.data.datamodule import Batching, FineTuneDataModule, pad_batch
 from ftexp.data.packing import (first_fit_decreasing, flatten_batch, pack_batch, pack_rows, real_tokens,
                                 spread_evenly)
 from ftexp.training.module import FineTuneModule, completion_loss
@@ -139,8 +139,8 @@ def _train(pack_length, pack_flat=False):
     pl.seed_everything(0, verbose=False)
     model = tiny_lm()
     rows = varied_rows(96, seed=1)
-    dm = FineTuneDataModule(rows, rows[:16], pad_id=0, batch_size=16, seed=0, group_by_length=False,
-                            pack_length=pack_length, pack_flat=pack_flat)
+    dm = FineTuneDataModule(rows, rows[:16], Batching(pad_id=0, batch_size=16, seed=0, group_by_length=False,
+                                                      pack_length=pack_length, pack_flat=pack_flat))
     steps = StepLosses()
     trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[steps])
@@ -166,13 +166,13 @@ def test_trainer_packing_runs_a_job_with_the_same_losses(tiny_overrides, tmp_pat
     here: transformers builds the same boundaries from position_ids)."""
     import json
 
-    import ftexp.run
+    import ftexp.training.stage
     from ftexp.job import run_job
 
     out = {}
     packing = ["trainer.packing=true", "trainer.pack_length=192"]
     for name, extra in (("padded", []), ("packed", packing), ("flat", packing)):
-        monkeypatch.setattr(ftexp.run, "takes_flat_batches", lambda model: name == "flat")
+        monkeypatch.setattr(ftexp.training.stage, "takes_flat_batches", lambda model: name == "flat")
         cfg = compose_config([*tiny_overrides, *extra, "trainer.group_by_length=false", "save_model=false",
                               f"output_dir={tmp_path / name}"])
         run_job(cfg)

@@ -8,7 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from ftexp.data.datamodule import FineTuneDataModule
+from ftexp.data.datamodule import Batching, FineTuneDataModule
 from ftexp.mitigation.base import Mitigation
 from ftexp.training.module import FineTuneModule, adamw_kernels, completion_loss, warmup_cosine
 from ftexp.training.throughput import Throughput
@@ -61,7 +61,7 @@ def test_a_stage_learns_and_calls_the_mitigation_hook():
     pl.seed_everything(0, verbose=False)
     model = tiny_lm()
     data = rows()
-    dm = FineTuneDataModule(data, data[:16], pad_id=0, batch_size=8, seed=0)
+    dm = FineTuneDataModule(data, data[:16], Batching(pad_id=0, batch_size=8, seed=0))
     with torch.no_grad():
         before = float(sum(completion_loss(model, b) for b in dm.val_dataloader()))
     mitigation = CountingMitigation()
@@ -87,7 +87,7 @@ def test_a_stage_learns_and_calls_the_mitigation_hook():
 def _optimizer_after_two_steps(overrides, precision="32-true", clip=1.0):
     pl.seed_everything(0, verbose=False)
     data = rows()
-    dm = FineTuneDataModule(data, data[:8], pad_id=0, batch_size=8, seed=0)
+    dm = FineTuneDataModule(data, data[:8], Batching(pad_id=0, batch_size=8, seed=0))
     module = FineTuneModule(tiny_lm(), compose_config(overrides).optim, lr=3e-3)
     trainer = pl.Trainer(max_steps=2, accelerator="cpu", precision=precision, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -181,7 +181,7 @@ class StepLosses(pl.Callback):
 def test_train_loss_is_logged_every_n_steps_as_the_window_mean():
     pl.seed_everything(0, verbose=False)
     data = rows(48)
-    dm = FineTuneDataModule(data, data[:8], pad_id=0, batch_size=8, seed=0)
+    dm = FineTuneDataModule(data, data[:8], Batching(pad_id=0, batch_size=8, seed=0))
     module = FineTuneModule(tiny_lm(), compose_config([]).optim, lr=3e-3)
     losses = StepLosses()
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -240,7 +240,7 @@ def test_a_stage_resumed_from_its_final_checkpoint_reports_the_whole_stage(tmp_p
     def fit(ckpt_path=None):
         pl.seed_everything(0, verbose=False)
         data = rows()
-        dm = FineTuneDataModule(data, data[:16], pad_id=0, batch_size=8, seed=0)
+        dm = FineTuneDataModule(data, data[:16], Batching(pad_id=0, batch_size=8, seed=0))
         module = FineTuneModule(tiny_lm(), compose_config([]).optim, lr=3e-3)
         throughput = Throughput()
         saver = ModelCheckpoint(dirpath=str(tmp_path), filename="last", save_on_train_epoch_end=True,
@@ -265,7 +265,7 @@ def test_a_stage_shorter_than_the_logging_interval_still_has_a_train_loss_and_lo
 
     pl.seed_everything(0, verbose=False)
     data = rows(24)
-    dm = FineTuneDataModule(data, data[:8], pad_id=0, batch_size=8, seed=0)
+    dm = FineTuneDataModule(data, data[:8], Batching(pad_id=0, batch_size=8, seed=0))
     module = FineTuneModule(tiny_lm(), compose_config([]).optim, lr=3e-3, mitigation=Recording())
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=20)

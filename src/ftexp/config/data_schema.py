@@ -38,6 +38,13 @@ class SourceConfig:
             yield "weight", node.weight, "must be >= 0"
 
 
+# The writer that each data.synthetic.method names (its _target_ when data.synthetic._target_ is null).
+SYNTHETIC_WRITERS: Dict[str, str] = {
+    "model": "ftexp.synthesis.model_writer.ModelWriter",
+    "augment": "ftexp.synthesis.augment_writer.AugmentWriter",
+}
+
+
 @dataclass
 class SyntheticConfig:
     """Synthetic training examples, added to the real ones (validation and test stay real).
@@ -47,6 +54,7 @@ class SyntheticConfig:
     ``conf/model/qwen2_5_0_5b.yaml``) or, when null, a fresh copy of the run's model; a generator
     that is not pretrained (``model=tiny``) is first fine-tuned on the real subset.
     ``method=augment``: cheap word-level edits of real examples, for comparison.
+    A writer of one's own is a subclass of ``ftexp.synthesis.SyntheticWriter`` named in ``_target_``.
     """
 
     share: float = 0.0  # fraction of the final training set that is synthetic (0 ... 0.9)
@@ -55,13 +63,34 @@ class SyntheticConfig:
     generator: Optional[Any] = None  # a model config; null = the run's model
     finetune_generator: Optional[bool] = None  # null = only when the generator is not pretrained
     generator_epochs: int = 4  # epochs of in-run generator fine-tuning
-    shots: Optional[int] = None  # real examples per prompt; null = 3 for a pretrained generator, 0 for one fine-tuned in-run
+    # real examples per prompt; null = 3 for a pretrained generator, 0 for one fine-tuned in-run
+    shots: Optional[int] = None
     max_new_tokens: int = 96
     temperature: float = 1.0
     top_p: float = 0.95
     batch_size: int = 64
     oversample: float = 1.1  # generate this much more than needed: duplicates and empties are dropped
     max_rounds: int = 6  # give up (with an error) when this many rounds cannot fill the quota
+    _target_: Optional[str] = None  # the writer class; null = the one that method names (SYNTHETIC_WRITERS)
+
+    def writer_target(self) -> str:
+        """The class that writes the examples."""
+        return self._target_ or SYNTHETIC_WRITERS[self.method]
+
+    @classmethod
+    def problems(cls, node: DictConfig) -> Problems:
+        if not 0 <= node.share <= 0.9:
+            yield "share", node.share, "must be in [0, 0.9]"
+        if not (node.n is None or node.n >= 0):
+            yield "n", node.n, "must be >= 0 (or null to use share)"
+        if node.method not in SYNTHETIC_WRITERS:
+            yield "method", node.method, f"must be {' or '.join(repr(m) for m in SYNTHETIC_WRITERS)}"
+        if not node.temperature > 0:
+            yield "temperature", node.temperature, "must be > 0"
+        if not 0 < node.top_p <= 1:
+            yield "top_p", node.top_p, "must be in (0, 1]"
+        if not node.oversample >= 1:
+            yield "oversample", node.oversample, "must be >= 1"
 
 
 @dataclass
@@ -183,24 +212,3 @@ class MultipleChoiceDataConfig(DataConfig):
     answer_field: str = "answer_index"  # index of the correct choice in `choices_field`
     mc2_choices_field: Optional[str] = None  # e.g. mc2_choices
     mc2_labels_field: Optional[str] = None  # e.g. mc2_labels: 1 = true, 0 = false, one per mc2 choice
-
-
-def synthetic_problems(node: DictConfig) -> Problems:
-    """The value rules of :class:`SyntheticConfig`, kept apart from the class until it declares its own
-    ``problems``."""
-    if not 0 <= node.share <= 0.9:
-        yield "share", node.share, "must be in [0, 0.9]"
-    if not (node.n is None or node.n >= 0):
-        yield "n", node.n, "must be >= 0 (or null to use share)"
-    if node.method not in ("model", "augment"):
-        yield "method", node.method, "must be 'model' or 'augment'"
-    if not node.temperature > 0:
-        yield "temperature", node.temperature, "must be > 0"
-    if not 0 < node.top_p <= 1:
-        yield "top_p", node.top_p, "must be in (0, 1]"
-    if not node.oversample >= 1:
-        yield "oversample", node.oversample, "must be >= 1"
-
-
-if not hasattr(SyntheticConfig, "problems"):  # the walker finds a schema's rules as its `problems`
-    SyntheticConfig.problems = staticmethod(synthetic_problems)

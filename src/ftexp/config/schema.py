@@ -640,7 +640,7 @@ class Config:
 
         extra = list(cfg.get("allowed_targets") or [])
         for key, target in targets(cfg):
-            if not target_allowed(str(target), extra):
+            if target is not None and not target_allowed(str(target), extra):  # null: data.synthetic's method
                 yield key, target, refusal(str(target))
 
 

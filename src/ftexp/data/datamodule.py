@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytorch_lightning as pl
@@ -11,7 +13,6 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ftexp.data.packing import flatten_batch, long_tensor, pack_batch
-from ftexp.data.replay_batches import ReplayBatches
 from ftexp.errors import FtexpError
 
 Encoded = Dict[str, List[int]]
@@ -84,11 +85,7 @@ class LendingRows:
 
     def __getitem__(self, index: int) -> Any:
         row = self.rows[index]
-        if not isinstance(index, Lent):
-            return row
-        if isinstance(row, tuple):  # (is_replay, row)
-            return row[0], {**row[1], "lent": True}
-        return {**row, "lent": True}
+        return {**row, "lent": True} if isinstance(index, Lent) else row
 
 
 class RankShare(Sampler[List[int]]):
@@ -149,77 +146,101 @@ class ResumableLoader(DataLoader):
         pass
 
 
+@dataclass
+class Batching:
+    """How a :class:`FineTuneDataModule` cuts its rows into batches."""
+
+    pad_id: int
+    batch_size: int  # rows of an optimiser step: the global batch, split over the devices
+    seed: int  # shuffles each epoch's batches
+    num_workers: int = 0  # loader processes (they change no batch)
+    val_batch_size: Optional[int] = None  # None: twice batch_size
+    group_by_length: bool = True  # batches of similar-length rows (see LengthGroupedBatches)
+    pack_length: Optional[int] = None  # pack each training step's examples into rows of this many tokens
+    pack_flat: bool = False  # ... or into one unpadded row (position_ids mark the examples)
+
+
+class TrainingBatches:
+    """How the training batches are drawn: as the DataModule draws them (this class), or as a strategy
+    installed on it says (:meth:`FineTuneDataModule.install`; e.g. replay mixes earlier rows in). The
+    DataModule asks it for the rows its loader indexes, the batches of indices into them (around its
+    own seeded batches), and what to add to a collated batch."""
+
+    def rows(self, train: List[Encoded]) -> List[Encoded]:
+        """The rows the training loader indexes: ``train`` first."""
+        return train
+
+    def batches(self, own: Sampler, n_train: int, batching: Batching) -> Sampler:
+        """The batches of indices into :meth:`rows`, given the DataModule's own over its ``n_train`` rows."""
+        return own
+
+    def finish(self, rows: List[Encoded], batch: Dict[str, Any]) -> Dict[str, Any]:
+        """The batch collated from ``rows``, with what this plan adds to it."""
+        return batch
+
+    def identity(self) -> Tuple[Dict[str, List[Any]], Dict[str, Any]]:
+        """The rows and settings of its own that decide the batches (for the stage cache's key; a plan
+        names them so that no two plans give the same)."""
+        return {}, {}
+
+
 class FineTuneDataModule(pl.LightningDataModule):
     """Shuffled (seeded) training batches of similar lengths; ordered validation batches."""
 
-    def __init__(
-        self,
-        train: List[Encoded],
-        val: List[Encoded],
-        pad_id: int,
-        batch_size: int,
-        seed: int,
-        num_workers: int = 0,
-        val_batch_size: Optional[int] = None,
-        group_by_length: bool = True,
-        pack_length: Optional[int] = None,
-        pack_flat: bool = False,
-    ) -> None:
+    def __init__(self, train: List[Encoded], val: List[Encoded], batching: Batching) -> None:
         super().__init__()
-        self.group_by_length = group_by_length
-        self.pack_length = pack_length  # pack each training step's examples into rows of this many tokens
-        self.pack_flat = pack_flat  # ... or into one unpadded row (position_ids mark the examples)
-        self.train, self.val = train, val
-        self.pad_id, self.batch_size, self.seed = pad_id, batch_size, seed
-        self.num_workers = num_workers
-        self.val_batch_size = val_batch_size or batch_size * 2
-        self.replay: List[Encoded] = []
+        self.train, self.val, self.batching = train, val, batching
+        self.val_batch_size = batching.val_batch_size or batching.batch_size * 2
+        self.plan = TrainingBatches()
         self._resume_at: Optional[Tuple[int, int]] = None  # (epoch, batches done) from a checkpoint
-        self.replay_ratio, self.replay_mode = 0.0, "replace"
 
-    def mix_in(self, rows: List[Encoded], ratio: float, mode: str) -> None:
-        """Replay ``rows`` in every training step at ``ratio`` (see :class:`ReplayBatches`)."""
-        self.replay, self.replay_ratio, self.replay_mode = list(rows), ratio, mode
+    def install(self, plan: TrainingBatches) -> None:
+        """Draw the training batches as ``plan`` says (e.g. :class:`ftexp.data.replay_batches.ReplayRows`)."""
+        self.plan = plan
+
+    def identity(self) -> Tuple[Dict[str, List[Any]], Dict[str, Any]]:
+        """What decides this module's batches, for the stage cache's key: the rows by name, and the
+        settings (the installed plan's among them; not num_workers, which changes no batch)."""
+        plan_rows, plan_settings = self.plan.identity()
+        settings = {k: v for k, v in dataclasses.asdict(self.batching).items() if k != "num_workers"}
+        settings.update(val_batch_size=self.val_batch_size, **plan_settings)
+        return {"train": self.train, "val": self.val, **plan_rows}, settings
 
     def _collate(self, rows: List[Encoded]) -> Dict[str, Any]:
-        if self.pack_flat:
+        b = self.batching
+        if b.pack_flat:
             batch = flatten_batch(rows)
-        elif self.pack_length:
-            batch = pack_batch(rows, self.pad_id, self.pack_length)
+        elif b.pack_length:
+            batch = pack_batch(rows, b.pad_id, b.pack_length)
         else:
-            batch = pad_batch(rows, self.pad_id)
+            batch = pad_batch(rows, b.pad_id)
         if any(r.get("lent") for r in rows):  # a lent row comes alone (RankShare)
             batch["lent"] = True
         return batch
 
-    def _collate_marked(self, rows: List[Tuple[bool, Encoded]]) -> Dict[str, torch.Tensor]:
-        batch = self._collate([r for _, r in rows])  # is_replay: one flag per example (not per packed row)
-        batch["is_replay"] = torch.tensor([flag for flag, _ in rows], dtype=torch.bool)
-        return batch
+    def _collate_train(self, rows: List[Encoded]) -> Dict[str, Any]:
+        return self.plan.finish(rows, self._collate(rows))
 
     def train_dataloader(self) -> DataLoader:
-        lengths = [len(r["input_ids"]) for r in self.train]
-        window = 64 if self.group_by_length else 0
+        b = self.batching
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        if self.batch_size < world:
-            raise FtexpError(f"optim.batch_size={self.batch_size} is the global batch of an optimiser step, split "
+        if b.batch_size < world:
+            raise FtexpError(f"optim.batch_size={b.batch_size} is the global batch of an optimiser step, split "
                              f"over the {world} devices of this run: each device needs at least one row. Set "
                              f"optim.batch_size to {world} or more (a multiple of {world} keeps the devices "
                              "equally busy), or run on fewer devices (trainer.devices).")
-        batches: Sampler = LengthGroupedBatches(lengths, self.batch_size, self.seed, window=window)
-        rows: List[Any] = self.train
-        if self.replay:
-            rows = [(False, r) for r in self.train] + [(True, r) for r in self.replay]
-            batches = ReplayBatches(batches, len(self.train), len(self.replay), self.replay_ratio, self.replay_mode,
-                                    self.batch_size, self.seed + 7919)
+        lengths = [len(r["input_ids"]) for r in self.train]
+        own = LengthGroupedBatches(lengths, b.batch_size, b.seed, window=64 if b.group_by_length else 0)
+        rows: Any = self.plan.rows(self.train)
+        batches: Sampler = self.plan.batches(own, len(self.train), b)
         if world > 1:
             batches, rows = RankShare(batches, rank, world), LendingRows(rows)
-        collate = self._collate_marked if self.replay else self._collate
         if self.trainer is None:
-            return DataLoader(rows, batch_sampler=batches, collate_fn=collate, num_workers=self.num_workers)
+            return DataLoader(rows, batch_sampler=batches, collate_fn=self._collate_train, num_workers=b.num_workers)
         trainer = self.trainer
         batches = AtEpoch(batches, lambda: trainer.current_epoch, self._take_resume_at)
-        return ResumableLoader(rows, batch_sampler=batches, collate_fn=collate, num_workers=self.num_workers)
+        return ResumableLoader(rows, batch_sampler=batches, collate_fn=self._collate_train,
+                               num_workers=b.num_workers)
 
     # Checkpoints: the position inside the epoch (batches done), for a checkpoint written inside one.
 
@@ -242,4 +263,4 @@ class FineTuneDataModule(pl.LightningDataModule):
         if self.trainer is not None and self.trainer.world_size > 1:  # each rank a disjoint share
             rows = rows[self.trainer.global_rank::self.trainer.world_size]
         return DataLoader(rows, batch_size=self.val_batch_size, shuffle=False, collate_fn=self._collate,
-                          num_workers=self.num_workers)
+                          num_workers=self.batching.num_workers)

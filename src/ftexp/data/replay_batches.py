@@ -5,29 +5,45 @@ of an epoch are spread over more steps). ``add``: a step has ``batch_size`` new 
 ones on top, so that replayed rows are ``ratio`` of the step. The per-step replay count follows a
 running total (k_i = floor((i+1)·q) − floor(i·q)), so over an epoch the realised ratio is the
 configured one to within one row.
+
+:class:`ReplayRows` is what ``mitigation=replay`` installs on a stage's DataModule: the buffer's rows,
+marked ``is_replay`` in each batch, drawn by :class:`ReplayBatches`.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from typing import Iterator, List
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Tuple
 
+import torch
 from torch.utils.data import Sampler
+
+from ftexp.data.datamodule import Batching, Encoded, TrainingBatches
+
+
+@dataclass(frozen=True)
+class ReplayMix:
+    """How replayed rows join a step: ``ratio`` of its rows, replacing new ones or added on top (``mode``)."""
+
+    ratio: float
+    mode: str = "replace"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("replace", "add"):
+            raise ValueError(f"mitigation.mode='{self.mode}': must be 'replace' or 'add'")
+        if not 0.0 <= self.ratio < 1.0:
+            raise ValueError(f"mitigation.ratio={self.ratio}: must be in [0, 1)")
 
 
 class ReplayBatches(Sampler[List[int]]):
     """Wraps a sampler of new-row batches (indices < ``n_new``); replayed rows are indices
     ``n_new + j`` into the buffer, drawn without repeats until the buffer is used up, then reshuffled."""
 
-    def __init__(self, base: Sampler, n_new: int, n_replay: int, ratio: float, mode: str, batch_size: int,
-                 seed: int) -> None:
-        if mode not in ("replace", "add"):
-            raise ValueError(f"mitigation.mode='{mode}': must be 'replace' or 'add'")
-        if not 0.0 <= ratio < 1.0:
-            raise ValueError(f"mitigation.ratio={ratio}: must be in [0, 1)")
+    def __init__(self, base: Sampler, n_new: int, n_replay: int, mix: ReplayMix, batch_size: int, seed: int) -> None:
         self.base, self.n_new, self.n_replay = base, n_new, n_replay
-        self.ratio, self.mode, self.batch_size, self.seed = ratio, mode, batch_size, seed
+        self.ratio, self.mode, self.batch_size, self.seed = mix.ratio, mix.mode, batch_size, seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -36,7 +52,9 @@ class ReplayBatches(Sampler[List[int]]):
 
     def _per_step(self) -> float:
         """Replayed rows per step, on average."""
-        return self.batch_size * self.ratio if self.mode == "replace" else self.batch_size * self.ratio / (1 - self.ratio)
+        if self.mode == "replace":
+            return self.batch_size * self.ratio
+        return self.batch_size * self.ratio / (1 - self.ratio)
 
     def __len__(self) -> int:
         n_batches = len(self.base)
@@ -83,3 +101,24 @@ class ReplayBatches(Sampler[List[int]]):
             new = [order[(pos + j) % len(order)] for j in range(n)]
             pos += n
             yield new + take(k)
+
+
+class ReplayRows(TrainingBatches):
+    """Training batches with ``rows`` (earlier stages' examples, encoded) replayed in every step as
+    ``mix`` says; each batch marks its replayed examples in ``is_replay`` (one flag per example)."""
+
+    def __init__(self, rows: List[Encoded], mix: ReplayMix) -> None:
+        self.replay, self.mix = list(rows), mix
+
+    def rows(self, train: List[Encoded]) -> List[Encoded]:
+        return [{**r, "is_replay": False} for r in train] + [{**r, "is_replay": True} for r in self.replay]
+
+    def batches(self, own: Sampler, n_train: int, batching: Batching) -> Sampler:
+        return ReplayBatches(own, n_train, len(self.replay), self.mix, batching.batch_size, batching.seed + 7919)
+
+    def finish(self, rows: List[Encoded], batch: Dict[str, Any]) -> Dict[str, Any]:
+        batch["is_replay"] = torch.tensor([r["is_replay"] for r in rows], dtype=torch.bool)
+        return batch
+
+    def identity(self) -> Tuple[Dict[str, List[Any]], Dict[str, Any]]:
+        return {"replay": self.replay}, {"replay_ratio": self.mix.ratio, "replay_mode": self.mix.mode}

@@ -19,7 +19,7 @@ from torchmetrics.functional.text.rouge import rouge_score
 
 from ftexp.data.base import Example, encode_prompt
 from ftexp.eval.base import EvalContext, Evaluator, Output
-from ftexp.models.decoding import generate_ids
+from ftexp.models.decoding import Decoding, generate_ids
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
 
@@ -70,8 +70,9 @@ class GenerationEvaluator(Evaluator):
         seeds = None
         if cfg.do_sample:
             seeds = [hash_seed(ctx.seed, first_id + i) for i in range(len(examples))]
-        new = generate_ids(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, seeds,
-                           cfg.temperature, cfg.top_p)
+        how = Decoding(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, temperature=cfg.temperature,
+                       top_p=cfg.top_p)
+        new = generate_ids(model, tokenizer, prompts, how, seeds)
         return [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     def evaluate(self, model: torch.nn.Module, task: Any, ctx: EvalContext) -> Dict[str, float]:

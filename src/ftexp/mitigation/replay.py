@@ -15,6 +15,7 @@ from typing import Any, Dict, List
 import torch
 
 from ftexp.data.base import Example
+from ftexp.data.replay_batches import ReplayMix, ReplayRows
 from ftexp.mitigation.base import Mitigation, StageContext
 
 
@@ -56,7 +57,7 @@ class Replay(Mitigation):
         self.replayed = self.total = 0
         examples = self.buffer()
         if examples and self.cfg.ratio > 0:
-            ctx.datamodule.mix_in(ctx.encode(examples), self.cfg.ratio, self.cfg.mode)
+            ctx.datamodule.install(ReplayRows(ctx.encode(examples), ReplayMix(self.cfg.ratio, self.cfg.mode)))
             ctx.extras["replay_buffer"] = len(examples)
 
     def after_stage(self, ctx: StageContext) -> None:

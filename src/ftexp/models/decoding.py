@@ -10,6 +10,7 @@ evaluation gives the same answers at any batch size.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
 import torch
@@ -45,27 +46,41 @@ def left_pad(rows: Sequence[List[int]], pad_id: int, device) -> dict:
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How to decode: up to ``max_new_tokens`` per prompt, ``batch_size`` prompts at a time. A sampled
+    row (one with a seed) is tempered by ``temperature`` and cut to the ``top_p`` mass; a row ends at
+    the first token that holds ``stop`` (None: only at EOS)."""
+
+    max_new_tokens: int
+    batch_size: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: Optional[str] = None
+
+
 @torch.inference_mode()
-def generate_ids(model, tokenizer, prompts: Sequence[List[int]], max_new_tokens: int, batch_size: int,
-                 seeds: Optional[Sequence[int]] = None, temperature: float = 1.0, top_p: float = 1.0,
-                 progress: Optional[Callable[[int], None]] = None, stop_ids: Sequence[int] = ()) -> List[List[int]]:
+def generate_ids(model, tokenizer, prompts: Sequence[List[int]], how: Decoding, seeds: Optional[Sequence[int]] = None,
+                 progress: Optional[Callable[[int], None]] = None) -> List[List[int]]:
     """The new token ids for each prompt (token ids), batched and left-padded, EOS and padding cut
-    off. ``seeds`` None decodes greedily; else row i is sampled with ``seeds[i]``. A row also ends at
-    its first token in ``stop_ids``, which is kept (the caller cuts its text)."""
+    off. ``seeds`` None decodes greedily; else row i is sampled with ``seeds[i]``. A row that ends at
+    ``how.stop`` keeps the token that holds it (the caller cuts its text)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    stop_ids = tokens_containing(tokenizer, how.stop) if how.stop else ()
     out: List[List[int]] = []
     try:
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start:start + batch_size]
+        for start in range(0, len(prompts), how.batch_size):
+            chunk = prompts[start:start + how.batch_size]
             enc = left_pad(chunk, pad, device)
             processors = LogitsProcessorList()
             if seeds is not None:
-                processors.append(SeededSampling(seeds[start:start + batch_size], temperature, top_p, device))
+                processors.append(SeededSampling(seeds[start:start + how.batch_size], how.temperature, how.top_p,
+                                                 device))
             ids = model.generate(
-                **enc, do_sample=False, num_beams=1, use_cache=True, max_new_tokens=max_new_tokens,
+                **enc, do_sample=False, num_beams=1, use_cache=True, max_new_tokens=how.max_new_tokens,
                 logits_processor=processors, pad_token_id=pad, eos_token_id=[eos, *stop_ids],
                 temperature=None, top_p=None, top_k=None,
             )
@@ -92,15 +107,12 @@ def tokens_containing(tokenizer, text: str) -> List[int]:
     return [i for token, i in tokenizer.get_vocab().items() if text in tokenizer.convert_tokens_to_string([token])]
 
 
-def sample(model, tokenizer, prompts: List[str], seeds: List[int], max_new_tokens: int, temperature: float,
-           top_p: float, batch_size: int, stop: Optional[str] = "\n",
+def sample(model, tokenizer, prompts: List[str], seeds: List[int], how: Decoding,
            progress: Optional[Callable[[int], None]] = None) -> List[str]:
-    """One sampled continuation per text prompt (decoded, cut at ``stop``). Decoding of a row ends at
-    the first token that holds ``stop``: the text before it is the same, and a one-line example no
+    """One sampled continuation per text prompt (decoded, cut at ``how.stop``). Decoding of a row ends
+    at the first token that holds ``stop``: the text before it is the same, and a one-line example no
     longer costs max_new_tokens steps."""
     encoded = tokenizer(list(prompts))["input_ids"]
-    stop_ids = tokens_containing(tokenizer, stop) if stop else ()
-    new = generate_ids(model, tokenizer, encoded, max_new_tokens, batch_size, seeds, temperature, top_p, progress,
-                       stop_ids)
-    texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-    return [t.split(stop)[0] if stop else t for t in texts]
+    texts = tokenizer.batch_decode(generate_ids(model, tokenizer, encoded, how, seeds, progress),
+                                   skip_special_tokens=True)
+    return [t.split(how.stop)[0] if how.stop else t for t in texts]

@@ -4,6 +4,7 @@ content hash of everything that determines them, so the jobs of a sweep train it
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -14,15 +15,19 @@ import pytorch_lightning as pl
 import torch
 
 from ftexp.data.base import Example, encode_split
-from ftexp.data.datamodule import FineTuneDataModule
+from ftexp.data.datamodule import Batching, FineTuneDataModule
 from ftexp.data.mixture import derived_rng
 from ftexp.synthesis.prompts import clean, label_prompt
+from ftexp.synthesis.writer import SynthesisInputs
 from ftexp.training.module import FineTuneModule
 from ftexp.training.trainer import build_trainer
 from ftexp.utils.build import build
 from ftexp.utils.cache import content_hash, file_lock, read_entry
 
 log = logging.getLogger(__name__)
+
+# The run's trainer settings that change what an in-run fine-tuned generator learns.
+TRAINER_KEYS = ("accelerator", "precision", "gradient_clip_val", "accumulate_grad_batches", "devices")
 
 
 def training_examples(dataset: str, train: List[Example]) -> List[Example]:
@@ -34,18 +39,17 @@ def training_examples(dataset: str, train: List[Example]) -> List[Example]:
 class Generator:
     """Loads (and if asked, fine-tunes) the generator; ``identity`` hashes what its outputs depend on."""
 
-    def __init__(self, syn_cfg: Any, run_cfg: Any, run_source: Any, run_tokenizer: Any, task: Any,
-                 cache_dir: Path) -> None:
-        self.cfg, self.run_cfg, self.task = syn_cfg, run_cfg, task
+    def __init__(self, syn_cfg: Any, run: SynthesisInputs, task: Any) -> None:
+        self.cfg, self.run, self.task = syn_cfg, run, task
         own = syn_cfg.generator is not None
-        self.source = build(generator_config(syn_cfg.generator)) if own else run_source
+        self.source = build(generator_config(syn_cfg.generator)) if own else run.model_source
         self.finetune = (syn_cfg.finetune_generator if syn_cfg.finetune_generator is not None
                          else not self.source.pretrained)
         self.shots = syn_cfg.shots if syn_cfg.shots is not None else (0 if self.finetune else 3)
-        self.tokenizer = (self.source.load_tokenizer(task.tokenizer_corpus, cache_dir) if own
-                          else run_tokenizer)
+        self.tokenizer = (self.source.load_tokenizer(task.tokenizer_corpus, run.cache_dir) if own
+                          else run.tokenizer)
         real = [(ex.label, ex.text) for ex in task.splits["train"]]
-        model_cfg = generator_config(syn_cfg.generator) if own else run_cfg.model
+        model_cfg = generator_config(syn_cfg.generator) if own else run.model
         self.identity: Dict[str, Any] = {
             "model": _plain(model_cfg),
             # which weights (a hub release or a dequantized GGUF, by digest): the same config may load either
@@ -54,12 +58,11 @@ class Generator:
             "finetune": self.finetune,
         }
         if self.finetune:
-            t = run_cfg.trainer
-            self.identity.update(real=content_hash(real), epochs=syn_cfg.generator_epochs, seed=run_cfg.seed,
-                                 optim=_plain(run_cfg.optim), task=task.name,
-                                 trainer={k: _plain(t[k]) for k in ("accelerator", "precision", "gradient_clip_val",
-                                                                     "accumulate_grad_batches", "devices")})
-        self.dir = Path(cache_dir) / "generators" / content_hash(self.identity)
+            t = run.trainer
+            self.identity.update(real=content_hash(real), epochs=syn_cfg.generator_epochs, seed=run.seed,
+                                 optim=_plain(run.optim), task=task.name,
+                                 trainer={k: _plain(getattr(t, k)) for k in TRAINER_KEYS})
+        self.dir = Path(run.cache_dir) / "generators" / content_hash(self.identity)
         self._model = None
 
     @property
@@ -82,7 +85,7 @@ class Generator:
             log.info("synthetic: fine-tuning the generator on %d real examples for %d epochs",
                      len(self.task.splits["train"]), self.cfg.generator_epochs)
             with torch.random.fork_rng():
-                pl.seed_everything(self.run_cfg.seed, verbose=False)
+                pl.seed_everything(self.run.seed, verbose=False)
                 self._fit(model)
             self.dir.mkdir(parents=True, exist_ok=True)
             tmp = weights.with_suffix(f".{os.getpid()}.tmp")
@@ -91,14 +94,15 @@ class Generator:
         return model
 
     def _fit(self, model: torch.nn.Module) -> None:
-        cfg = self.run_cfg
+        run = self.run
         rows = encode_split(self.tokenizer, training_examples(self.task.name, self.task.splits["train"]),
-                            cfg.model.max_length, " ")
-        datamodule = FineTuneDataModule(rows, [], pad_id=self.tokenizer.pad_token_id, batch_size=cfg.optim.batch_size,
-                                        seed=cfg.seed, num_workers=cfg.trainer.num_workers)
+                            run.model.max_length, " ")
+        datamodule = FineTuneDataModule(rows, [], Batching(pad_id=self.tokenizer.pad_token_id,
+                                                           batch_size=run.optim.batch_size, seed=run.seed,
+                                                           num_workers=run.trainer.num_workers))
         stage = SimpleNamespace(max_epochs=self.cfg.generator_epochs, max_steps=None)
-        trainer = build_trainer(cfg.trainer, stage, self.dir, logger=None, validate=False)
-        trainer.fit(FineTuneModule(model, cfg.optim, lr=cfg.optim.lr), datamodule=datamodule)
+        trainer = build_trainer(run.trainer, stage, self.dir, logger=None, validate=False)
+        trainer.fit(FineTuneModule(model, run.optim, lr=run.optim.lr), datamodule=datamodule)
         model.eval()
 
     def prompts(self, label: str, indices: List[int], shots_from: List[str], seed: int) -> Tuple[List[str], List[int]]:
@@ -120,6 +124,8 @@ def generator_config(cfg: Any) -> Any:
 
     from ftexp.config.schema import HubModelConfig
 
+    if dataclasses.is_dataclass(cfg):  # a typed model config (data.synthetic built typed: ${model}, say)
+        return OmegaConf.structured(cfg)
     if "_target_" in cfg:
         return cfg
     return OmegaConf.merge(OmegaConf.structured(HubModelConfig), cfg)

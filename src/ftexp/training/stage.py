@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ftexp.data.base import Task, encode_split
-from ftexp.data.datamodule import FineTuneDataModule
+from ftexp.data.datamodule import Batching, FineTuneDataModule
 from ftexp.mitigation.base import Mitigation, StageContext
 from ftexp.models.attention import takes_flat_batches
 from ftexp.models.base import count_parameters
@@ -111,13 +111,15 @@ class StageTrainer:
                                s.model.train_on_prompt, task.chat_template),
             val=encode_split(self.tokenizer, task.splits.get("val", []), max_length, task.completion_prefix,
                              chat=task.chat_template),
-            pad_id=self.tokenizer.pad_token_id,
-            batch_size=s.optim.batch_size,
-            seed=s.seed + stage.index,
-            num_workers=trainer.num_workers,
-            group_by_length=trainer.group_by_length,
-            pack_length=(trainer.pack_length or max_length) if trainer.packing else None,
-            pack_flat=trainer.packing and takes_flat_batches(self.model),
+            batching=Batching(
+                pad_id=self.tokenizer.pad_token_id,
+                batch_size=s.optim.batch_size,
+                seed=s.seed + stage.index,
+                num_workers=trainer.num_workers,
+                group_by_length=trainer.group_by_length,
+                pack_length=(trainer.pack_length or max_length) if trainer.packing else None,
+                pack_flat=trainer.packing and takes_flat_batches(self.model),
+            ),
         )
 
     def encoder(self, stage: Stage):
@@ -146,16 +148,16 @@ class StageTrainer:
         s = self.settings
         if s.cache_dir is None or stage.last or self.mitigation.acts_on(ctx) or device_count(s.trainer) > 1:
             return None
-        dm = datamodule
-        rows = {"train": dm.train, "val": dm.val, "replay": dm.replay}
+        rows, batches = datamodule.identity()
+        # keys (and cache paths in results.json) as before the batch plans: a stage without replay replays nothing
+        rows.setdefault("replay", [])
+        batches.setdefault("replay_ratio", 0.0)
+        batches.setdefault("replay_mode", "replace")
         settings = {"stage": OmegaConf.to_container(stage.cfg, resolve=True), "lr": stage.lr,
                     "optim": OmegaConf.to_container(s.optim, resolve=True),
                     "trainer": OmegaConf.to_container(s.trainer, resolve=True),
                     "model": OmegaConf.to_container(s.model, resolve=True),
-                    "batches": {"pad_id": dm.pad_id, "batch_size": dm.batch_size, "seed": dm.seed,
-                                "group_by_length": dm.group_by_length, "val_batch_size": dm.val_batch_size,
-                                "replay_ratio": dm.replay_ratio, "replay_mode": dm.replay_mode,
-                                "pack_length": dm.pack_length, "pack_flat": dm.pack_flat}}
+                    "batches": batches}
         for ignored in NOT_IN_CACHE_KEY:
             settings["trainer"].pop(ignored, None)
         return stage_key(self.model, rows, settings)
