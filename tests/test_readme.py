@@ -54,6 +54,7 @@ def commands(text: str) -> List[str]:
                 out.append(shlex.join(words))
     prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
     for span in re.findall(r"`([^`\n]+)`", prose):
+        span = re.sub(r"^([A-Z_]+=\S+ )+", "", span)  # WANDB_MODE=online python -m ftexp ...
         if re.match(r"(python -m ftexp|make [a-z])", span):
             try:
                 out.append(shlex.join(shlex.split(span)))
