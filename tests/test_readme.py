@@ -209,17 +209,24 @@ def test_other_modules_exist_and_take_the_flags_given():
                 assert flag in result.stdout, f"{page.name}: `{command}`: {module} no longer takes {flag}"
 
 
+def anchors(page: Path) -> set:
+    """The anchors GitHub gives a page's headings."""
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.*)$", text, re.M)}
+
+
 def test_every_docs_link_points_to_a_file():
     broken = []
     for page in [README, *DOCS]:
         text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)
         for target in re.findall(r"\]\(([^)\s]+)\)", text):
-            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            if re.match(r"[a-z]+:", target):
                 continue
-            path = (page.parent / target.split("#")[0]).resolve()
-            if not path.exists():
+            file, _, anchor = target.partition("#")
+            path = (page.parent / file).resolve() if file else page
+            if not path.exists() or (anchor and path.suffix == ".md" and anchor not in anchors(path)):
                 broken.append(f"{page.relative_to(REPO)}: ({target})")
-    assert not broken, "links to files that do not exist:\n" + "\n".join(broken)
+    assert not broken, "links to files or headings that do not exist:\n" + "\n".join(broken)
 
 
 def test_the_readme_links_every_docs_page():
