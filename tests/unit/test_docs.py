@@ -6,7 +6,7 @@ import dataclasses
 
 from ftexp.config import reference
 from ftexp.config.schema import SCHEMAS, Config, EwcConfig, TrainerConfig
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 SETTINGS = REPO / "docs" / "settings.md"
 

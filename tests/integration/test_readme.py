@@ -12,7 +12,6 @@ get the pre-flight check too, for the commands that name no placeholder of the r
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import shlex
 import subprocess
@@ -22,16 +21,15 @@ from typing import List, Tuple
 
 import pytest
 
-from tests.conftest import REPO, TINY
+from tests.helpers import REPO, SHORT, TINY, checkout_env
 
 README = REPO / "README.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
 GENERATED = {"findings.md"}  # written by ftexp.compare.findings; its links are checked, its commands are its own
 
-# Appended to a README run in the slow tier: two optimiser steps per stage on a few examples.
-SHORT = ["trainer.max_steps=2", "data.n_train=64", "data.n_test=64", "data.n_val=32", "logger=none",
-         "trainer.enable_progress_bar=false"]
-TINY_MODEL = [o for o in TINY if o.startswith("model.") and "max_length" not in o]
+# Appended to a README run in the slow tier (after debug=tiny, or debug=short for a model of another kind):
+# two optimiser steps per stage on a few examples.
+FEW = ["trainer.max_steps=2", "data.n_train=64", "data.n_test=64", "data.n_val=32"]
 # A reader's own paths and names, which a test cannot have.
 PLACEHOLDER = re.compile(r"<[^>]*>|/my/|myconf|/models/|ratings\.csv")
 
@@ -97,8 +95,7 @@ def _split(args: List[str]) -> Tuple[List[str], bool, str]:
 
 
 def run_ftexp(args: List[str], tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": os.pathsep.join(
-        [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = checkout_env(WANDB_MODE="disabled")
     return subprocess.run([sys.executable, "-m", "ftexp", *args], cwd=tmp_path, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
@@ -200,9 +197,8 @@ def test_other_modules_exist_and_take_the_flags_given():
             assert importlib.util.find_spec(module) is not None, f"{page.name}: `{command}`: no module {module}"
             sub = tuple(args[:1]) if args and re.fullmatch(r"[a-z_]+", args[0]) else ()
             if (module, sub) not in helps:
-                env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
                 helps[module, sub] = subprocess.run([sys.executable, "-m", module, *sub, "--help"], capture_output=True,
-                                                    text=True, timeout=300, env=env, cwd=REPO)
+                                                    text=True, timeout=300, env=checkout_env(), cwd=REPO)
             result = helps[module, sub]
             assert result.returncode == 0, f"{page.name}: `{command}`: --help failed:\n{result.stderr[-2000:]}"
             for flag in [a for a in args if a.startswith("--")]:
@@ -227,6 +223,17 @@ def test_every_docs_link_points_to_a_file():
             if not path.exists() or (anchor and path.suffix == ".md" and anchor not in anchors(path)):
                 broken.append(f"{page.relative_to(REPO)}: ({target})")
     assert not broken, "links to files or headings that do not exist:\n" + "\n".join(broken)
+
+
+def test_every_file_named_exists():
+    """Paths of the checkout written in backticks (`bench/packing.py`, `conf/hydra/launcher/slurm_gpu.yaml`)."""
+    missing = []
+    for page in CHECKED:
+        for span in re.findall(r"`([^`\s]+)`", page.read_text()):
+            if re.fullmatch(r"(src|ftexp|tests|bench|conf|sweeps|docs|constraints)/[\w./-]*[\w/]", span) and "<" not in span:
+                if not (REPO / span).exists() and not (REPO / "src" / span).exists():
+                    missing.append(f"{page.relative_to(REPO)}: `{span}`")
+    assert not missing, "files named that do not exist:\n" + "\n".join(missing)
 
 
 def test_the_readme_links_every_docs_page():
@@ -257,14 +264,14 @@ def test_readme_runs_train(args, data_dir, cache_dir, tmp_path):
             pytest.skip("needs a CUDA device")
     cfg = compose_config(args)
     if cfg.model._target_.endswith("TinyModel"):
-        extra = [*TINY_MODEL]
+        extra = [*TINY, *FEW]
     elif cfg.model.get("gguf") and importlib.util.find_spec(cfg.model.gguf.files[0].package.replace("-", "_")) is None:
         pytest.skip(f"needs the weights' package: {cfg.model.gguf.files[0].package} (make installs it)")
     else:
-        extra = ["data.n_test=16", "data.n_val=16"]  # a pretrained model scores every label of every example
+        extra = [*SHORT, *FEW, "data.n_test=16", "data.n_val=16"]  # a pretrained model scores every label
     extra += [f"tasks.{name}.{key}=64" for name in cfg.get("tasks") or {} for key in ("n_train", "n_test")]
     run_dir = tmp_path / "run"
-    result = run_ftexp([*args, *SHORT, *extra, f"data_dir={data_dir}", f"cache_dir={cache_dir}",
+    result = run_ftexp([*args, *extra, f"data_dir={data_dir}", f"cache_dir={cache_dir}",
                         f"hydra.run.dir={run_dir}"], tmp_path, timeout=1200)
     assert result.returncode == 0, f"`python -m ftexp {line}` failed:\n{result.stderr[-4000:]}"
     record = json.loads((run_dir / "results.json").read_text())
