@@ -225,6 +225,35 @@ def test_every_docs_link_points_to_a_file():
     assert not broken, "links to files or headings that do not exist:\n" + "\n".join(broken)
 
 
+def test_every_key_named_exists():
+    """Config keys written in backticks in prose (`model.train_on_prompt`, `trainer.packing=true`) are keys of
+    the settings reference; a key of results.json is written after an arrow (`results.json` → `model.weights`)."""
+    from ftexp.config import reference
+
+    keys = set(re.findall(r"^\| `([^`]+)` \|", reference.render(), re.M))
+
+    def known(key: str) -> bool:
+        parts = key.split(".")
+        if parts[0] == "evaluator" and len(parts) == 3:
+            return bool({key, f"evaluator.<option>.{parts[2]}"} & keys)
+        if parts[0] == "tasks" and len(parts) > 2:
+            return known(".".join(["data", *parts[2:]]))
+        return key in keys
+
+    group = re.compile(r"(model|data|trainer|optim|mitigation|peft|logger|evaluator|tasks|report)\.[A-Za-z_][\w.]*")
+    unknown = []
+    for page in CHECKED:
+        text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)
+        for match in re.finditer(r"`([^`\n]+)`", text):
+            if "→" in text[max(0, match.start() - 4):match.start()]:
+                continue
+            for word in match.group(1).split():
+                key = word.split("=")[0].lstrip("+")
+                if group.fullmatch(key) and not re.search(r"\.(md|csv|png|json|yaml|py)$", key) and not known(key):
+                    unknown.append(f"{page.relative_to(REPO)}: `{key}`")
+    assert not unknown, "keys that no schema has (docs/settings.md lists them all):\n" + "\n".join(unknown)
+
+
 def test_every_file_named_exists():
     """Paths of the checkout written in backticks (`bench/packing.py`, `conf/hydra/launcher/slurm_gpu.yaml`)."""
     missing = []
