@@ -35,8 +35,8 @@ INTRO = f"""\
 # Settings
 
 Every key that a config file or a command line can set, with its type, its default and what it does.
-This page is generated from the schema dataclasses (`src/ftexp/config/schema.py`, `data_schema.py`,
-`eval_schema.py`), where each key is documented once; do not edit it by hand. After changing a schema:
+This page is generated from the schema dataclasses ({{modules}}), where each key is documented once; do not
+edit it by hand. After changing a schema:
 
 ```bash
 {COMMAND}
@@ -380,7 +380,13 @@ def _group_default(group: str) -> str:
 
 def render() -> str:
     """docs/settings.md."""
-    out = [INTRO.rstrip("\n")]
+    files = sorted({Path(inspect.getfile(c)).name for c in _schema_classes()})
+    modules = ", ".join(f"`{f}`" for f in files)
+    intro = INTRO.rstrip("\n").replace("{modules}", f"`src/ftexp/config/`: {modules}")
+    out: List[str] = []
+    for block in intro.split("\n\n"):
+        out += ([block] if block.startswith("```") else prose(" ".join(block.split()))) + [""]
+    out = out[:-1]
     out += [""] + prose("Groups: " + ", ".join(f"[{g}](#{g})" for g in SCHEMAS) + "; [top-level keys](#top-level).")
     out += top_level()
     for group, options in SCHEMAS.items():
