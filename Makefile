@@ -22,7 +22,7 @@ ifeq ($(origin FTEXP_DATA_DIR), undefined)
   endif
 endif
 
-.PHONY: demo test test-fast bench install gemma clean
+.PHONY: demo test test-fast bench docs install gemma clean
 
 $(BIN)/.installed: pyproject.toml Makefile $(wildcard $(CONSTRAINTS))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ test: $(BIN)/.installed          ## every CPU test, the slow tier included
 
 test-fast: $(BIN)/.installed     ## the day-to-day tier
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+docs: $(BIN)/.installed          ## regenerate docs/settings.md from the schemas
+	$(BIN)/python -m ftexp.config.reference docs/settings.md
 
 bench: $(BIN)/.installed         ## ftexp's step against a plain loop; mitigations, packing, the master-weight step, the LLM
 	$(BIN)/python bench/train_step.py
