@@ -16,9 +16,13 @@ from typing import List
 
 import pytest
 
-from tests.helpers import TINY, find_data_dir
-from tests.helpers.multirun import write_size_sweep
-from tests.helpers.tiers import misplaced
+# Asserts in tests/helpers (the compiled step's check in master_weights, shared by unit/ and gpu/) report as a
+# test's do: registered before the first import of tests.helpers.
+pytest.register_assert_rewrite("tests.helpers")
+
+from tests.helpers import TINY, find_data_dir  # noqa: E402
+from tests.helpers.multirun import write_size_sweep  # noqa: E402
+from tests.helpers.tiers import misplaced  # noqa: E402
 
 
 @pytest.fixture(scope="session")
