@@ -38,7 +38,7 @@ if [[ $PHASES == *" profile "* ]]; then
   done
 fi
 # The GPU tests (bf16-mixed job, hub-style LoRA job, flat packing in flash/flex attention, the compiled master-weight step against the fused one).
-[[ $PHASES == *" tests "* ]] && timeout ${TESTS_S:-120} python3 -m pytest -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_master_weights_compiled.py -q -o addopts="" 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
+[[ $PHASES == *" tests "* ]] && timeout ${TESTS_S:-120} python3 -m pytest -p no:cacheprovider -m gpu tests/gpu -q -o addopts="" 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
 # Compiled sides (each decoder layer compiled by default: compile time does not grow with depth).
 [[ $PHASES == *" compile "* ]] && timeout ${COMPILE_S:-280} python3 bench/gpu_throughput.py --case ${COMPILE_CASE:-full1b lora7b} --compile \
   --sides ${COMPILE_SIDES:-ftexp+c ftexp+cm plain+c} --steps ${STEPS:-20} --warmup 5 2>&1 | tidy | tee "$OUT/gpu_throughput_compile.txt"

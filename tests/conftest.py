@@ -1,9 +1,11 @@
 """Shared fixtures: real data from FTEXP_DATA_DIR, a tiny-run config, toy datasets, multirun folders.
 
-The folders: unit/ (fast, mostly in this process; a few files keep a slow test beside their fast ones),
-integration/ (``python -m ftexp`` and other scripts in subprocesses, DDP and FSDP on CPU processes), gpu/
-(needs CUDA), helpers/ (what test modules share, and the scripts that tests start). The markers choose the tiers, not the folders: ``make test-fast`` runs what is neither
-``slow`` nor ``gpu``, ``make test`` everything but ``gpu``.
+The folders say the tier: unit/ (fast, mostly in this process; nothing marked ``slow`` or ``gpu``),
+integration/ (``python -m ftexp`` and other scripts in subprocesses, DDP and FSDP on CPU processes, compiling
+for real: marked ``slow``; a fast test may stay if it starts processes), gpu/ (needs CUDA, all marked ``gpu``),
+helpers/ (what test modules share, and the scripts that tests start). The markers choose what runs:
+``make test-fast`` runs what is neither ``slow`` nor ``gpu``, ``make test`` everything but ``gpu``; the hook
+below refuses a collection where a folder and the markers disagree.
 """
 
 from __future__ import annotations
@@ -14,8 +16,13 @@ from typing import List
 
 import pytest
 
-from tests.helpers import TINY, find_data_dir
-from tests.helpers.multirun import write_size_sweep
+# Asserts in tests/helpers (the compiled step's check in master_weights, shared by unit/ and gpu/) report as a
+# test's do: registered before the first import of tests.helpers.
+pytest.register_assert_rewrite("tests.helpers")
+
+from tests.helpers import TINY, find_data_dir  # noqa: E402
+from tests.helpers.multirun import write_size_sweep  # noqa: E402
+from tests.helpers.tiers import misplaced  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -59,8 +66,14 @@ def size_sweep(tmp_path) -> Path:
     return write_size_sweep(tmp_path)
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: every collected test is checked
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests run only where CUDA is available; elsewhere they are skipped with the reason."""
+    """The folders must say the tier (tests/helpers/tiers.py): a slow or gpu test under unit/, or an unmarked
+    one under gpu/, fails the collection. `gpu` tests run only where CUDA is available; elsewhere they are
+    skipped with the reason."""
+    wrong = misplaced(items)
+    if wrong:
+        raise pytest.UsageError("a test's folder and its tier markers disagree:\n  " + "\n  ".join(wrong))
     import torch
 
     if torch.cuda.is_available():

@@ -1,4 +1,5 @@
-"""GPU paths (skipped without CUDA): bf16-mixed training and evaluation, hub loading with LoRA."""
+"""GPU paths (skipped without CUDA): bf16-mixed training and evaluation, hub loading with LoRA, varlen
+attention, the compiled master-weight step against torch's fused AdamW."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from ftexp.config.preflight import compose_config
 from ftexp.job import run_job
 from tests.helpers import SHORT, TINY
+from tests.helpers.master_weights import check_compiled_step_is_torchs_adamw
 from tests.helpers.models import LABELS, PROMPTS, tiny_lm
 
 pytestmark = pytest.mark.gpu
@@ -83,3 +85,12 @@ def test_flattened_packing_keeps_examples_apart_in_varlen_attention_on_the_gpu(i
             alone = ref(input_ids=torch.tensor([r["input_ids"]], device="cuda")).logits[0]
             assert torch.allclose(logits[at:at + n].float(), alone.float(), atol=3e-2)
             at += n
+
+
+@pytest.mark.parametrize("device", ["cuda"])  # on a CPU: tests/unit/test_master_weights_compiled.py
+def test_the_compiled_step_is_torchs_adamw_on_the_copies_with_clipping_folded_in(device):
+    """Five steps from the same bf16 gradients at a changing rate, clipped by norm: the compiled step's
+    copies and moments equal torch's AdamW on the fp32 gradients clipped by clip_grad_norm_ (to float
+    rounding), its weights are its copies rounded, no fp32 gradient was made, and the new rates did not
+    recompile it (one graph per group)."""
+    check_compiled_step_is_torchs_adamw(device)

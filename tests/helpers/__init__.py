@@ -1,9 +1,10 @@
 """What test modules share, so that none imports another: paths, the tiny run's overrides, the real data.
 
-Modules beside this one: ``models`` (a tiny language model, rows, a short training), ``cli`` (``python -m
-ftexp`` in a subprocess), ``multirun`` (multirun folders with known numbers), ``review`` (a human-review
-export and its ratings), ``wandb_records``, ``gguf_files``. Scripts that tests start as subprocesses live
-here too; ``script(name)`` gives their path.
+Modules beside this one: ``models`` (a tiny language model, rows, a short training; a tiny Llama for FSDP),
+``cli`` (``python -m ftexp`` in a subprocess), ``multirun`` (multirun folders with known numbers), ``review`` (a
+human-review export and its ratings), ``master_weights`` (the first step's gradients per rank, the compiled step
+against torch's AdamW), ``fake_secrets``, ``wandb_records``, ``gguf_files``. Scripts that tests start as
+subprocesses live here too; ``script(name)`` gives their path.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""A tiny language model, rows of varied lengths and a short training of the two, for in-process tests."""
+"""A tiny language model, rows of varied lengths and a short training of the two, for in-process tests; a tiny
+Llama and a holder of it (as the LightningModule holds the model) for the FSDP tests."""
 
 from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
+from torch import nn
 from transformers import MistralConfig, MistralForCausalLM
 
 # Token ids for label scoring: prompts, and labels that share prefixes.
@@ -52,3 +54,20 @@ def train_tiny(model=None, **step_options):
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[steps])
     trainer.fit(module, datamodule=dm)
     return steps.losses, module
+
+
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=1))
+
+
+class Holder(nn.Module):  # stands for the LightningModule that holds the model as .model
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch):
+        return self.model(**batch)

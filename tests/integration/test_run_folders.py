@@ -1,4 +1,5 @@
-"""One run per folder: a folder in use is refused, naming its holder; default folders never collide."""
+"""One run per folder, with real runs started together: a folder in use is refused, naming its holder;
+default folders never collide. The lock and the folder names in one process: tests/unit/test_run_folder_lock.py."""
 
 from __future__ import annotations
 
@@ -11,23 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ftexp.config.preflight import compose_config
-from ftexp.utils.run_folder import RunFolderError, run_folder_lock
 from tests.helpers import TINY
-
-
-def test_a_held_folder_is_refused_naming_the_holder_and_free_again_after(tmp_path):
-    with run_folder_lock(tmp_path / "run"):
-        with pytest.raises(RunFolderError, match=rf"in use by another run \(process {os.getpid()} on "):
-            with run_folder_lock(tmp_path / "run"):
-                pass
-    with run_folder_lock(tmp_path / "run"):  # released: the next run takes it
-        pass
-
-
-def test_default_folders_end_in_the_process_id():
-    hydra = compose_config(return_hydra_config=True).hydra
-    assert hydra.run.dir.endswith(f"-{os.getpid()}") and hydra.sweep.dir.endswith(f"-{os.getpid()}")
 
 
 def start(args, cwd, data_dir, cache_dir):

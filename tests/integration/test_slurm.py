@@ -1,8 +1,8 @@
 """SLURM and parallel-local sweeps through hydra-submitit-launcher (``conf/hydra/launcher/``).
 
-The configs are composed with ftexp's root config and checked; the slow tier runs real sweeps in a
-subprocess: on ``local_parallel`` (submitit_local), and on ``slurm_gpu`` against a stand-in for
-``sbatch``/``srun``/``sacct`` that runs the job array on this machine with the variables SLURM sets,
+Real sweeps in a subprocess (slow; the launcher configs themselves are composed and checked in
+tests/unit/test_slurm_configs.py): on ``local_parallel`` (submitit_local), and on ``slurm_gpu`` against a
+stand-in for ``sbatch``/``srun``/``sacct`` that runs the job array on this machine with the variables SLURM sets,
 so that submitit, Hydra, Lightning's SLURM environment and ftexp's ranks meet as they do on a cluster
 (CPU and gloo instead of GPUs and NCCL).
 """
@@ -19,60 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from ftexp.config.preflight import ConfigError, check_overrides, compose_config
 from tests.helpers import TINY
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs pip install 'ftexp[slurm]'")
 
-SLURM_TARGET = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-LOCAL_TARGET = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
-
-
-def launcher(*overrides: str):
-    cfg = compose_config(list(overrides), return_hydra_config=True)
-    return cfg, cfg.hydra.launcher
-
-
-@pytest.mark.parametrize("name, nodes", [("slurm_gpu", 1), ("slurm_gpu_multinode", 2)])
-def test_slurm_configs_compose_one_task_per_gpu(name, nodes):
-    cfg, hl = launcher(f"hydra/launcher={name}", "trainer=ddp", "trainer.devices=4")
-    assert hl._target_ == SLURM_TARGET
-    assert cfg.hydra.runtime.choices["hydra/launcher"] == name
-    assert hl.nodes == nodes
-    assert hl.gpus_per_node == 4 and hl.tasks_per_node == hl.gpus_per_node == cfg.trainer.devices
-    assert hl.cpus_per_task >= 1 and hl.mem_gb > 0 and hl.timeout_min > 0
-    assert hl.partition is None and hl.max_num_timeout == 0
-    assert any("OMP_NUM_THREADS" in line for line in hl.setup)
-    assert hl.submitit_folder.startswith(cfg.hydra.sweep.dir)
-    assert cfg.trainer.strategy == "ddp"
-
-
-def test_tasks_per_node_follow_gpus_per_node():
-    _, hl = launcher("hydra/launcher=slurm_gpu", "hydra.launcher.gpus_per_node=8", "hydra.launcher.partition=gpu")
-    assert hl.gpus_per_node == hl.tasks_per_node == 8 and hl.partition == "gpu"
-    _, hl = launcher("hydra/launcher=slurm_gpu", "hydra.launcher.gpus_per_node=null", "hydra.launcher.gres=gpu:2",
-                     "hydra.launcher.tasks_per_node=2")
-    assert hl.gpus_per_node is None and hl.tasks_per_node == 2 and hl.gres == "gpu:2"
-
-
-def test_plain_submitit_launchers_and_local_parallel_compose():
-    _, hl = launcher("hydra/launcher=submitit_slurm")
-    assert hl._target_ == SLURM_TARGET and hl.tasks_per_node == 1
-    _, hl = launcher("hydra/launcher=local_parallel")
-    assert hl._target_ == LOCAL_TARGET
-    assert hl.tasks_per_node == 1 and hl.gpus_per_node == 0 and hl.timeout_min >= 60
-
-
-def test_preflight_accepts_launcher_overrides_and_names_typos():
-    check_overrides(["hydra/launcher=slurm_gpu", "trainer=ddp", "trainer.devices=4", "hydra.launcher.nodes=1",
-                     "seed=0,1"], multirun=True)
-    with pytest.raises(ConfigError, match=r"Did you mean 'slurm_gpu'\?"):
-        check_overrides(["hydra/launcher=slurm_gpus", "seed=0,1"], multirun=True)
-    with pytest.raises(ConfigError, match=r"'gpus_per_nod' is not a key of hydra.launcher"):
-        check_overrides(["hydra/launcher=slurm_gpu", "hydra.launcher.gpus_per_nod=2"], multirun=True)
-
-
-# ------------------------------------------------------------------------------- real sweeps
 
 def _sweep(args, tmp_path, env_extra=None, timeout=600):
     env = {**os.environ, "WANDB_MODE": "disabled", **(env_extra or {})}

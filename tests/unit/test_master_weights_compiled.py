@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -12,70 +10,17 @@ from ftexp.config.preflight import ConfigError, check_overrides, compose_config
 from ftexp.data.datamodule import Batching, FineTuneDataModule
 from ftexp.training.master_weights import MasterWeightAdamW
 from ftexp.training.module import FineTuneModule, StepOptions
+from tests.helpers.master_weights import check_compiled_step_is_torchs_adamw
 from tests.helpers.models import tiny_lm, varied_rows
 
 
-def _optimizers(device: str):
-    """The same bf16 weights under the eager step (torch's AdamW on the copies: the for-loop on a CPU,
-    which differs from the compiled step most, fused on a GPU) and the compiled one, in two groups (with and without weight decay),
-    as ftexp builds them."""
-    model = tiny_lm().to(device=device, dtype=torch.bfloat16)
-    twin = copy.deepcopy(model)
-
-    def groups(m):
-        params = list(m.parameters())
-        return [{"params": params[::2], "weight_decay": 0.1}, {"params": params[1::2], "weight_decay": 0.0}]
-
-    # eps near sqrt(exp_avg_sq): where it enters the update shows
-    kernel = {"fused": True} if device == "cuda" else {"foreach": False}
-    eager = MasterWeightAdamW(groups(model), lr=1e-3, betas=(0.9, 0.95), eps=1e-3, **kernel)
-    compiled = MasterWeightAdamW(groups(twin), lr=1e-3, betas=(0.9, 0.95), eps=1e-3, compiled=True)
-    return eager, compiled
-
-
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("device", ["cpu"])  # the same on a GPU: tests/gpu/test_gpu.py
 def test_the_compiled_step_is_torchs_adamw_on_the_copies_with_clipping_folded_in(device):
     """Five steps from the same bf16 gradients at a changing rate, clipped by norm: the compiled step's
     copies and moments equal torch's AdamW on the fp32 gradients clipped by clip_grad_norm_ (to float
     rounding), its weights are its copies rounded, no fp32 gradient was made, and the new rates did not
     recompile it (one graph per group)."""
-    from torch._dynamo.utils import counters
-
-    eager, compiled = _optimizers(device)
-    gen = torch.Generator().manual_seed(0)
-    graphs = counters["stats"]["unique_graphs"]
-    clipped = 0
-    for step in range(5):
-        lr = 1e-3 * (1 - step / 10)
-        for opt in (eager, compiled):
-            opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = lr
-        state = gen.get_state()
-        for opt in (eager, compiled):
-            gen.set_state(state)
-            for p in opt.model_params:
-                p.grad = (torch.randn(p.shape, generator=gen) * 0.05).to(device=device, dtype=torch.bfloat16)
-        eager.before_step(world_size=1, accumulating=False)
-        norm = torch.nn.utils.clip_grad_norm_(eager.masters, max_norm=0.5)
-        clipped += int(norm > 0.5)
-        eager.step()
-        compiled.before_step(world_size=1, accumulating=False)
-        assert all(m.grad is None for m in compiled.masters)  # the step casts the bf16 gradients itself
-        compiled.clip_in_step(0.5)
-        compiled.step()
-        assert all(p.grad is None for p in compiled.model_params)
-        for opt in (eager, compiled):
-            opt.zero_grad(set_to_none=True)
-    assert clipped >= 3  # the factor mattered
-    assert counters["stats"]["unique_graphs"] - graphs == 2
-    for a, b in zip(eager.masters, compiled.masters):
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), float((a - b).abs().max())
-        sa, sb = eager.state[a], compiled.state[b]
-        assert float(sb["step"]) == 5
-        assert torch.allclose(sa["exp_avg"], sb["exp_avg"], rtol=1e-5, atol=1e-9)
-        assert torch.allclose(sa["exp_avg_sq"], sb["exp_avg_sq"], rtol=1e-5, atol=1e-12)
-    assert all(torch.equal(p, m.to(torch.bfloat16)) for p, m in zip(compiled.model_params, compiled.masters))
-    moved = sum(int((m != p.float()).sum()) for m, p in zip(compiled.masters, compiled.model_params))
-    assert moved > 0  # the copies hold what bf16 cannot: the test compares more than the rounded weights
+    check_compiled_step_is_torchs_adamw(device)
 
 
 def _train(implementation: str, accumulate: int, clip: str = "norm", lr: float = 1e-3, callbacks=()):
@@ -142,48 +87,6 @@ def test_compiled_is_for_master_weights_only():
     check_overrides(["trainer.precision=bf16-true", "trainer.master_weights=true", "optim.implementation=compiled"])
     with pytest.raises(ConfigError, match="optim.implementation='compiled': compiles the step of trainer.master_weights"):
         check_overrides(["optim.implementation=compiled"])
-
-
-class SaveCopies(pl.Callback):
-    """Each rank's fp32 copies at the end of training, in the model's order."""
-
-    def __init__(self, folder):
-        self.folder = folder
-
-    def on_train_end(self, trainer, pl_module):
-        optimizer = trainer.optimizers[0]
-        master = {id(p): m for p, m in zip(optimizer.model_params, optimizer.masters)}
-        copies = [master[id(p)].detach().clone() for p in pl_module.model.parameters()]
-        torch.save(copies, self.folder / f"{trainer.global_rank}.pt")
-
-
-def _ddp_copies(folder, implementation: str, accumulate: int):
-    """Two gloo ranks, three optimizer steps with clipping: each rank's copies at the end."""
-    folder.mkdir()
-    pl.seed_everything(0, verbose=False)
-    rows = varied_rows(24 * accumulate, seed=3)
-    dm = FineTuneDataModule(rows, rows[:4], Batching(pad_id=0, batch_size=8, seed=0, group_by_length=False))
-    optim = compose_config(["optim.warmup_ratio=0", f"optim.implementation={implementation}"]).optim
-    module = FineTuneModule(tiny_lm().to(torch.bfloat16), optim, lr=1e-3, step=StepOptions(master_weights=True))
-    trainer = pl.Trainer(max_steps=3, accelerator="cpu", devices=2, strategy="ddp_spawn", precision="bf16-true",
-                         use_distributed_sampler=False,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0, accumulate_grad_batches=accumulate,
-                         gradient_clip_val=0.05, callbacks=[SaveCopies(folder)])
-    trainer.fit(module, datamodule=dm)
-    return [torch.load(folder / f"{rank}.pt") for rank in range(2)]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("accumulate", [1, 2])
-def test_under_ddp_the_compiled_step_trains_as_the_eager_one(tmp_path, accumulate):
-    """The compiled step takes DDP's fp32 average of the last micro-batch (the communication hook's) and
-    the fp32 sum of the earlier ones averaged over the ranks: both ranks end with the eager step's copies."""
-    eager = _ddp_copies(tmp_path / "eager", "for_loop", accumulate)
-    compiled = _ddp_copies(tmp_path / "compiled", "compiled", accumulate)
-    assert all(torch.equal(a, b) for a, b in zip(*compiled))  # the ranks agree
-    for a, b in zip(eager[0], compiled[0]):
-        assert torch.allclose(a, b, rtol=1e-5, atol=5e-7), float((a - b).abs().max())
 
 
 def test_past_the_recompile_limit_the_step_runs_eagerly():
