@@ -17,7 +17,7 @@ ftexp: controlled LLM fine-tuning experiments.
   python -m ftexp --cfg job [overrides]                   print the composed config and stop
   python -m ftexp --hydra-help                            Hydra's own flags
 
-Config groups (default marked *); each key is documented in src/ftexp/config/schema.py:
+Config groups (default marked *); every key, its type, default and meaning: docs/settings.md
 """
 
 

@@ -18,7 +18,7 @@ class StageContext:
     index: int  # 1-based stage number (row k of the accuracy matrix)
     name: str
     model: torch.nn.Module
-    datamodule: Any  # the stage's FineTuneDataModule (replay adds rows to it in before_stage)
+    datamodule: Any  # the stage's FineTuneDataModule (a mitigation may install how batches are drawn: replay)
     task: Any  # the stage's Task
     tokenizer: Any = None
     encode: Optional[Callable[[List[Any]], List[Dict[str, List[int]]]]] = None  # Examples -> training rows
