@@ -132,7 +132,7 @@ class DataConfig(SourceConfig):
     """A task: its sources, how records become prompt -> completion pairs, and the training mixture."""
 
     _target_: str = MISSING
-    name: str = MISSING
+    name: str = MISSING  # the task's name: stages name their data by it, and other tasks' metrics are prefixed with it
     extra_sources: List[SourceConfig] = field(default_factory=list)  # more training data, mixed by weight
     prompt_template: str = "{text}"  # Python format string over the record's fields
     completion_prefix: str = " "  # put between prompt and completion

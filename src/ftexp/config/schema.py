@@ -169,7 +169,7 @@ class Config:
     tasks: Dict[str, Any] = field(default_factory=dict)
     # The rounds of fine-tuning; [] scores the untouched model only (row 0: e.g. the random-weight floor).
     stages: List[StageConfig] = field(default_factory=lambda: [StageConfig()])
-    seed: int = 0
+    seed: int = 0  # every seed of the run derives from it (results.json -> seeds lists each one)
     tags: List[str] = field(default_factory=list)  # labels of the run (W&B tags, results.json); experiments set them
     report: ReportConfig = field(default_factory=ReportConfig)  # what compare shows for a sweep (report_schema.py)
     data_dir: str = "data"  # where local datasets live (FTEXP_DATA_DIR overrides)
