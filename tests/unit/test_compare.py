@@ -264,7 +264,7 @@ def test_a_declared_report_chooses_the_plot_its_axis_and_its_columns(tmp_path):
     assert (out / "learning_curve.png").read_bytes()[:8] == PNG and not (out / "generic.png").exists()
     text = (out / "report.md").read_text()
     header = text.split("## Results")[1].split("\n|")[1]
-    assert header.split(" | ")[3:5] == ["test/macro_f1", "time/wall_s"]  # after the swept key, n and seeds
+    assert header.split(" | ")[3:5] == ["test/macro_f1 ↑", "time/wall_s ↓"]  # after the swept key, n and seeds
     assert float(read_table(out / "table.csv")[0]["test/macro_f1:mean"]) == pytest.approx(0.73 - 0.05)
     undeclared = _draw(tmp_path, "guessed", size_jobs("data.n_rows"), {"data.n_rows": "100,400"})
     assert (undeclared / "generic.png").is_file() and not (undeclared / "learning_curve.png").exists()

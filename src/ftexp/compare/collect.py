@@ -55,6 +55,8 @@ class Job:
     experiment: Optional[str] = None
     wandb: Optional[Dict[str, Any]] = None  # project, entity, group, mode of the job's W&B run
     report: Optional[Dict[str, Any]] = None  # the composed config's ``report`` node (None: a job from before it)
+    row0: Dict[str, float] = field(default_factory=dict)  # the untrained model's scores (rows[0]), keyed as metrics
+    labels: Dict[str, int] = field(default_factory=dict)  # classes per task ("" = the main task), where known
 
 
 @dataclass
@@ -114,6 +116,22 @@ def job_metrics(results: Dict[str, Any]) -> Dict[str, float]:
         for part in ("sample", "red_team"):
             out.update(flatten(review.get(part), f"review/{part}"))
     return derive(out)
+
+
+def row0_metrics(results: Dict[str, Any]) -> Dict[str, float]:
+    """Row 0 (evaluators on the untouched model) keyed as the final metrics are: the main task's bare."""
+    main = (results.get("data") or {}).get("name")
+    row = next((r for r in results.get("rows") or [] if isinstance(r, dict) and r.get("index") == 0), None)
+    values = (row or {}).get("metrics") or {}
+    return {k if task == main else f"{task}/{k}": number(v) for task, metrics in values.items()
+            if isinstance(metrics, dict) for k, v in metrics.items() if number(v) is not None}
+
+
+def label_counts(results: Dict[str, Any]) -> Dict[str, int]:
+    """Classes of the main task (key "") and of each task by name, where results.json records them."""
+    out = {"": (results.get("data") or {}).get("labels")}
+    out.update({t: d.get("labels") for t, d in (results.get("tasks") or {}).items() if isinstance(d, dict)})
+    return {k: int(v) for k, v in out.items() if isinstance(v, int) and not isinstance(v, bool) and v > 1}
 
 
 def derive(metrics: Dict[str, float]) -> Dict[str, float]:
@@ -185,6 +203,7 @@ def _fill(job: Job, results: Dict[str, Any]) -> Job:
     job.report = config.get("report") if isinstance(config.get("report"), dict) else None
     job.sweep_name, job.experiment = choices.get("sweeps"), choices.get("experiment")
     job.metrics = job_metrics(results)
+    job.row0, job.labels = row0_metrics(results), label_counts(results)
     logger = results.get("logger") if isinstance(results.get("logger"), dict) else {}
     if logger.get("type") == "WandbLogger":
         logged = config.get("logger") if isinstance(config.get("logger"), dict) else {}

@@ -11,7 +11,8 @@ from typing import Dict, List, Optional, Sequence
 
 from ftexp.compare import plots, select
 from ftexp.compare.collect import CompareError, Sweep
-from ftexp.compare.stats import UNSET, Cell, cells as make_cells, fmt, placed
+from ftexp.compare.stats import (FEW_SEEDS, UNSET, Cell, cells as make_cells, chance, fmt, number_text, paired,
+                                 placed, row0)
 from ftexp.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,85 @@ def md(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def arrow(metric: str) -> str:
+    return "↑" if select.higher_better(metric) else "↓"
+
+
+def few_seeds(cells: Sequence[Cell]) -> List[str]:
+    """The warning for cells with fewer than FEW_SEEDS completed seeds (none when every cell has enough)."""
+    few = [c for c in cells if 0 < c.n < FEW_SEEDS]
+    if not few:
+        return []
+    ns = sorted({c.n for c in few})
+    return [f"**Warning: {len(few)} of {len(cells)} cells have fewer than {FEW_SEEDS} seeds (n = "
+            f"{', '.join(map(str, ns))}).** With so few seeds an interval is very wide (n = 2: ±12.7 standard "
+            "deviations / √2) or absent (n = 1), and a difference between cells may be seed noise; run more seeds "
+            "before drawing a conclusion.", ""]
+
+
+def baseline_lines(sweep: Sweep, cells: Sequence[Cell], metrics: Sequence[str]) -> List[str]:
+    """Row 0 (the untrained model) and chance for the metrics that have them."""
+    jobs = [j for c in cells for j in c.jobs]
+    lines = []
+    for m in metrics:
+        parts = []
+        r0 = row0(jobs, m)
+        if r0.n:
+            spread = len({round(j.row0[m], 12) for j in jobs if m in j.row0}) > 1
+            parts.append(f"row 0 (the untrained model, each job's rows[0]) {number_text(r0.mean)}"
+                         + (" on average (it differs between jobs: another model or data per cell?)" if spread else ""))
+        p = chance(jobs, m)
+        if p is not None:
+            parts.append(f"chance 1/{round(1 / p)} = {number_text(p)}")
+        if parts:
+            lines.append(f"- {md(m)}: " + "; ".join(parts))
+    return ["**Baselines.**", "", *lines, ""] if lines else []
+
+
+def missing_reasons(keys: Sequence[str], cells: Sequence[Cell], metrics: Sequence[str]) -> List[str]:
+    """Why a reviewed cell has no Cohen's κ: it is undefined when either side never varies."""
+    lines = []
+    if select.KAPPA not in metrics:
+        return lines
+    for c in cells:
+        for j in c.jobs:
+            n, passed = j.metrics.get("review/sample/agreement/n"), j.metrics.get("review/sample/agreement/n_auto_pass")
+            human = j.metrics.get("review/sample/correctness")
+            if select.KAPPA in j.metrics or not n:
+                continue
+            why = ("the automated verdicts never vary (all pass)" if passed == n else
+                   "the automated verdicts never vary (all fail)" if passed == 0 else
+                   "the human verdicts never vary" if human in (0.0, 1.0) else f"fewer than 2 rated rows (n = {n:g})")
+            lines.append(f"- {md(c.label(keys))}, seed {md(j.seed)}: Cohen's κ undefined: {why}.")
+    return ["**Why κ is missing.**", "", *lines, ""] if lines else []
+
+
+def signed(text: str, mean: Optional[float]) -> str:
+    return f"+{text}" if mean is not None and mean > 0 else text
+
+
+def difference_lines(sweep: Sweep, cells: Sequence[Cell], metrics: Sequence[str]) -> List[str]:
+    """Each arm minus the reference arm (the first cell), seed by seed, with a t interval over the pairs."""
+    arms = [c for c in cells if c.n]
+    if len(arms) < 2:
+        return []
+    ref = arms[0]
+    lines = ["## Paired differences", "",
+             f"Each cell minus the reference cell **{md(ref.label(sweep.keys))}** (the first in the sweep's order), "
+             "seed by seed (the same seed in both = one pair), then mean ± 95 % t interval over the pairs (cut at "
+             "the difference's range: `*`). Positive: higher than the reference, which is better for ↑ metrics and "
+             "worse for ↓ ones. An interval that holds 0 does not tell the cells apart.", ""]
+    header = [*sweep.keys, "pairs", *(f"Δ {m} {arrow(m)}" for m in metrics)]
+    lines += ["| " + " | ".join(md(h) for h in header) + " |", "|" + "---|" * len(header)]
+    for c in arms[1:]:
+        found = [paired(c, ref, m) for m in metrics]
+        most = max(len(p.seeds) for p in found)
+        row = [*c.values, most, *(("no shared seed" if not p.seeds else signed(fmt(p.diff, most), p.diff.mean))
+                                  for p in found)]
+        lines.append("| " + " | ".join(md(v) for v in row) + " |")
+    return lines + [""]
+
+
 def write_md(path: Path, sweep: Sweep, cells: Sequence[Cell], metrics: Sequence[str], drawn: Dict[str, str],
              failed_plots: Dict[str, str]) -> Path:
     counts: Dict[str, int] = {}
@@ -94,17 +174,21 @@ def write_md(path: Path, sweep: Sweep, cells: Sequence[Cell], metrics: Sequence[
                  f" (seed: replicates)  ")
     lines += [f"**Jobs.** {len(sweep.jobs)} found: " + ", ".join(f"{n} {s}" for s, n in counts.items()), ""]
     lines += ["## Results", "", "Mean ± 95 % confidence interval over seeds (Student's t, n − 1 degrees of freedom, "
-              "sample standard deviation); `(n=1)`: a single completed job, no interval; `—`: no value. "
-              "Every metric, with std and interval bounds: [table.csv](table.csv).", ""]
+              "sample standard deviation); `[low, high]*`: the interval passed the metric's range (accuracy below 0) "
+              "and was cut at its bound; `(n=1)`: a single completed job, no interval; `—`: no value. ↑: higher is "
+              "better, ↓: lower is better. Every metric, with std and interval bounds: [table.csv](table.csv).", ""]
     if not sweep.completed:
         lines += ["**No job completed: there is nothing to average.** See below for why.", ""]
-    header = [*sweep.keys, "n", "seeds", *metrics, "not completed"]
+    lines += few_seeds([c for c in cells if c.n])
+    header = [*sweep.keys, "n", "seeds", *(f"{m} {arrow(m)}" for m in metrics), "not completed"]
     lines += ["| " + " | ".join(md(h) for h in header) + " |", "|" + "---|" * len(header)]
     for c in cells:
         row = [*c.values, c.n, " ".join(str(j.seed) for j in c.jobs) or "—",
                *(fmt(c.summary(m), c.n) for m in metrics), problem_text(c) or "—"]
         lines.append("| " + " | ".join(md(v) for v in row) + " |")
-    lines += ["", "## Plots", ""]
+    lines += [""] + baseline_lines(sweep, cells, metrics) + missing_reasons(sweep.keys, cells, metrics)
+    lines += difference_lines(sweep, cells, metrics)
+    lines += ["## Plots", ""]
     lines += [f"![{kind}]({name})" for kind, name in drawn.items()]
     lines += [f"- {kind}: not drawn ({md(why)})" for kind, why in failed_plots.items()]
     if not drawn and not failed_plots:
@@ -133,6 +217,11 @@ def write_report(sweep: Sweep, out_dir: Path, metric: Optional[str] = None) -> P
     kinds = select.choose(sweep, cells) if sweep.completed else []
     shown = shown_metrics(kinds, cells, metric, select.declared(sweep, "metrics") or [])
     write_csv(out_dir / "table.csv", sweep, cells, shown + [m for m in all_metrics(sweep) if m not in shown])
+    few = [c for c in cells if 0 < c.n < FEW_SEEDS]
+    if few:
+        log.warning("ftexp.compare: warning: %d of %d cells have fewer than %d seeds (n = %s): their intervals are "
+                    "wide or absent; see %s", len(few), len([c for c in cells if c.n]), FEW_SEEDS,
+                    ", ".join(sorted({str(c.n) for c in few})), out_dir / "report.md")
     drawn, failed = {}, {}
     for stale in plots.TITLES:  # a previous compare's plots that this one may not draw
         (out_dir / f"{stale}.png").unlink(missing_ok=True)
