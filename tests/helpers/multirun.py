@@ -64,3 +64,20 @@ def ci(values: List[float]) -> float:
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     return T_975_2 * std / math.sqrt(n)
+
+
+# A 2-seed learning curve whose t intervals pass [0, 1] on both sides (n = 2: t = 12.7).
+TWO_SEEDS = {"100": [0.10, 0.30], "400": [0.90, 0.99]}
+ROW0_ACC, LABELS = 0.02, 77
+
+
+def write_two_seed_sweep(tmp_path: Path, key: str = "data.n_train") -> Path:
+    """2 sizes x 2 seeds, each job with row 0 (the untrained model) and its classes, as a real run records them."""
+    jobs: List[Any] = []
+    for n, accs in TWO_SEEDS.items():
+        for seed, acc in enumerate(accs):
+            rows = [{"index": 0, "stage": "base", "metrics": {"banking77": {"test/accuracy": ROW0_ACC}}},
+                    {"index": 1, "stage": "train", "metrics": {"banking77": {"test/accuracy": acc}}}]
+            jobs.append(results([f"{key}={n}"], seed, {"test/accuracy": acc}, ["E2"], "dataset_size", rows=rows,
+                                data={"name": "banking77", "labels": LABELS, "counts": {"train": {"total": int(n)}}}))
+    return write_multirun(tmp_path / "two_seeds", jobs, {key: ",".join(TWO_SEEDS)})

@@ -17,7 +17,8 @@ from ftexp.compare import compare_folder, compare_wandb, read_multirun
 from ftexp.compare.select import choose
 from ftexp.compare.stats import cells, fmt, pareto_front, summarise, t_quantile
 from tests.helpers import REPO
-from tests.helpers.multirun import ACC, T_975_2, ci, results, write_multirun
+from tests.helpers.multirun import (ACC, LABELS, ROW0_ACC, T_975_2, TWO_SEEDS, ci, results, write_multirun,
+                                    write_two_seed_sweep)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -53,6 +54,23 @@ def test_summarise_mean_std_ci_and_n1():
     assert fmt(summarise([])) == "—"
     assert fmt(summarise([0.000123])) == "0.000123 (n=1)"  # a CPU's cost per 1k requests keeps its digits
     assert fmt(s) == f"0.7300 ± {s.half:.4f}"
+
+
+def test_an_interval_stops_at_the_metric_s_range():
+    from ftexp.compare.stats import bounds, paired
+
+    s = summarise([0.90, 0.99], rng=bounds("test/accuracy"))  # t_{0.975, 1} = 12.7: the t interval passes 1
+    assert s.mean + s.half > 1 and (s.low, s.high) == (pytest.approx(s.mean - s.half), 1.0) and s.clipped
+    assert fmt(s) == f"0.9450 [{s.low:.4f}, 1.000]*"
+    assert summarise([0.10, 0.30], rng=bounds("cuad/test/accuracy")).low == 0.0
+    assert bounds("review/sample/agreement/cohen_kappa") == (-1.0, 1.0) and bounds("test/loss")[0] == 0.0
+    assert bounds("cl/forgetting/banking77") == (-math.inf, math.inf)  # may be a loss's
+    assert not summarise([0.70, 0.72, 0.77], rng=bounds("test/accuracy")).clipped
+    sweep = read_multirun(write_two_seed_sweep(Path(__import__("tempfile").mkdtemp())))
+    low, high = cells(sweep)
+    d = paired(high, low, "test/accuracy")  # seed by seed: 0.80 and 0.69
+    assert d.seeds == ("0", "1") and d.unpaired == 0 and d.diff.mean == pytest.approx(0.745)
+    assert d.diff.std == pytest.approx(summarise([0.80, 0.69]).std) and d.diff.range == (-1.0, 1.0)
 
 
 def test_pareto_front_on_known_points():
@@ -242,6 +260,70 @@ def test_review_metrics_reach_the_table(tmp_path):
     assert float(rows["tiny_8m"]["review/sample/agreement/cohen_kappa:mean"]) == pytest.approx(0.525)
     assert float(rows["tiny"]["review/sample/agreement/auto_pass_rate:mean"]) == pytest.approx(0.6)
     assert float(rows["tiny"]["review/red_team/correctness:mean"]) == pytest.approx(0.8)
+
+
+def test_a_two_seed_report_warns_pairs_the_arms_and_keeps_accuracy_in_0_1(tmp_path):
+    root = write_two_seed_sweep(tmp_path)
+    done = _cli(str(root))
+    assert done.returncode == 0, done.stderr
+    assert "warning: 2 of 2 cells have fewer than 3 seeds (n = 2)" in done.stderr
+    text = (root / "compare" / "report.md").read_text()
+    assert "**Warning: 2 of 2 cells have fewer than 3 seeds (n = 2).**" in text
+    for row in read_table(root / "compare" / "table.csv"):
+        assert 0.0 <= float(row["test/accuracy:ci95_low"]) <= float(row["test/accuracy:ci95_high"]) <= 1.0
+    assert "| 100 | 2 | 0 1 | 0.2000 [0, 1.000]* | — |" in text  # the t interval, -1.07 to 1.47, cut at [0, 1]
+    assert "test/accuracy ↑" in text and "↑: higher is better" in text
+    diffs = text.split("## Paired differences")[1].split("\n## ")[0]
+    assert "reference cell **data.n_train=100**" in diffs and "same seed in both = one pair" in diffs
+    d = summarise([b - a for a, b in zip(*TWO_SEEDS.values())])
+    assert f"| 400 | 2 | +0.7450 [{d.mean - d.half:.4f}, 1.000]* |" in diffs
+    assert f"row 0 (the untrained model, each job's rows[0]) {ROW0_ACC:.4f}" in text
+    assert f"chance 1/{LABELS} = {1 / LABELS:.4f}" in text
+
+
+def test_size_sweep_differences_are_paired_by_seed(size_sweep):
+    text = compare_folder(size_sweep).read_text()
+    d = summarise([b - a for a, b in zip(ACC["500"], ACC["null"])])  # seeds 0, 1, 2 in both cells
+    assert f"| null | 3 | +{d.mean:.4f} ± {d.half:.4f} |" in text and "Warning" not in text
+
+
+def _drawn_lines(monkeypatch) -> List[List[str]]:
+    """The labels of each saved figure's lines and point sets."""
+    from ftexp.compare import plots
+
+    seen: List[List[str]] = []
+    finish = plots._finish
+
+    def spy(fig, *args):
+        seen.append([a.get_label() for ax in fig.axes for a in (*ax.lines, *ax.collections)])
+        return finish(fig, *args)
+
+    monkeypatch.setattr(plots, "_finish", spy)
+    return seen
+
+
+@pytest.mark.parametrize("plot", ["learning_curve", "generic"])
+def test_plots_carry_chance_row0_and_each_seed(tmp_path, monkeypatch, plot):
+    seen = _drawn_lines(monkeypatch)
+    root = write_two_seed_sweep(tmp_path)
+    for f in root.glob("*/results.json"):
+        res = json.loads(f.read_text())
+        f.write_text(json.dumps(declare([res], plot=plot, x="data.n_train" if plot != "generic" else None)[0]))
+    compare_folder(root)
+    assert (root / "compare" / f"{plot}.png").read_bytes()[:8] == PNG
+    [labels] = seen
+    assert f"chance (1/{LABELS})" in labels and "row 0: untrained model" in labels
+    assert plot != "generic" or "one seed" in labels
+
+
+def test_bars_mark_row0_per_cell_when_the_model_differs(tmp_path, monkeypatch):
+    seen = _drawn_lines(monkeypatch)
+    jobs = [results([f"model={m}"], seed, {"test/accuracy": 0.5 + seed / 10}, ["custom"],
+                    rows=[{"index": 0, "metrics": {"b": {"test/accuracy": r0}}}], data={"name": "b", "labels": 4})
+            for m, r0 in (("a", 0.1), ("b", 0.3)) for seed in (0, 1, 2)]
+    compare_folder(write_multirun(tmp_path / "m", jobs, {"model": "a,b"}))
+    [labels] = seen
+    assert labels.count("row 0: untrained model") == 1 and "chance (1/4)" in labels
 
 
 # ------------------------------------------------------------------------------------ the declared report

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ftexp.compare.collect import Sweep
 from ftexp.compare.select import AGREEMENT, REVIEW, axis_label, cost_axes, higher_better, metrics_like, slices, x_key
-from ftexp.compare.stats import Cell, pareto_front
+from ftexp.compare.stats import Cell, chance, pareto_front, row0
 
 TITLES = {"learning_curve": "Learning curve", "share_curve": "Synthetic share", "mitigation": "Forgetting and ACC",
           "pareto": "Score vs cost (Pareto front)", "review": "Human vs automated verdicts", "generic": "Per cell"}
@@ -36,8 +36,42 @@ def n_note(cells: Sequence[Cell]) -> str:
     return f"mean ± 95 % CI over seeds, n = {span} per point{extra}"
 
 
-def err(s: Any) -> float:
-    return s.half if s.half is not None else 0.0
+def err(stats: Sequence[Any]) -> List[List[float]]:
+    """Error bars below and above each mean: the interval as cut at the metric's range, 0 without one."""
+    return [[s.mean - s.low if s.half is not None else 0.0 for s in stats],
+            [s.high - s.mean if s.half is not None else 0.0 for s in stats]]
+
+
+def baselines(ax: Any, cells: Sequence[Cell], metric: str, vertical: bool = False) -> bool:
+    """Chance (1/classes) and row 0 (the untrained model, mean over the jobs) as lines across the plot.
+    Returns whether row 0 differs between cells (another model per cell): then no line is drawn for it."""
+    jobs = [j for c in cells for j in c.jobs]
+    line = ax.axvline if vertical else ax.axhline
+    p = chance(jobs, metric)
+    if p is not None:
+        line(p, color="grey", linestyle=":", linewidth=1.2, label=f"chance (1/{round(1 / p)})")
+    per_cell = {round(r.mean, 9) for c in cells if (r := row0(c.jobs, metric)).n}
+    if len(per_cell) == 1:
+        line(row0(jobs, metric).mean, color="black", linestyle="-.", linewidth=1, alpha=0.7,
+             label="row 0: untrained model")
+    return len(per_cell) > 1
+
+
+def row0_marks(ax: Any, xs: Sequence[float], cells: Sequence[Cell], metric: str) -> None:
+    """Row 0 per cell, where it differs between cells: a short black dash at each bar."""
+    marks = [(x, r.mean) for x, c in zip(xs, cells) if (r := row0(c.jobs, metric)).n]
+    ax.scatter([x for x, _ in marks], [y for _, y in marks], marker="_", s=300, color="black", linewidths=2,
+               zorder=5, label="row 0: untrained model")
+
+
+def seed_points(ax: Any, xs: Sequence[float], cells: Sequence[Cell], metric: str, vertical: bool = False,
+                labelled: bool = True) -> None:
+    """Each job's value as a dot on its bar, so that two seeds far apart are seen as such."""
+    for x, c in zip(xs, cells):
+        values = [j.metrics[metric] for j in c.jobs if j.metrics.get(metric) is not None]
+        pos = [x + 0.06 * (k - (len(values) - 1) / 2) for k in range(len(values))]
+        ax.scatter(values if vertical else pos, pos if vertical else values, s=10, color="black", zorder=4,
+                   label="one seed" if labelled and x == xs[0] else None)
 
 
 def _finish(fig: Any, plt: Any, title: str, sweep: Sweep, cells: Sequence[Cell], path: Path) -> Path:
@@ -86,11 +120,12 @@ def curve(sweep: Sweep, cells: Sequence[Cell], metric: str, path: Path, x_key: s
             k, lines = s_i * len(names) + m_i, len(names) * len(_series(sweep, cells, x_key))
             shift = (k - (lines - 1) / 2) * 0.012  # dodge: overlapping error bars stay apart
             dodged = [x * (1 + shift) if kind == "learning_curve" else x + 100 * shift / 2 for x, _ in pts]
-            ax.errorbar(dodged, [s.mean for _, s in pts], yerr=[err(s) for _, s in pts], marker="o",
+            ax.errorbar(dodged, [s.mean for _, s in pts], yerr=err([s for _, s in pts]), marker="o",
                         capsize=4, label=f"{label}{' · ' + series if series else ''}", **style)
             if kind == "share_curve" and m == metric and pts[0][0] == 0:
                 ax.axhline(pts[0][1].mean, color=style["color"], linestyle=":", linewidth=1, alpha=0.6,
                            label=f"share 0 (real data only){' · ' + series if series else ''}")
+    baselines(ax, cells, metric)
     xs = sorted({x for c in cells if (x := x_of(c)) is not None})
     if kind == "learning_curve":
         ax.set_xscale("log")
@@ -119,12 +154,17 @@ def bars(ax: Any, sweep: Sweep, cells: Sequence[Cell], metrics: Sequence[Tuple[s
         ax.bar(xs, [s.mean or 0.0 for s in stats], width, color=f"C{m_i}", label=name if show else None)
         with_ci = [(x, s) for x, s in zip(xs, stats) if s.half is not None]
         if with_ci:
-            ax.errorbar([x for x, _ in with_ci], [s.mean for _, s in with_ci], yerr=[s.half for _, s in with_ci],
+            ax.errorbar([x for x, _ in with_ci], [s.mean for _, s in with_ci], yerr=err([s for _, s in with_ci]),
                         fmt="none", ecolor="black", capsize=3, linewidth=1)
+        seed_points(ax, xs, cells, m, labelled=m_i == 0)
         for x, s in zip(xs, stats) if say_n else []:
             ax.annotate("no data" if s.n == 0 else f"n={s.n}", (x, 0), xytext=(0, 3), textcoords="offset points",
                         ha="center", va="bottom", fontsize=7, rotation=90 if len(metrics) > 2 else 0)
     ax.axhline(0, color="black", linewidth=0.6)
+    if len(metrics) == 1 and baselines(ax, cells, metrics[0][0]):
+        row0_marks(ax, range(len(cells)), cells, metrics[0][0])
+    if len(metrics) == 1:
+        show = show or ax.get_legend_handles_labels()[1] != []
     labels = [c.label(sweep.keys, short=True) for c in cells]
     ax.set_xticks(range(len(cells)), labels, rotation=30 if max(map(len, labels), default=0) > 10 else 0,
                   ha="right" if max(map(len, labels), default=0) > 10 else "center", fontsize=8)
@@ -166,12 +206,14 @@ def pareto(sweep: Sweep, cells: Sequence[Cell], metric: str, path: Path) -> Path
         front = [pts[i] for i in pareto_front([(sx.mean, sign * sy.mean) for _, sx, sy in pts])]
         for c, sx, sy in pts:
             # costs, latencies and sizes are never negative: a wide interval (n = 2) stops at zero
-            xerr = None if sx.half is None else [[min(sx.half, sx.mean)], [sx.half]]
-            ax.errorbar(sx.mean, sy.mean, xerr=xerr, yerr=sy.half, marker="o", capsize=3, color=colour[id(c)],
+            xerr = None if sx.half is None else err([sx])
+            yerr = None if sy.half is None else err([sy])
+            ax.errorbar(sx.mean, sy.mean, xerr=xerr, yerr=yerr, marker="o", capsize=3, color=colour[id(c)],
                         label=c.label(sweep.keys, True))
             if crowded and any(c is f[0] for f in front):
                 ax.annotate(", ".join(c.values), (sx.mean, sy.mean), xytext=(4, 4), textcoords="offset points",
                             fontsize=6)
+        baselines(ax, cells, metric)
         ax.step([sx.mean for _, sx, _ in front], [sy.mean for _, _, sy in front], where="post", color="black",
                 linestyle="--", linewidth=1, zorder=0, label="Pareto front")
         ax.scatter([sx.mean for _, sx, _ in front], [sy.mean for _, _, sy in front], s=160, facecolors="none",
@@ -220,8 +262,11 @@ def generic(sweep: Sweep, cells: Sequence[Cell], metric: str, path: Path) -> Pat
         stats = [c.summary(metric) for c in cells]
         ax.barh(range(len(cells)), [s.mean or 0.0 for s in stats], color="C0")
         with_ci = [(k, s) for k, s in enumerate(stats) if s.half is not None]
-        ax.errorbar([s.mean for _, s in with_ci], [k for k, _ in with_ci], xerr=[s.half for _, s in with_ci],
+        ax.errorbar([s.mean for _, s in with_ci], [k for k, _ in with_ci], xerr=err([s for _, s in with_ci]),
                     fmt="none", ecolor="black", capsize=3, linewidth=1)
+        seed_points(ax, range(len(cells)), cells, metric, vertical=True)
+        baselines(ax, cells, metric, vertical=True)
+        ax.legend(fontsize=7)
         ax.set_yticks(range(len(cells)), labels, fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel(axis_label(metric))
