@@ -565,3 +565,23 @@ def test_log_wandb_without_a_wandb_sweep_says_why(size_sweep, tmp_path):
     done = _cli(str(size_sweep), "--out", str(tmp_path / "out"), "--log-wandb")
     assert done.returncode == 1 and "logger=wandb" in done.stderr and "Traceback" not in done.stderr
     assert (tmp_path / "out" / "report.md").is_file()  # the report is written all the same
+
+
+def test_a_runs_forgetting_matrix_names_its_axes_and_colour_scale(tmp_path, monkeypatch):
+    """continual.png: the curves' axes say what they show, and the per-column colours have a scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ftexp.tracking.plots import plot_matrix
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    R = [[0.1, 3.0], [0.8, 2.5]]
+    plot_matrix(R, ["a", "g"], ["base", "a"], {"a": "test/accuracy", "g": "test/loss"}, tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:8] == PNG
+    labels = {ax.get_ylabel() for ax in figures[0].axes}
+    assert "score: test/accuracy (higher is better)" in labels and "loss or perplexity (lower is better)" in labels
+    assert "within each task's column" in labels  # the colour bar
+    assert any("untrained" in ax.get_xlabel() for ax in figures[0].axes)

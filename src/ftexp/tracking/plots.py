@@ -32,6 +32,11 @@ def plot_matrix(R: Sequence[Sequence[Optional[float]]], tasks: Sequence[str], st
     table.set_xticks([j + 0.5 for j in range(len(tasks))], [f"{t}\n{keys[t]}" for t in tasks], fontsize=8)
     table.set_yticks([k + 0.5 for k in range(len(R))], [f"{k}: {s}" for k, s in enumerate(stages)], fontsize=8)
     table.set_title("R[k][j]: task j after stage k", fontsize=9)
+    # The colours are per column (worst to best of that task), so the scale's ends are named, not numbered.
+    scale = fig.colorbar(plt.cm.ScalarMappable(cmap=plt.cm.RdYlGn, norm=plt.Normalize(0, 1)), ax=table,
+                         fraction=0.05, pad=0.02, ticks=[0, 1])
+    scale.ax.set_yticklabels(["worst", "best"], fontsize=7)
+    scale.set_label("within each task's column", fontsize=7)
     # Curves: scores on the left axis, losses (lower is better) dashed on a right axis of their own.
     losses = None
     handles = []
@@ -43,8 +48,13 @@ def plot_matrix(R: Sequence[Sequence[Optional[float]]], tasks: Sequence[str], st
                                    label=f"{task} ({keys[task]}, right)")
         else:
             handles += curves.plot(range(len(R)), values, marker="o", color=f"C{j}", label=f"{task} ({keys[task]})")
-    curves.set_xticks(range(len(R)), [str(k) for k in range(len(R))])
-    curves.set_xlabel("after stage")
+    curves.set_xticks(range(len(R)), ["0\n(base)", *(str(k) for k in range(1, len(R)))])
+    curves.set_xlabel("after stage (0: the untrained model)")
+    scored = [keys[t] for t in tasks if not keys[t].endswith(("loss", "perplexity"))]
+    if scored:
+        curves.set_ylabel(f"score: {', '.join(sorted(set(scored)))} (higher is better)", fontsize=8)
+    if losses is not None:
+        losses.set_ylabel("loss or perplexity (lower is better)", fontsize=8)
     curves.legend(handles=handles, fontsize=7)
     curves.grid(alpha=0.3)
     if title:
