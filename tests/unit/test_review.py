@@ -228,16 +228,28 @@ def test_round_trip_gives_the_hand_computed_statistics(run_dir, fmt):
     assert (s["n_exported"], s["n_rated"]) == (10, 8)
     assert s["correctness"] == pytest.approx(3 / 8) and s["helpfulness"] == pytest.approx(22 / 8)
     assert s["tone"] == pytest.approx(30 / 8)
-    assert s["agreement"] == {
-        "n": 8, "cohen_kappa": pytest.approx(9 / 17, abs=1e-6), "agreement_rate": 0.75,
+    agreement = dict(s["agreement"])
+    low, high = agreement.pop("cohen_kappa_ci95")  # a bootstrap over the 8 rows: inside [-1, 1]
+    assert -1.0 <= low < 9 / 17 < high <= 1.0
+    assert agreement == {
+        "n": 8, "cohen_kappa": pytest.approx(9 / 17, abs=1e-6), "cohen_kappa_undefined": None, "agreement_rate": 0.75,
         "n_auto_pass": 5, "n_auto_pass_human_fail": 2, "auto_pass_human_fail_rate": pytest.approx(0.4),
         "n_auto_fail": 3, "n_auto_fail_human_pass": 0, "auto_fail_human_pass_rate": 0.0}
-    assert s["spearman"] == {
+    p = {k: {c: v[f"{c}_p"] for c in ("correctness", "helpfulness")} for k, v in s["spearman"].items()}
+    assert {k: {c: x for c, x in v.items() if not c.endswith("_p")} for k, v in s["spearman"].items()} == {
         "rougeL": {"n": 8, "correctness": pytest.approx(math.sqrt(30 / 41), abs=1e-5),
-                   "helpfulness": pytest.approx(36 / math.sqrt(41 * 40.5), abs=1e-5)},
+                   "helpfulness": pytest.approx(36 / math.sqrt(41 * 40.5), abs=1e-5), "undefined": {}},
         "bleu": {"n": 4, "correctness": pytest.approx(math.sqrt(0.6), abs=1e-5),
-                 "helpfulness": pytest.approx(math.sqrt(0.9), abs=1e-5)},
-        "exact_match": {"n": 8, "correctness": None, "helpfulness": None}}
+                 "helpfulness": pytest.approx(math.sqrt(0.9), abs=1e-5), "undefined": {}},
+        "exact_match": {"n": 8, "correctness": None, "helpfulness": None,
+                        "undefined": {"correctness": "auto_exact_match never varies (all 0.0 over 8 rows)",
+                                      "helpfulness": "auto_exact_match never varies (all 0.0 over 8 rows)"}}}
+    assert p["exact_match"] == {"correctness": None, "helpfulness": None}
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rows = [(r, rated) for r in read_jsonl(run_dir / "review" / "review.jsonl")
+            if (rated := fixture_ratings().get(r["id"])) and r["kind"] != "red_team" and r.get("auto_rougeL") is not None]
+    expected = scipy_stats.spearmanr([r["auto_rougeL"] for r, _ in rows], [h for _, (h, _, _) in rows]).pvalue
+    assert p["rougeL"]["correctness"] == pytest.approx(expected, rel=1e-3)
     assert review["red_team"] == pytest.approx(RED_EXPECTED)
     assert review["by_task"]["qa"]["sample"] == s and review["by_task"]["qa"]["red_team"] == review["red_team"]
     saved = read_jsonl(run_dir / "review" / "ratings.jsonl")
@@ -393,7 +405,12 @@ def test_minimal_files_undefined_statistics_and_an_excel_csv_with_semicolons_and
                             for i in range(8)))
     s = import_ratings(path, run_dir, replace=True, use_wandb=False)["sample"]
     assert s["agreement"]["cohen_kappa"] is None and s["agreement"]["auto_pass_human_fail_rate"] == 0.0
-    assert s["spearman"]["rougeL"] == {"n": 8, "correctness": None, "helpfulness": None}
+    assert s["agreement"]["cohen_kappa_undefined"] == "the human verdict never varies (all 1 over 8 rows)"
+    assert s["agreement"]["cohen_kappa_ci95"] is None
+    assert s["spearman"]["rougeL"] == {"n": 8, "correctness": None, "helpfulness": None, "correctness_p": None,
+                                       "helpfulness_p": None, "undefined": {
+                                           "correctness": "human correctness never varies (all 1 over 8 rows)",
+                                           "helpfulness": "human helpfulness never varies (all 3 over 8 rows)"}}
     excel = tmp_path / "excel.csv"
     excel.write_bytes("\ufeffid;correctness;helpfulness;tone\r\nqa/test/0;1;4;5\r\n".encode("utf-8"))
     assert import_ratings(excel, run_dir, replace=True, use_wandb=False)["n_rated"] == 1
@@ -419,7 +436,8 @@ def test_cli_exits_1_with_the_problem_on_a_bad_file_and_0_on_a_good_one(run_dir)
     out = cli("import", good, run_dir)
     assert out.returncode == 0, out.stderr
     assert "imported 10 rated outputs (2 of 12 unrated)" in out.stdout
-    assert "Cohen's kappa vs automated 0.529 (n=8)" in out.stdout
+    assert "Cohen's kappa vs automated 0.529 (n=8; 95 % CI " in out.stdout and "bootstrap over rows)" in out.stdout
+    assert "n/a" not in out.stdout and "(p = " in out.stdout
     assert json.loads((run_dir / RESULTS_FILE).read_text())["review"]["n_rated"] == 10
     usage = cli("export", good, run_dir)
     assert usage.returncode == 2 and "usage: python -m ftexp.review" in usage.stderr

@@ -30,10 +30,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fmt(x: Optional[float], pct: bool = False) -> str:
+def _fmt(x: Optional[float], pct: bool = False, why: Optional[str] = None) -> str:
     if x is None:
-        return "n/a"
+        return f"undefined ({why})" if why else "none (no rows)"
     return f"{100 * x:.0f}%" if pct else f"{x:.3g}"
+
+
+def _kappa(a: Dict[str, Any]) -> str:
+    ci = a.get("cohen_kappa_ci95")
+    text = f"{_fmt(a['cohen_kappa'], why=a.get('cohen_kappa_undefined'))} (n={a['n']}"
+    return text + (f"; 95 % CI {ci[0]:.2f} to {ci[1]:.2f}, bootstrap over rows)" if ci else ")")
+
+
+def _rho(r: Dict[str, Any], c: str) -> str:
+    p = r.get(f"{c}_p")
+    return _fmt(r[c], why=(r.get("undefined") or {}).get(c)) + ("" if p is None else f" (p = {p:.2g})")
 
 
 def summary(review: Dict[str, Any]) -> str:
@@ -43,12 +54,12 @@ def summary(review: Dict[str, Any]) -> str:
              f"{review['n_exported']} unrated) from {review['ratings_file']}"]
     if s["n_rated"]:
         lines.append("  sample (" + str(s["n_rated"]) + "): " + ", ".join(f"{c} {_fmt(s[c])}" for c in RATINGS)
-                     + f"; Cohen's kappa vs automated {_fmt(a['cohen_kappa'])} (n={a['n']}); automated pass but "
-                     f"human fail {_fmt(a['auto_pass_human_fail_rate'], True)} "
+                     + f"; Cohen's kappa vs automated {_kappa(a)}; automated pass but "
+                     f"human fail {_fmt(a['auto_pass_human_fail_rate'], True, 'the automated verdict passes no row')} "
                      f"({a['n_auto_pass_human_fail']}/{a['n_auto_pass']})")
         for name, r in s["spearman"].items():
-            lines.append(f"  Spearman vs {name} (n={r['n']}): correctness {_fmt(r['correctness'])}, "
-                         f"helpfulness {_fmt(r['helpfulness'])}")
+            lines.append(f"  Spearman vs {name} (n={r['n']}): correctness {_rho(r, 'correctness')}, "
+                         f"helpfulness {_rho(r, 'helpfulness')}")
     if red["n_rated"]:
         lines.append(f"  red team ({red['n_rated']}): " + ", ".join(f"{c} {_fmt(red[c])}" for c in RATINGS))
     return "\n".join(lines)

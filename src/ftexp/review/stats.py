@@ -7,9 +7,17 @@ Over the rated *sample* rows (red-team rows are summarised apart, by their human
   ``auto_correct`` (torchmetrics), the raw agreement rate, and the rate of outputs the automated
   verdict passes but people fail, ``#(auto pass and human 0) / #(auto pass)`` (and the converse);
 - ``spearman``: per automated score (``auto_rougeL`` -> ``rougeL`` ...), Spearman's rank correlation
-  (torchmetrics; ties get average ranks) with human correctness and with helpfulness.
+  (torchmetrics; ties get average ranks) with human correctness and with helpfulness, each with its
+  two-sided p-value against no correlation (``<name>_p``).
 
-A statistic that is undefined (no rows, a constant input on either side) is None, never NaN.
+Kappa's 95 % interval (``cohen_kappa_ci95``) is a percentile bootstrap over the rated rows: kappa is
+bounded ([−1, 1]) and its sampling distribution skewed near the bounds and for few rows, where a normal
+(±1.96 SE) interval leaves the range; resampling rows keeps every bound inside it. Resamples in which
+either side never varies (kappa undefined) are left out. Spearman's p-value uses the t approximation
+t = ρ √((n − 2) / (1 − ρ²)) with n − 2 degrees of freedom, as scipy.stats.spearmanr does.
+
+A statistic that is undefined (no rows, a constant input on either side) is None, never NaN, and the
+result says why (``cohen_kappa_undefined``, ``spearman.<score>.undefined``).
 """
 
 from __future__ import annotations
@@ -17,13 +25,17 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torchmetrics.functional import spearman_corrcoef
 from torchmetrics.functional.classification import binary_cohen_kappa
 
+from ftexp.compare.stats import t_cdf
 from ftexp.review.schema import RATINGS
 
 Pair = Tuple[Dict[str, Any], Dict[str, Any]]  # (exported row, its ratings)
+RESAMPLES = 2000
+BOOTSTRAP_SEED = 0  # a fixed stream: importing the same ratings twice gives the same interval
 
 
 def _mean(values: Sequence[float]) -> Optional[float]:
@@ -45,6 +57,44 @@ def cohen_kappa(human: Sequence[int], auto: Sequence[int]) -> Optional[float]:
     if len(human) < 2 or len(set(human)) < 2 or len(set(auto)) < 2:
         return None
     return _defined(binary_cohen_kappa(torch.tensor(human), torch.tensor(auto)))
+
+
+def undefined_why(human: Sequence[Any], auto: Sequence[Any], names: Tuple[str, str]) -> Optional[str]:
+    """Why a statistic of the pairs (human, auto) is undefined; None when it is defined."""
+    if len(human) < 2:
+        return f"fewer than 2 rows with both {names[0]} and {names[1]} (n = {len(human)})"
+    for values, name in ((auto, names[1]), (human, names[0])):
+        if len(set(values)) < 2:
+            return f"{name} never varies (all {values[0]!r} over {len(values)} rows)"
+    return None
+
+
+def kappa_interval(human: Sequence[int], auto: Sequence[int], level: float = 0.95) -> Optional[List[float]]:
+    """The percentile bootstrap interval of Cohen's kappa over rows (see the module's notes)."""
+    if cohen_kappa(human, auto) is None:
+        return None
+    h, a = np.asarray(human, dtype=float), np.asarray(auto, dtype=float)
+    idx = np.random.default_rng(BOOTSTRAP_SEED).integers(0, len(h), size=(RESAMPLES, len(h)))
+    hs, as_ = h[idx], a[idx]
+    ph, pa = hs.mean(axis=1), as_.mean(axis=1)
+    defined = (ph > 0) & (ph < 1) & (pa > 0) & (pa < 1)
+    po = (hs == as_).mean(axis=1)[defined]
+    pe = (ph * pa + (1 - ph) * (1 - pa))[defined]
+    kappas = (po - pe) / (1 - pe)
+    if kappas.size < RESAMPLES // 2:  # most resamples undefined: too few rows to say
+        return None
+    low, high = np.percentile(kappas, [50 * (1 - level), 50 * (1 + level)])
+    return [float(low), float(high)]
+
+
+def spearman_p(rho: Optional[float], n: int) -> Optional[float]:
+    """Two-sided p-value of Spearman's rho against no correlation (t approximation, n − 2 df)."""
+    if rho is None or n < 3:
+        return None
+    if abs(rho) >= 1.0:
+        return 0.0
+    t = abs(rho) * math.sqrt((n - 2) / (1.0 - rho * rho))
+    return 2.0 * (1.0 - t_cdf(t, n - 2))
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
@@ -71,6 +121,8 @@ def agreement(pairs: Sequence[Pair]) -> Dict[str, Any]:
     return {
         "n": len(both),
         "cohen_kappa": cohen_kappa(human, auto),
+        "cohen_kappa_ci95": kappa_interval(human, auto),
+        "cohen_kappa_undefined": undefined_why(human, auto, ("the human verdict", "the automated verdict")),
         "agreement_rate": _rate(sum(1 for h, a in both if h == a), len(both)),
         "n_auto_pass": n_pass,
         "n_auto_pass_human_fail": pass_fail,
@@ -88,8 +140,21 @@ def correlations(pairs: Sequence[Pair]) -> Dict[str, Any]:
     for key in names:
         have = [(row[key], r) for row, r in pairs if row.get(key) is not None]
         scores = [float(s) for s, _ in have]
-        out[key[len("auto_"):]] = {"n": len(have), **{c: spearman([r[c] for _, r in have], scores)
-                                                      for c in ("correctness", "helpfulness")}}
+        out[key[len("auto_"):]] = score_correlations(have, scores, key)
+    return out
+
+
+def score_correlations(have: Sequence[Tuple[Any, Dict[str, Any]]], scores: List[float], key: str) -> Dict[str, Any]:
+    """Spearman's rho of one automated score with human correctness and helpfulness, p-values, and why undefined."""
+    out: Dict[str, Any] = {"n": len(have)}
+    undefined: Dict[str, str] = {}
+    for c in ("correctness", "helpfulness"):
+        human = [r[c] for _, r in have]
+        out[c] = spearman(human, scores)
+        out[f"{c}_p"] = spearman_p(out[c], len(have))
+        if out[c] is None:
+            undefined[c] = undefined_why(human, scores, (f"human {c}", key)) or "not finite"
+    out["undefined"] = undefined
     return out
 
 
