@@ -585,3 +585,12 @@ def test_a_runs_forgetting_matrix_names_its_axes_and_colour_scale(tmp_path, monk
     assert "score: test/accuracy (higher is better)" in labels and "loss or perplexity (lower is better)" in labels
     assert "within each task's column" in labels  # the colour bar
     assert any("untrained" in ax.get_xlabel() for ax in figures[0].axes)
+
+
+def test_a_missing_kappa_says_why(tmp_path):
+    jobs = review_jobs()
+    agreement = jobs[0]["review"]["sample"]["agreement"]
+    del agreement["cohen_kappa"]
+    agreement["n_auto_pass"] = agreement["n"]  # every output passed: kappa is undefined
+    text = (_draw(tmp_path, "review", jobs, {"model": "tiny,tiny_8m"}) / "report.md").read_text()
+    assert "- model=tiny, seed 0: Cohen's κ undefined: the automated verdicts never vary (all pass)." in text
