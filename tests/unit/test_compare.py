@@ -594,3 +594,14 @@ def test_a_missing_kappa_says_why(tmp_path):
     agreement["n_auto_pass"] = agreement["n"]  # every output passed: kappa is undefined
     text = (_draw(tmp_path, "review", jobs, {"model": "tiny,tiny_8m"}) / "report.md").read_text()
     assert "- model=tiny, seed 0: Cohen's κ undefined: the automated verdicts never vary (all pass)." in text
+
+
+def test_a_curve_per_model_draws_each_model_s_row0(tmp_path, monkeypatch):
+    seen = _drawn_lines(monkeypatch)
+    jobs = [results([f"data.n_train={n}", f"model={m}"], seed, {"test/accuracy": 0.3 + int(n) / 1000}, ["E2"],
+                    rows=[{"index": 0, "metrics": {"b": {"test/accuracy": r0}}}], data={"name": "b", "labels": 4})
+            for m, r0 in (("a", 0.1), ("b", 0.3)) for n in ("100", "400") for seed in (0, 1, 2)]
+    compare_folder(write_multirun(tmp_path / "m", jobs, {"data.n_train": "100,400", "model": "a,b"}))
+    [labels] = seen
+    assert [x for x in labels if x.startswith("row 0")] == ["row 0: untrained model · model=a",
+                                                             "row 0: untrained model · model=b"]

@@ -125,7 +125,12 @@ def curve(sweep: Sweep, cells: Sequence[Cell], metric: str, path: Path, x_key: s
             if kind == "share_curve" and m == metric and pts[0][0] == 0:
                 ax.axhline(pts[0][1].mean, color=style["color"], linestyle=":", linewidth=1, alpha=0.6,
                            label=f"share 0 (real data only){' · ' + series if series else ''}")
-    baselines(ax, cells, metric)
+    if baselines(ax, cells, metric):  # row 0 differs between series (another model): one line each
+        for s_i, (series, members) in enumerate(_series(sweep, cells, x_key).items()):
+            r0 = row0([j for c in members for j in c.jobs], metric)
+            if r0.n:
+                ax.axhline(r0.mean, color=f"C{0 if len(names) > 1 else s_i}", linestyle="-.", linewidth=1,
+                           alpha=0.7, label=f"row 0: untrained model · {series}")
     xs = sorted({x for c in cells if (x := x_of(c)) is not None})
     if kind == "learning_curve":
         ax.set_xscale("log")
@@ -138,7 +143,8 @@ def curve(sweep: Sweep, cells: Sequence[Cell], metric: str, path: Path, x_key: s
     ax.set_ylabel(axis_label(metric).replace(metric, metric.split("/")[-1] + " on the test set")
                   if len(names) > 1 else axis_label(metric))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    crowded = len(ax.get_legend_handles_labels()[1]) > 3  # then beside the axes, not over the curves
+    ax.legend(fontsize=8, **(dict(loc="upper left", bbox_to_anchor=(1.01, 1.0)) if crowded else {}))
     return _finish(fig, plt, f"{TITLES[kind]}: {metric} vs {x_key}", sweep, cells, path)
 
 
