@@ -247,7 +247,8 @@ def test_round_trip_gives_the_hand_computed_statistics(run_dir, fmt):
     assert p["exact_match"] == {"correctness": None, "helpfulness": None}
     scipy_stats = pytest.importorskip("scipy.stats")
     rows = [(r, rated) for r in read_jsonl(run_dir / "review" / "review.jsonl")
-            if (rated := fixture_ratings().get(r["id"])) and r["kind"] != "red_team" and r.get("auto_rougeL") is not None]
+            if (rated := fixture_ratings().get(r["id"])) and r["kind"] != "red_team"
+            and r.get("auto_rougeL") is not None]
     expected = scipy_stats.spearmanr([r["auto_rougeL"] for r, _ in rows], [h for _, (h, _, _) in rows]).pvalue
     assert p["rougeL"]["correctness"] == pytest.approx(expected, rel=1e-3)
     assert review["red_team"] == pytest.approx(RED_EXPECTED)

@@ -99,8 +99,8 @@ def bounds(metric: str) -> Range:
     if (leaf in ("accuracy", "macro_f1", "f1", "mc1", "mc2", "mc1_norm", "exact_match", "correctness", "acc")
             or leaf.startswith("rouge") or leaf.endswith(("_rate", "_share"))):
         return UNIT
-    if (leaf in ("loss", "perplexity", "tokens", "n", "bleu", "helpfulness", "tone") or leaf.startswith(("n_", "params"))
-            or leaf.endswith(("_ms", "_s", "_mb")) or "cost" in leaf or "param" in leaf):
+    if (leaf in ("loss", "perplexity", "tokens", "n", "bleu", "helpfulness", "tone")
+            or leaf.startswith("n_") or leaf.endswith(("_ms", "_s", "_mb")) or "cost" in leaf or "param" in leaf):
         return NON_NEGATIVE
     return UNBOUNDED
 
@@ -129,7 +129,8 @@ class Summary:
     @property
     def clipped(self) -> bool:
         """Whether the t interval passed the metric's range and was cut at its bound."""
-        return self.half is not None and (self.mean - self.half < self.range[0] or self.mean + self.half > self.range[1])
+        lo, hi = self.range
+        return self.half is not None and not lo <= self.mean - self.half <= self.mean + self.half <= hi
 
 
 def summarise(values: Iterable[Optional[float]], level: float = LEVEL, rng: Range = UNBOUNDED) -> Summary:
