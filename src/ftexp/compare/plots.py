@@ -49,18 +49,18 @@ def baselines(ax: Any, cells: Sequence[Cell], metric: str, vertical: bool = Fals
     line = ax.axvline if vertical else ax.axhline
     p = chance(jobs, metric)
     if p is not None:
-        line(p, color="grey", linestyle=":", linewidth=1.2, label=f"chance (1/{round(1 / p)})")
+        line(p, color="grey", linestyle=":", linewidth=1.2, zorder=3, label=f"chance (1/{round(1 / p)})")
     per_cell = {round(r.mean, 9) for c in cells if (r := row0(c.jobs, metric)).n}
     if len(per_cell) == 1:
-        line(row0(jobs, metric).mean, color="black", linestyle="-.", linewidth=1, alpha=0.7,
+        line(row0(jobs, metric).mean, color="black", linestyle="-.", linewidth=1, alpha=0.7, zorder=3,
              label="row 0: untrained model")
     return len(per_cell) > 1
 
 
 def row0_marks(ax: Any, xs: Sequence[float], cells: Sequence[Cell], metric: str) -> None:
-    """Row 0 per cell, where it differs between cells: a short black dash at each bar."""
+    """Row 0 per cell, where it differs between cells: a short red dash at each bar (black would read as a cap)."""
     marks = [(x, r.mean) for x, c in zip(xs, cells) if (r := row0(c.jobs, metric)).n]
-    ax.scatter([x for x, _ in marks], [y for _, y in marks], marker="_", s=300, color="black", linewidths=2,
+    ax.scatter([x for x, _ in marks], [y for _, y in marks], marker="_", s=300, color="C3", linewidths=2,
                zorder=5, label="row 0: untrained model")
 
 
