@@ -57,9 +57,11 @@ def slices(cells: Sequence[Cell], metric: str) -> List[str]:
 
 
 def higher_better(metric: str) -> bool:
+    """Whether a larger value is the better one: not for losses, times, rates, costs, forgetting, or a
+    model's size (a cost beside its score)."""
     leaf = metric.rsplit("/", 1)[-1]
     return not (leaf in ("loss", "perplexity", "bwt_loss") or leaf.endswith(("_ms", "_rate", "_s", "_mb"))
-                or "cost" in leaf or "forgetting" in metric) or "agreement_rate" in leaf
+                or "cost" in leaf or leaf.startswith("params") or "forgetting" in metric) or "agreement_rate" in leaf
 
 
 def cost_axes(cells: Sequence[Cell]) -> List[str]:
