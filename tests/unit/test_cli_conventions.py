@@ -55,3 +55,23 @@ def test_the_composed_search_path_has_no_group_but_the_config_groups_and_sweeps(
         repo_folders = {p.name for p in sweeps_root().iterdir() if p.is_dir()} - {"sweeps"}
         assert not groups & repo_folders, groups & repo_folders
         assert sweeps_root() in search_dirs()  # --help and the error messages still find the sweep files
+
+
+def test_version_text_names_ftexp_and_hydra():
+    import hydra
+
+    from ftexp import __version__
+    from ftexp.cli import version_text
+
+    assert version_text().splitlines() == [f"ftexp {__version__}", f"Hydra {hydra.__version__}"]
+
+
+def test_subcommands_hand_the_rest_of_the_line_to_their_tools(capsys, tmp_path):
+    from ftexp.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["compare", str(tmp_path / "absent")])
+    assert exited.value.code == 1 and "ftexp.compare: error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["review", "--help"])
+    assert exited.value.code == 0 and "usage: python -m ftexp.review" in capsys.readouterr().out
