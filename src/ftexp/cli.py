@@ -8,7 +8,7 @@ or in the middle of a sweep.
 from __future__ import annotations
 
 import sys
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import hydra
 from omegaconf import DictConfig
@@ -27,10 +27,19 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
     return run_job(cfg)
 
 
+# ``ftexp compare ...`` / ``ftexp review ...``: the tools beside a run, by the module whose ``main`` takes the rest.
+SUBCOMMANDS = {"compare": "ftexp.compare.__main__", "review": "ftexp.review.__main__"}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     from hydra._internal.utils import get_args_parser
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        sys.exit(run_subcommand(argv[0], argv[1:]))
+    if "--version" in argv:  # Hydra's own flag names only Hydra's version
+        print(version_text())
+        return
     # Neither Hydra's console lines (a sweep's "#0 : <overrides>") nor the errors below echo a secret.
     secrets = secret_values(extra=referenced_secrets(argv))
     redact_all_log_records(secrets)
@@ -55,8 +64,48 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except ConfigError as exc:
         print(f"ftexp: error: {redact(str(exc), secrets)}", file=sys.stderr)
         sys.exit(2)
+    if args.cfg and args.resolve:
+        argv = [*argv, *_output_dir_override(args)]
     sys.argv = [sys.argv[0], *argv]
     _hydra_main()
+
+
+def run_subcommand(name: str, args: Sequence[str]) -> int:
+    """Hand ``args`` to the main function of the subcommand's module; its exit status."""
+    import importlib
+
+    return importlib.import_module(SUBCOMMANDS[name]).main(list(args)) or 0
+
+
+def version_text() -> str:
+    """ftexp's version (as installed, else the package's own) and Hydra's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import ftexp
+
+    try:
+        ours = version("ftexp")
+    except PackageNotFoundError:  # a source checkout on PYTHONPATH, not installed
+        ours = ftexp.__version__
+    return f"ftexp {ours}\nHydra {hydra.__version__}"
+
+
+def _output_dir_override(args) -> List[str]:
+    """Hydra sets ``hydra.runtime.output_dir`` only when a job starts, so ``--cfg ... --resolve`` (which starts
+    none) fails on ``output_dir: ${hydra:runtime.output_dir}``. Name the folder a run started now would get."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    from ftexp.config.preflight import compose_config
+
+    if any(o.split("=", 1)[0].lstrip("+~") == "hydra.runtime.output_dir" for o in args.overrides):
+        return []
+    cfg = compose_config(args.overrides, args.config_name or "config", return_hydra_config=True,
+                         extra_dir=args.config_dir)
+    folder = os.path.abspath(str(OmegaConf.select(cfg, "hydra.run.dir")))
+    quoted = folder.replace("'", "\\'")  # a quoted override value: Hydra reads it as it is, but for quotes
+    return [f"hydra.runtime.output_dir='{quoted}'"]
 
 
 def _refused_flag(args) -> Optional[str]:

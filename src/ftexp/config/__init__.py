@@ -14,6 +14,11 @@ def config_dir() -> Path:
     return Path(__file__).resolve().parents[3] / "conf"
 
 
+# The search-path scheme of the sweeps' root: a folder of which Hydra sees only the ``sweeps`` group
+# (hydra_plugins/ftexp_searchpath), since in a source checkout that root is the whole repository.
+SWEEPS_SCHEME = "ftexp-sweeps"
+
+
 def sweeps_root() -> Optional[Path]:
     """The folder that holds ``sweeps/`` (Hydra's search-path root for the ``sweeps`` group):
     a copy inside a wheel, or the root of a source checkout."""

@@ -8,7 +8,7 @@ from typing import Iterator, List, Optional
 
 from hydra.core.global_hydra import GlobalHydra
 
-from ftexp.config import config_dir
+from ftexp.config import SWEEPS_SCHEME, config_dir
 from ftexp.errors import FtexpError
 
 
@@ -47,8 +47,16 @@ def hydra_context(config_name: str = "config", extra_dir: Optional[str] = None) 
 def search_dirs() -> List[Path]:
     """The folders on the current search path: a --config-dir first, then conf/ and sweeps/'s root."""
     path = GlobalHydra.instance().config_loader().get_search_path().get_path()
-    dirs = [e.path.removeprefix("file://") for e in path if e.path and "://" not in e.path.removeprefix("file://")]
-    return [Path(d) for d in dirs if Path(d).is_dir()]
+    dirs = [_folder(e.path) for e in path if e.path]
+    return [Path(d) for d in dirs if d and Path(d).is_dir()]
+
+
+def _folder(search_path_entry: str) -> Optional[str]:
+    """The folder of a search-path entry on disk (``file://`` or the sweeps' own scheme), else None."""
+    scheme, found, rest = search_path_entry.partition("://")
+    if not found:
+        return search_path_entry
+    return rest if scheme in ("file", SWEEPS_SCHEME) else None
 
 
 def group_options(group: str) -> List[str]:
