@@ -68,6 +68,7 @@ def build_trainer(cfg: Any, stage: Any, out_dir: Path, logger: Optional[Any], ca
         callbacks=callbacks,
         default_root_dir=str(out_dir),
         num_sanity_val_steps=0,
-        limit_val_batches=None if validate else 0,
+        limit_train_batches=cfg.get("limit_train_batches"),
+        limit_val_batches=cfg.get("limit_val_batches") if validate else 0,
         use_distributed_sampler=False,  # the datamodule shards its own length-grouped batches by rank
     )
