@@ -60,3 +60,11 @@ def test_the_row_evaluator_caps_every_task_only_when_asked():
     rows = RowEvaluator(tasks, [], torch.device("cpu"), "32-true", limit=2)
     assert [len(t.splits["test"]) for t in rows.tasks.values()] == [2, 2]
     assert RowEvaluator(tasks, [], torch.device("cpu"), "32-true").tasks is tasks
+
+
+def test_the_row_cache_key_tells_a_capped_task_from_the_whole():
+    from ftexp.eval.row_cache import task_identity
+
+    task = Task(name="t", splits={"train": _examples(9, "train"), "test": _examples(9, "test")})
+    assert task_identity(first_examples(task, 4), "test") != task_identity(task, "test")
+    assert task_identity(first_examples(task, 9), "test") == task_identity(task, "test")
