@@ -86,7 +86,8 @@ class Run:
         self.mitigation = build(cfg.mitigation)
         self._describe()
         self.rows = RowEvaluator(self.tasks, evaluators, self.device, cfg.trainer.precision,
-                                 RowCache(cfg.cache_dir if cfg.cache_rows else None, self.tokenizer))
+                                 RowCache(cfg.cache_dir if cfg.cache_rows else None, self.tokenizer),
+                                 cfg.get("limit_eval_examples"))
         self.eval_ctx = EvalContext(tokenizer=self.tokenizer, max_length=cfg.model.max_length, seed=cfg.seed,
                                     pretrained=self.source.pretrained, device_name=self.record.info["device"])
         self.trainer = StageTrainer(

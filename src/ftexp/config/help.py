@@ -59,5 +59,7 @@ def render_help(extra_dir: Optional[str] = None) -> str:
     out.append("\nExamples:\n"
                "  python -m ftexp                                   the default: tiny model on Banking77, CPU\n"
                "  python -m ftexp model=smollm2_135m trainer=gpu    a hub model with LoRA on one GPU\n"
-               "  python -m ftexp -m trainer.max_epochs=1,2         two jobs, results in multirun/<date>/<time>/<n>/")
+               "  python -m ftexp -m trainer.max_epochs=1,2         two jobs, results in multirun/<date>/<time>/<n>/\n"
+               "  python -m ftexp debug=quick experiment=forgetting every stage, row and evaluator of a config on a\n"
+               "                                                    few batches and examples: does it run end to end?")
     return "\n".join(out)

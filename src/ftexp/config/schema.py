@@ -192,6 +192,9 @@ class Config:
     # Lightning callbacks, loggers and strategies: full names, or prefixes ending in "."
     allowed_targets: List[str] = field(default_factory=list)
     objective: Optional[str] = "val/loss"  # metric returned to sweepers (tune on val, never on test)
+    # Evaluators score at most this many examples of each task's split (and of its red-team prompts): the
+    # first ones; None = all. For a quick check of a config (debug=quick), not for results.
+    limit_eval_examples: Optional[int] = None
 
     @classmethod
     def problems(cls, node: DictConfig) -> Problems:
@@ -199,6 +202,8 @@ class Config:
         yield from cls._mitigation_problems(node)
         yield from cls._optimizer_problems(node)
         yield from cls._packing_problems(node)
+        if not (node.limit_eval_examples is None or node.limit_eval_examples >= 1):
+            yield "limit_eval_examples", node.limit_eval_examples, "must be >= 1 (or null: every example)"
         names = [s.name for s in node.stages]
         if len(set(names)) != len(names):
             yield "stages", names, "stage names must be unique"

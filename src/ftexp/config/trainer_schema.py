@@ -37,6 +37,11 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     log_every_n_steps: int = 20
     val_check_interval: Optional[float] = None  # None = once per epoch
+    # Train on this many batches per epoch (int >= 1) or this share of them (float in (0, 1]); None = all.
+    # For a quick check of a config (debug=quick), not for results.
+    limit_train_batches: Any = None
+    # Validate on this many batches (int >= 1) or this share of them (float in (0, 1]); None = all.
+    limit_val_batches: Any = None
     num_workers: int = 0  # data-loader workers
     # Batch examples of similar length (about 2x fewer padded tokens on Banking77). Turn it off when
     # length predicts the label: same-length batches then hold one label each, which slows learning.
@@ -150,9 +155,24 @@ class TrainerConfig:
         if not (t.peak_tflops is None or t.peak_tflops > 0):
             yield "peak_tflops", t.peak_tflops, ("must be > 0 (one device's peak bf16 TFLOP/s, for MFU) or null "
                                                  "(looked up from the GPU's name)")
+        for key in ("limit_train_batches", "limit_val_batches"):
+            if not batch_limit_valid(t[key]):
+                yield key, t[key], ("must be a number of batches (int >= 1), a share of them (float in (0, 1]) "
+                                    "or null (all)")
         if not (t.checkpoint_every_n_steps is None or t.checkpoint_every_n_steps >= 1):
             yield "checkpoint_every_n_steps", t.checkpoint_every_n_steps, ("must be >= 1 (or null: checkpoints at "
                                                                            "epoch ends only)")
+
+
+def batch_limit_valid(limit: Any) -> bool:
+    """trainer.limit_*_batches: None, an int >= 1, or a float in (0, 1] (bool is no number here)."""
+    if limit is None:
+        return True
+    if isinstance(limit, bool):
+        return False
+    if isinstance(limit, int):
+        return limit >= 1
+    return isinstance(limit, float) and 0 < limit <= 1
 
 
 def devices_valid(devices: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Dict, List, Optional
@@ -22,6 +23,13 @@ class RowEvaluator:
     device: torch.device
     precision: str  # the trainer's: bf16 precisions score under bf16 autocast on a GPU
     cache: Optional[RowCache] = None  # scores of earlier jobs with the same weights and data
+    limit: Optional[int] = None  # limit_eval_examples: the first this many examples of each split scored
+
+    def __post_init__(self) -> None:
+        # The evaluators see the capped tasks only (so does the row cache's key, which hashes their examples);
+        # training keeps the whole tasks.
+        if self.limit is not None:
+            self.tasks = {name: first_examples(task, self.limit) for name, task in self.tasks.items()}
 
     def evaluate(self, model: torch.nn.Module, ctx: EvalContext) -> Dict[str, Dict[str, float]]:
         """``{task: {metric: value}}``; model-scoped evaluators (lm-evaluation-harness) file their
@@ -49,3 +57,12 @@ class RowEvaluator:
         if self.device.type == "cuda" and self.precision.startswith("bf16"):
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
+
+
+def first_examples(task: Task, n: int) -> Task:
+    """A copy of ``task`` whose splits but train, and red-team prompts, keep their first ``n`` examples."""
+    capped = copy.copy(task)
+    capped.splits = {k: v if k == "train" else v[:n] for k, v in task.splits.items()}
+    capped.red_team = task.red_team[:n]
+    capped.slices = {name: [i for i in idx if i < n] for name, idx in task.slices.items()}  # test indices
+    return capped

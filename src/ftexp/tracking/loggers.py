@@ -31,7 +31,10 @@ class OffsetCSVLogger(_StepOffset, _LightningCSV):
 
 
 class OffsetWandbLogger(_StepOffset, _LightningWandb):
-    pass
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Lightning always passes ``anonymous`` to wandb.init, which then warns that it has no effect.
+        self._wandb_init.pop("anonymous", None)
 
 
 @dataclass

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 # Trainer settings with no effect on the weights a stage trains: left out of the stage cache's key.
 NOT_IN_CACHE_KEY = ("num_workers", "enable_progress_bar", "log_every_n_steps")
+BATCH_LIMITS = ("limit_train_batches", "limit_val_batches")
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,9 @@ class StageTrainer:
                     "batches": batches}
         for ignored in NOT_IN_CACHE_KEY:
             settings["trainer"].pop(ignored, None)
+        for limit in BATCH_LIMITS:  # keys as before the limits: a stage on every batch has none
+            if settings["trainer"].get(limit) is None:
+                settings["trainer"].pop(limit, None)
         return stage_key(self.model, rows, settings)
 
     def fit(self, stage: Stage, datamodule: FineTuneDataModule) -> Dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -12,6 +14,27 @@ from ftexp.training import launch
 from ftexp.training.best_weights import BestWeights
 from ftexp.training.sigterm import StopTogether
 
+# Lightning's info lines that no user acts on: the hardware it found (the run's config says what it uses) and
+# how it counts the steps. Its warnings and other info lines still show.
+_QUIET_INFO = ("GPU available:", "TPU available:", "HPU available:", "IPU available:", "LOCAL_RANK:",
+               "Loading `train_dataloader` to estimate number of stepping batches")
+
+
+class _QuietInfo(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or not str(record.msg).startswith(_QUIET_INFO)
+
+
+def quiet_lightning() -> None:
+    """Drop Lightning's noise that a user cannot act on (idempotent)."""
+    # Lightning's own pytree helper builds a LeafSpec, which torch deprecates; nothing in ftexp uses it.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietInfo) for f in logger.filters):
+            logger.addFilter(_QuietInfo())
+
 
 def build_trainer(cfg: Any, stage: Any, out_dir: Path, logger: Optional[Any], callbacks: List[Any] = (),
                   validate: bool = True, strategy: Optional[Any] = None) -> pl.Trainer:
@@ -19,6 +42,7 @@ def build_trainer(cfg: Any, stage: Any, out_dir: Path, logger: Optional[Any], ca
     max_epochs = stage.max_epochs if stage.max_epochs is not None else cfg.max_epochs
     max_steps = stage.max_steps if stage.max_steps is not None else cfg.max_steps
     callbacks = [*callbacks, StopTogether()]
+    quiet_lightning()
     launch.install()  # child ranks of a DDP job run that job, not the command line's sweep
     if validate and cfg.get("early_stopping_patience") is not None:
         callbacks += [EarlyStopping(monitor="val/loss", mode="min", patience=cfg.early_stopping_patience,
@@ -44,6 +68,7 @@ def build_trainer(cfg: Any, stage: Any, out_dir: Path, logger: Optional[Any], ca
         callbacks=callbacks,
         default_root_dir=str(out_dir),
         num_sanity_val_steps=0,
-        limit_val_batches=None if validate else 0,
+        limit_train_batches=cfg.get("limit_train_batches"),
+        limit_val_batches=cfg.get("limit_val_batches") if validate else 0,
         use_distributed_sampler=False,  # the datamodule shards its own length-grouped batches by rank
     )
