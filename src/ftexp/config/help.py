@@ -16,6 +16,8 @@ ftexp: controlled LLM fine-tuning experiments.
   python -m ftexp -m key=a,b [other=c,d ...]              a sweep: one folder and one W&B run per job
   python -m ftexp --cfg job [overrides]                   print the composed config and stop
   python -m ftexp --hydra-help                            Hydra's own flags
+  ftexp compare <multirun dir> [--metric M]               a sweep's table, report and plot (--help: more)
+  ftexp review import <ratings> <run dir>                 human ratings into a run (ftexp review --help)
 
 Config groups (default marked *); every key, its type, default and meaning: docs/settings.md
 """
