@@ -334,3 +334,14 @@ def test_synthetic_pool_keeps_the_good_prefix_of_a_file_cut_by_a_kill(tmp_path):
     assert path.read_text().splitlines() == [*good, json.dumps({"label": "x", "text": "sample 3"})]
     with Pool(path) as again:  # the lock was released; the file reads back whole
         assert again.texts["x"][-1] == "sample 3"
+
+
+def test_an_in_run_generator_trained_on_fewer_batches_is_another_cache_entry():
+    """debug=quick's batch limits change what an in-run generator learns: its identity (the cache key of
+    its weights and texts) must change with them, and stay as it was without them."""
+    from ftexp.synthesis.generator import trainer_identity
+
+    full = trainer_identity(compose_config([]).trainer)
+    quick = trainer_identity(compose_config(["debug=quick"]).trainer)
+    assert "limit_train_batches" not in full and "limit_val_batches" not in full  # keys as before the limits
+    assert quick != full and quick["limit_train_batches"] == 4

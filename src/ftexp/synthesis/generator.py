@@ -28,6 +28,15 @@ log = logging.getLogger(__name__)
 
 # The run's trainer settings that change what an in-run fine-tuned generator learns.
 TRAINER_KEYS = ("accelerator", "precision", "gradient_clip_val", "accumulate_grad_batches", "devices")
+BATCH_LIMITS = ("limit_train_batches", "limit_val_batches")
+
+
+def trainer_identity(trainer: Any) -> Dict[str, Any]:
+    """The trainer settings an in-run generator's weights depend on. A batch limit (debug=quick) trains
+    less: set, it is part of them; unset, the keys (and so the cache's paths) are as before there were limits."""
+    identity = {k: _plain(getattr(trainer, k)) for k in TRAINER_KEYS}
+    identity.update({k: _plain(trainer.get(k)) for k in BATCH_LIMITS if trainer.get(k) is not None})
+    return identity
 
 
 def training_examples(dataset: str, train: List[Example]) -> List[Example]:
@@ -58,10 +67,8 @@ class Generator:
             "finetune": self.finetune,
         }
         if self.finetune:
-            t = run.trainer
             self.identity.update(real=content_hash(real), epochs=syn_cfg.generator_epochs, seed=run.seed,
-                                 optim=_plain(run.optim), task=task.name,
-                                 trainer={k: _plain(getattr(t, k)) for k in TRAINER_KEYS})
+                                 optim=_plain(run.optim), task=task.name, trainer=trainer_identity(run.trainer))
         self.dir = Path(run.cache_dir) / "generators" / content_hash(self.identity)
         self._model = None
 
