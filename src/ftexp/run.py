@@ -137,7 +137,7 @@ class Run:
             return
         started = time.perf_counter()
         self.eval_ctx = replace(self.eval_ctx, row=index, last_row=index == len(self.stages),
-                                stages=list(self.record.stages), outputs={})
+                                stages=list(self.record.stages))
         metrics = self.rows.evaluate(self.model, self.eval_ctx)
         self.record.wall_time_s[f"eval/{index}"] = time.perf_counter() - started
         self.tracker.log_metrics(self.record.add_row(index, name, metrics), step=self.record.step)

@@ -193,7 +193,7 @@ def write_md(path: Path, sweep: Sweep, cells: Sequence[Cell], metrics: Sequence[
     lines += [f"- {kind}: not drawn ({md(why)})" for kind, why in failed_plots.items()]
     if not drawn and not failed_plots:
         lines.append("None: no completed job.")
-    lines += select.plot_notes(sweep, cells, list(drawn))
+    lines += select.plot_notes(sweep, [*drawn, *failed_plots])
     lines += ["", "## Jobs that did not complete", ""]
     if sweep.problems:
         lines += ["| job | status | cell | seed | error | where |", "|---|---|---|---|---|---|"]

@@ -113,15 +113,16 @@ def choose(sweep: Sweep, cells: Sequence[Cell]) -> List[str]:
     return [kind] + (["review"] if kind != "review" and fits["review"]() else [])
 
 
-def plot_notes(sweep: Sweep, cells: Sequence[Cell], drawn: Sequence[str]) -> List[str]:
-    """report.md's lines for a plot the sweep asks for that these jobs do not allow, with why."""
+def plot_notes(sweep: Sweep, tried: Sequence[str]) -> List[str]:
+    """report.md's lines for a plot the sweep asks for that these jobs do not allow, with why (``tried``: the
+    plots :func:`choose` gave, drawn or not)."""
     plot = declared(sweep, "plot")
-    review = plot == "review" if sweep.report is not None else bool({"E4", "human_review"} & set(sweep.tags))
+    review = "review" in wanted(sweep)
     lines = []
-    if sweep.completed and plot and plot not in ("review", *choose(sweep, cells)):
+    if sweep.completed and plot and plot not in ("review", *tried):
         x = declared(sweep, "x") or f"a key ending in {CURVE_KEYS.get(plot, '')}"
         lines.append(f"- {plot}: declared by report.plot, but not drawn: {UNFIT[plot].format(x=x)}.")
-    if review and "review" not in drawn:
+    if review and "review" not in tried:
         lines.append("- review: no human ratings in these results yet; import each job's with "
                      "`python -m ftexp.review import <ratings file> <job folder>`, then compare again.")
     return lines

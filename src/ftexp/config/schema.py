@@ -193,7 +193,8 @@ class Config:
     allowed_targets: List[str] = field(default_factory=list)
     objective: Optional[str] = "val/loss"  # metric returned to sweepers (tune on val, never on test)
     # Evaluators score at most this many examples of each task's split (and of its red-team prompts): the
-    # first ones; None = all. For a quick check of a config (debug=quick), not for results.
+    # first ones; None = all. For a quick check of a config (debug=quick), not for results. (evaluator=lm_eval
+    # scores benchmarks of its own, not the run's tasks: its own `limit` caps it.)
     limit_eval_examples: Optional[int] = None
 
     @classmethod

@@ -25,16 +25,11 @@ from ftexp.data.datamodule import Batching, Encoded, TrainingBatches
 
 @dataclass(frozen=True)
 class ReplayMix:
-    """How replayed rows join a step: ``ratio`` of its rows, replacing new ones or added on top (``mode``)."""
+    """How replayed rows join a step: ``ratio`` of its rows, replacing new ones or added on top (``mode``).
+    ``ReplayConfig.problems`` holds the values to [0, 1) and replace | add before a run starts."""
 
     ratio: float
     mode: str = "replace"
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("replace", "add"):
-            raise ValueError(f"mitigation.mode='{self.mode}': must be 'replace' or 'add'")
-        if not 0.0 <= self.ratio < 1.0:
-            raise ValueError(f"mitigation.ratio={self.ratio}: must be in [0, 1)")
 
 
 class ReplayBatches(Sampler[List[int]]):

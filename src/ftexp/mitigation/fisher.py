@@ -48,7 +48,7 @@ def per_sample_fisher(model: torch.nn.Module, batches: Iterable[Batch],
                    for name, p in theta.items()}
     count = torch.zeros((), dtype=torch.long, device=device)
 
-    sample_loss = completion_loss(model, fixed)
+    sample_loss = sample_loss_fn(model, fixed)
     vocab = model.get_output_embeddings().weight.shape[0] if hasattr(model, "get_output_embeddings") else 1
     weights = max(1, sum(p.numel() for p in theta.values()))
     modes = [(module, module.training) for module in model.modules()]
@@ -75,7 +75,7 @@ def per_sample_fisher(model: torch.nn.Module, batches: Iterable[Batch],
     return {name: s / count.clamp(min=1) for name, s in squared_sum.items()}
 
 
-def completion_loss(model: torch.nn.Module, fixed: Mapping[str, torch.Tensor]):
+def sample_loss_fn(model: torch.nn.Module, fixed: Mapping[str, torch.Tensor]):
     """``loss(theta, input_ids, labels)``: one sample's mean completion loss as a function of the
     weighed parameters ``theta`` (the ``fixed`` ones held), for ``grad`` and ``vmap``."""
 
