@@ -159,8 +159,9 @@ def test_a_model_whose_logits_are_not_its_output_layer_alone_is_refused():
     adapted_head = get_peft_model(ARCHS["llama"](), LoraConfig(r=2, target_modules=["q_proj", "lm_head"]))
     with pytest.raises(FtexpError, match="no adapter on the output layer"):
         FineTuneModule(adapted_head, compose_config([]).optim, lr=1e-3, step=StepOptions(fused_loss=True))
+    # adapters inside the decoder only: fine
     FineTuneModule(get_peft_model(ARCHS["llama"](), LoraConfig(r=2, target_modules=["q_proj"])),
-                   compose_config([]).optim, lr=1e-3, step=StepOptions(fused_loss=True))  # adapters inside the decoder only: fine
+                   compose_config([]).optim, lr=1e-3, step=StepOptions(fused_loss=True))
 
 
 @pytest.mark.parametrize("override,why", [("mitigation=lwf", "full logits"), ("trainer=fsdp", "FSDP shards"),

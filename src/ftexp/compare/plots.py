@@ -92,6 +92,15 @@ def _series(sweep: Sweep, cells: Sequence[Cell], x_key: str) -> Dict[str, List[C
     return out
 
 
+def _row0_per_series(ax, series: Dict[str, List[Cell]], metric: str, one_colour: bool) -> None:
+    """A row-0 line (the untrained model's score) per series of a curve, in the series' colour."""
+    for s_i, (name, members) in enumerate(series.items()):
+        r0 = row0([j for c in members for j in c.jobs], metric)
+        if r0.n:
+            ax.axhline(r0.mean, color=f"C{0 if one_colour else s_i}", linestyle="-.", linewidth=1, alpha=0.7,
+                       label=f"row 0: untrained model · {name}")
+
+
 def curve(sweep: Sweep, cells: Sequence[Cell], metric: str, path: Path, x_key: str, kind: str) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
@@ -126,11 +135,7 @@ def curve(sweep: Sweep, cells: Sequence[Cell], metric: str, path: Path, x_key: s
                 ax.axhline(pts[0][1].mean, color=style["color"], linestyle=":", linewidth=1, alpha=0.6,
                            label=f"share 0 (real data only){' · ' + series if series else ''}")
     if baselines(ax, cells, metric):  # row 0 differs between series (another model): one line each
-        for s_i, (series, members) in enumerate(_series(sweep, cells, x_key).items()):
-            r0 = row0([j for c in members for j in c.jobs], metric)
-            if r0.n:
-                ax.axhline(r0.mean, color=f"C{0 if len(names) > 1 else s_i}", linestyle="-.", linewidth=1,
-                           alpha=0.7, label=f"row 0: untrained model · {series}")
+        _row0_per_series(ax, _series(sweep, cells, x_key), metric, one_colour=len(names) > 1)
     xs = sorted({x for c in cells if (x := x_of(c)) is not None})
     if kind == "learning_curve":
         ax.set_xscale("log")
