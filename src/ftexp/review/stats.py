@@ -54,7 +54,7 @@ def _defined(x: torch.Tensor) -> Optional[float]:
 def cohen_kappa(human: Sequence[int], auto: Sequence[int]) -> Optional[float]:
     """None when either side is constant: the formula then gives 0 or 0/0, which says nothing about
     agreement beyond chance."""
-    if len(human) < 2 or len(set(human)) < 2 or len(set(auto)) < 2:
+    if undefined_why(human, auto, ("human", "auto")) is not None:
         return None
     return _defined(binary_cohen_kappa(torch.tensor(human), torch.tensor(auto)))
 
@@ -100,7 +100,7 @@ def spearman_p(rho: Optional[float], n: int) -> Optional[float]:
 def spearman(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
     """Spearman's rho with average ranks for ties; None for fewer than 2 pairs or a constant side
     (torchmetrics would return 0 there)."""
-    if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
+    if undefined_why(x, y, ("x", "y")) is not None:
         return None
     return _defined(spearman_corrcoef(torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)))
 
