@@ -31,6 +31,7 @@ from ftexp.synthesis import SynthesisInputs, add_synthetic
 from ftexp.training import checkpoints
 from ftexp.training.stage import Stage, StageOutputs, StageSettings, StageTrainer
 from ftexp.training.stage_cache import rng_states_of_ranks, set_rank_rng_state
+from ftexp.utils import progress
 from ftexp.utils.build import allow_targets, build, typed
 from ftexp.utils.devices import process_device
 
@@ -69,6 +70,7 @@ class Run:
         """Everything the rows and stages use, built in an order that draws the same random numbers
         in every run of the same config."""
         cfg = self.cfg
+        progress.configure(cfg.progress.mode, cfg.progress.every_s, self.rank)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         allow_targets(cfg.allowed_targets)
         self.source = build(cfg.model)

@@ -22,13 +22,13 @@ REPLICATE = "seed"
 # Overrides that change how a job runs or is shown, not what it computes: never a swept key. (A sweep resumed
 # with resume=true carries it on the jobs that ran after the resume only; cells must not split there.)
 RUN_CONTROL = ("resume", "overwrite", "output_dir", "cache_dir", "cache_stages", "cache_rows", "save_model",
-               "objective", "logger", "trainer.checkpoints", "trainer.enable_progress_bar", "trainer.num_workers",
-               "trainer.log_every_n_steps")
+               "objective", "logger", "progress", "trainer.checkpoints", "trainer.enable_progress_bar",
+               "trainer.num_workers", "trainer.log_every_n_steps")
 
 
 def run_control(key: str) -> bool:
     key = key.lstrip("+~")
-    return key in RUN_CONTROL or key.startswith(("logger.", "report."))
+    return key in RUN_CONTROL or key.startswith(("logger.", "report.", "progress."))
 
 
 QUESTIONS = {  # DESIGN.md's table, for a sweep whose files cannot be found

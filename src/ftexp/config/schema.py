@@ -100,6 +100,24 @@ class WandbLoggerConfig(LoggerConfig):
     name: Optional[str] = None  # None = the output folder's name
 
 
+@dataclass
+class ProgressConfig:
+    """How long work (training, evaluation rows, generation, EWC's Fisher, synthetic data) shows how far it is."""
+
+    # auto: Rich bars in a terminal, plain log lines without one (SLURM, nohup, a file) | rich | log | off
+    mode: str = "auto"
+    every_s: float = 30.0  # plain lines: seconds between two lines of one piece of work (0: every update)
+
+    @classmethod
+    def problems(cls, node: DictConfig) -> Problems:
+        from ftexp.utils.progress import MODES
+
+        if node.mode not in MODES:
+            yield "mode", node.mode, f"must be one of {', '.join(MODES)}"
+        if not node.every_s >= 0:
+            yield "every_s", node.every_s, "must be >= 0 (seconds)"
+
+
 # ----------------------------------------------------------------------------------- top level
 
 
@@ -163,6 +181,7 @@ class Config:
     evaluator: Dict[str, Any] = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: Any = MISSING
+    progress: ProgressConfig = field(default_factory=ProgressConfig)  # how long work shows progress and time left
     optim: OptimConfig = field(default_factory=OptimConfig)
     # More tasks besides `data`, each a data config (`- /data@tasks.cuad: cuad` in a defaults list):
     # stages train on them by name, and every task is evaluated after every stage.

@@ -80,7 +80,7 @@ class TrainerConfig:
     master_weights: bool = False
     fsdp: FsdpConfig = field(default_factory=lambda: FsdpConfig())  # used when strategy=fsdp
     deterministic: bool = False
-    enable_progress_bar: bool = True
+    enable_progress_bar: bool = True  # show training's progress (as progress.mode says); false: none
     # Stop a stage when val/loss has not improved for this many validation checks (None = never),
     # and go back to the weights of the best check: train to convergence whatever the data size.
     early_stopping_patience: Optional[int] = None

@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from ftexp.utils import progress
+
 
 @dataclass
 class Output:
@@ -74,6 +76,10 @@ class Evaluator:
 
     def evaluate(self, model: torch.nn.Module, task: Any, ctx: EvalContext) -> Dict[str, float]:
         raise NotImplementedError
+
+    def track(self, task: Any, ctx: EvalContext, total: Optional[int], unit: str):
+        """This evaluator's work on ``task`` in this row, shown as it goes (:mod:`ftexp.utils.progress`)."""
+        return progress.track(f"row {ctx.row} · {self.name} · {getattr(task, 'name', 'model')}", total, unit)
 
     def finish(self, ctx: EvalContext, run_dir: Path, tracker: Any = None) -> Optional[Dict[str, Any]]:
         """After the last row, on rank 0: write files, return what results.json records under

@@ -159,13 +159,14 @@ class ClassificationEvaluator(Evaluator):
         model.eval()
         preds: List[torch.Tensor] = []
         try:
-            with scoring_attention(model):
+            with scoring_attention(model), self.track(task, ctx, len(examples), "examples") as work:
                 for start in range(0, len(examples), self.cfg.batch_size):
                     batch = examples[start:start + self.cfg.batch_size]
                     prompts = [encode_prompt(tokenizer, ex.prompt, task.chat_template)[-keep:] for ex in batch]
                     scores = label_logprobs(model, prompts, label_tokens, tokenizer.pad_token_id,
                                             self.cfg.label_chunk, self.cfg.max_logits)
                     preds.append(scores.argmax(-1).cpu())
+                    work.advance(len(batch))
         finally:
             model.train(was_training)
         return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)

@@ -72,7 +72,8 @@ class GenerationEvaluator(Evaluator):
             seeds = [hash_seed(ctx.seed, first_id + i) for i in range(len(examples))]
         how = Decoding(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, temperature=cfg.temperature,
                        top_p=cfg.top_p)
-        new = generate_ids(model, tokenizer, prompts, how, seeds)
+        with self.track(task, ctx, len(prompts), "answers") as work:
+            new = generate_ids(model, tokenizer, prompts, how, seeds, progress=work.advance)
         return [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     def evaluate(self, model: torch.nn.Module, task: Any, ctx: EvalContext) -> Dict[str, float]:

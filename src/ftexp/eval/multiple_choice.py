@@ -60,9 +60,10 @@ class MultipleChoiceEvaluator(Evaluator):
         was_training = model.training
         model.eval()
         try:
-            with scoring_attention(model):
+            with scoring_attention(model), self.track(task, ctx, len(examples), "questions") as work:
                 for i, ex in enumerate(examples):
                     result = self.score_question(model, task, ex, i, ctx)
+                    work.advance()
                     hits.append(result["mc1"])
                     hits_norm.append(result["mc1_norm"])
                     if "mc2" in result:

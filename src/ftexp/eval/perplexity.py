@@ -27,16 +27,19 @@ class PerplexityEvaluator(Evaluator):
         model.eval()
         total, tokens = 0.0, 0
         try:
-            for start in range(0, len(rows), self.cfg.batch_size):
-                batch = {k: v.to(device) for k, v in pad_batch(rows[start:start + self.cfg.batch_size],
-                                                               ctx.tokenizer.pad_token_id).items()}
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                targets = batch["labels"][:, 1:]
-                nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets,
-                                                        ignore_index=-100, reduction="sum")
-                total += float(nll)
-                tokens += int((targets != -100).sum())
+            with self.track(task, ctx, len(rows), "examples") as work:
+                for start in range(0, len(rows), self.cfg.batch_size):
+                    batch = {k: v.to(device) for k, v in pad_batch(rows[start:start + self.cfg.batch_size],
+                                                                   ctx.tokenizer.pad_token_id).items()}
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                    targets = batch["labels"][:, 1:]
+                    nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets,
+                                                            ignore_index=-100, reduction="sum")
+                    total += float(nll)
+                    tokens += int((targets != -100).sum())
+                    work.advance(batch["input_ids"].shape[0])
         finally:
             model.train(was_training)
         loss = total / max(1, tokens)
-        return {f"{split}/loss": loss, f"{split}/perplexity": math.exp(min(loss, 50.0)), f"{split}/tokens": float(tokens)}
+        return {f"{split}/loss": loss, f"{split}/perplexity": math.exp(min(loss, 50.0)),
+                f"{split}/tokens": float(tokens)}

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from ftexp.data.datamodule import pad_batch
 from ftexp.mitigation.base import GradientsOf, Mitigation, StageContext
 from ftexp.mitigation.fisher import per_sample_fisher
+from ftexp.utils import progress
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,9 @@ class EWC(Mitigation):
         params = trainable_parameters(ctx.model)
         rows = self._fisher_rows(ctx)
         start = time.perf_counter()
-        fisher = per_sample_fisher(ctx.model, self._own_batches(rows, ctx.tokenizer.pad_token_id), params)
+        batches = progress.iterate(self._own_batches(rows, ctx.tokenizer.pad_token_id),
+                                   f"EWC Fisher · stage {ctx.index} · {ctx.name}", unit="batches")
+        fisher = per_sample_fisher(ctx.model, batches, params)
         seconds = time.perf_counter() - start
         anchor = {name: p.detach().clone() for name, p in params.items()}
         if self.cfg.mode == "separate" or not self.terms:

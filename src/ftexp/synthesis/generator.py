@@ -21,6 +21,7 @@ from ftexp.synthesis.prompts import clean, label_prompt
 from ftexp.synthesis.writer import SynthesisInputs
 from ftexp.training.module import FineTuneModule
 from ftexp.training.trainer import build_trainer
+from ftexp.utils import progress
 from ftexp.utils.build import build
 from ftexp.utils.cache import content_hash, file_lock, read_entry
 
@@ -108,7 +109,9 @@ class Generator:
                                                            batch_size=run.optim.batch_size, seed=run.seed,
                                                            num_workers=run.trainer.num_workers))
         stage = SimpleNamespace(max_epochs=self.cfg.generator_epochs, max_steps=None)
-        trainer = build_trainer(run.trainer, stage, self.dir, logger=None, validate=False)
+        shown = progress.training_callbacks(f"synthetic-data generator · {self.task.name}")
+        trainer = build_trainer(run.trainer, stage, self.dir, logger=None,
+                                callbacks=shown if run.trainer.enable_progress_bar else [], validate=False)
         trainer.fit(FineTuneModule(model, run.optim, lr=run.optim.lr), datamodule=datamodule)
         model.eval()
 

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import torch
-from tqdm.auto import tqdm
 
 from ftexp.models.decoding import Decoding, sample
 from ftexp.synthesis.generator import Generator
 from ftexp.synthesis.pool import Pool
 from ftexp.synthesis.writer import Requests, SynthesisInputs, SyntheticWriter
+from ftexp.utils import progress
 from ftexp.utils.cache import content_hash
 
 # Bump when the prompt format, the sampler or the text clean-up changes what sample k is.
@@ -50,8 +50,8 @@ class ModelWriter(SyntheticWriter):
             owners += [label] * n
         how = Decoding(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, temperature=cfg.temperature,
                        top_p=cfg.top_p, stop="\n")  # one example per line
-        with tqdm(total=len(prompts), desc="synthetic examples", unit="ex", disable=None) as bar:
-            texts = sample(gen.model.to(self.run.device), gen.tokenizer, prompts, seeds, how, progress=bar.update)
+        with progress.track(f"synthetic examples · {self.task.name}", len(prompts), "examples") as work:
+            texts = sample(gen.model.to(self.run.device), gen.tokenizer, prompts, seeds, how, progress=work.advance)
         out: Dict[str, List[str]] = {}
         for label, text in zip(owners, texts):
             out.setdefault(label, []).append(text)

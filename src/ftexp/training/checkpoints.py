@@ -113,7 +113,8 @@ def remove(run_dir: Path) -> None:
 CONFIG_FILE = "config.json"
 # What a resumed run may change: where things are read from and shown, not what is trained.
 RESUMABLE_CHANGES = ("resume", "overwrite", "data_dir", "cache_dir", "cache_rows", "logger", "tags", "report",
-                     "trainer.enable_progress_bar", "trainer.num_workers", "trainer.devices", "trainer.num_nodes")
+                     "progress", "trainer.enable_progress_bar", "trainer.num_workers", "trainer.devices",
+                     "trainer.num_nodes")
 
 
 def save_config(run_dir: Path, config: Dict[str, Any]) -> None:

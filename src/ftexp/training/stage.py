@@ -27,6 +27,7 @@ from ftexp.training.module import FineTuneModule, StepOptions
 from ftexp.training.stage_cache import device_count, stage_entry, stage_key
 from ftexp.training.throughput import Throughput
 from ftexp.training.trainer import build_trainer
+from ftexp.utils import progress
 from ftexp.utils.devices import PEAK_BF16_TFLOPS, lookup, process_device
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,8 @@ class StageTrainer:
                                 step=StepOptions.of(trainer_cfg))
         throughput = Throughput(*mfu_inputs(self.model, trainer_cfg))
         callbacks: List[Any] = [throughput, FiniteLoss(stage.name, stage.lr)]
+        if trainer_cfg.enable_progress_bar:
+            callbacks += progress.training_callbacks(f"stage {stage.index} · {stage.name}")
         folder = self.outputs.folder
         if trainer_cfg.checkpoints:
             callbacks += checkpoints.epoch_checkpoints(folder, stage.index, trainer_cfg.checkpoint_every_n_steps)

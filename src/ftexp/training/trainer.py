@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressBar
 
 from ftexp.training import launch
 from ftexp.training.best_weights import BestWeights
@@ -36,12 +36,25 @@ def quiet_lightning() -> None:
             logger.addFilter(_QuietInfo())
 
 
+class CurvePoints(Callback):
+    """Log at least ``POINTS`` times a fit: a stage shorter than ``log_every_n_steps`` would log no
+    ``train/loss`` at all (Lightning writes metrics on every n-th step only)."""
+
+    POINTS = 5
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        steps = trainer.estimated_stepping_batches
+        if steps != float("inf"):
+            trainer.log_every_n_steps = max(1, min(trainer.log_every_n_steps, int(steps) // self.POINTS))
+
+
 def build_trainer(cfg: Any, stage: Any, out_dir: Path, logger: Optional[Any], callbacks: List[Any] = (),
                   validate: bool = True, strategy: Optional[Any] = None) -> pl.Trainer:
-    """``strategy``: a built Lightning strategy (FSDP's depends on the model) instead of ``cfg.strategy``."""
+    """``strategy``: a built Lightning strategy (FSDP's depends on the model) instead of ``cfg.strategy``.
+    The fit shows a bar when ``callbacks`` hold one (:func:`ftexp.utils.progress.training_callbacks`)."""
     max_epochs = stage.max_epochs if stage.max_epochs is not None else cfg.max_epochs
     max_steps = stage.max_steps if stage.max_steps is not None else cfg.max_steps
-    callbacks = [*callbacks, StopTogether()]
+    callbacks = [*callbacks, StopTogether(), CurvePoints()]
     quiet_lightning()
     launch.install()  # child ranks of a DDP job run that job, not the command line's sweep
     if validate and cfg.get("early_stopping_patience") is not None:
@@ -61,7 +74,7 @@ def build_trainer(cfg: Any, stage: Any, out_dir: Path, logger: Optional[Any], ca
         log_every_n_steps=cfg.log_every_n_steps,
         val_check_interval=cfg.val_check_interval,
         deterministic=cfg.deterministic,
-        enable_progress_bar=cfg.enable_progress_bar,
+        enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
         enable_model_summary=False,
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),  # resume's, if given
         logger=logger if logger is not None else False,
