@@ -3,9 +3,7 @@ between cells; cells; Pareto fronts.
 
 The CI is Student's t: mean ± t_{0.975, n-1} · s / √n, with s the sample standard deviation (n − 1 in
 the denominator), cut at the metric's range where it has one (see :func:`bounds`). It is undefined for
-n = 1 (shown as "n=1", never as ± 0). The t quantile is computed here (regularised incomplete beta by
-Lentz's continued fraction, inverted by bisection; it matches scipy.stats.t.ppf to 1e-12), so compare
-needs no scipy.
+n = 1 (shown as "n=1", never as ± 0). The t quantile is scipy.stats.t's.
 
 Why a clipped t interval and not a percentile bootstrap over seeds: sweeps have 2 to 5 seeds, and a
 bootstrap can only resample those values, so its interval is at most [min, max] of them; with n = 2 it
@@ -21,6 +19,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from scipy.stats import t as student_t
+
 from ftexp.compare.collect import Job, Sweep
 
 LEVEL = 0.95
@@ -29,53 +29,12 @@ LEVEL = 0.95
 # ------------------------------------------------------------------------------------ Student's t
 
 
-def _beta_cf(a: float, b: float, x: float) -> float:
-    tiny, eps = 1e-300, 1e-16
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 10_000):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < eps:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """The regularised incomplete beta function I_x(a, b)."""
-    if x <= 0.0 or x >= 1.0:
-        return 0.0 if x <= 0.0 else 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _beta_cf(a, b, x) / a
-    return 1.0 - front * _beta_cf(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t > 0 else tail
-
-
 @lru_cache(maxsize=None)
 def t_quantile(p: float, df: int) -> float:
     """The p-quantile (p > 0.5) of Student's t with ``df`` degrees of freedom."""
     if not 0.5 < p < 1.0 or df < 1:
         raise ValueError(f"t_quantile needs 0.5 < p < 1 and df >= 1 (got p={p}, df={df})")
-    lo, hi = 0.0, 2.0
-    while t_cdf(hi, df) < p:
-        lo, hi = hi, hi * 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
-        if hi - lo <= 1e-15 * hi:
-            break
-    return 0.5 * (lo + hi)
+    return float(student_t.ppf(p, df))
 
 
 # ------------------------------------------------------------------------------------ one cell's numbers

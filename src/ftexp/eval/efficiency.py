@@ -21,7 +21,7 @@ metrics under ``efficiency/``:
   includes training and data loading.
 
 Every timing is warm-up excluded; p50 is the median over the timed repeats, p95 their 95th
-percentile (linear interpolation); throughput is requests per call / median call time. Costs come
+percentile (numpy's linear interpolation); throughput is requests per call / median call time. Costs come
 from ``price_per_hour``: the longest key found in the device name; without one, no cost metric is
 reported (never a guessed price). The device, the memory measure and the settings are returned by
 :meth:`EfficiencyEvaluator.finish`, i.e. recorded in results.json under ``evaluators.efficiency``.
@@ -36,6 +36,7 @@ from contextlib import nullcontext
 from functools import partial
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from ftexp.data.base import encode_completion, encode_prompt
@@ -75,20 +76,11 @@ def time_calls(fn: Union[Callable[[], Any], Sequence[Callable[[], Any]]], warmup
     return times
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile with linear interpolation between order statistics (numpy's default)."""
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
 def latency_summary(times: Sequence[float], requests_per_call: int) -> Dict[str, float]:
     """p50 (median) and p95 of the call times in ms, and requests per second at the median call
     time. A batched call's latency is the time of the whole batch."""
     p50 = statistics.median(times)
-    return {"p50_ms": p50 * 1e3, "p95_ms": percentile(times, 95) * 1e3,
+    return {"p50_ms": p50 * 1e3, "p95_ms": float(np.percentile(times, 95)) * 1e3,
             "requests_per_s": requests_per_call / p50 if p50 > 0 else float("inf")}
 
 
@@ -196,6 +188,8 @@ class EfficiencyEvaluator(Evaluator):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         attention = scoring_attention(model) if task.kind == "classification" else nullcontext()
+        # No progress display here (ftexp.utils.progress): a live bar's refresh thread would share the CPU
+        # with the calls being timed.
         try:
             with torch.inference_mode(), attention:
                 for kind, answer in self._requests(model, task, ctx).items():

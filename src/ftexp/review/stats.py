@@ -27,10 +27,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from scipy.stats import t as student_t
 from torchmetrics.functional import spearman_corrcoef
 from torchmetrics.functional.classification import binary_cohen_kappa
 
-from ftexp.compare.stats import t_cdf
 from ftexp.review.schema import RATINGS
 
 Pair = Tuple[Dict[str, Any], Dict[str, Any]]  # (exported row, its ratings)
@@ -94,7 +94,7 @@ def spearman_p(rho: Optional[float], n: int) -> Optional[float]:
     if abs(rho) >= 1.0:
         return 0.0
     t = abs(rho) * math.sqrt((n - 2) / (1.0 - rho * rho))
-    return 2.0 * (1.0 - t_cdf(t, n - 2))
+    return float(2.0 * student_t.sf(t, n - 2))
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> Optional[float]:

@@ -5,7 +5,6 @@ an entry, which treats a damaged one as missing."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
 
 import torch
+from filelock import FileLock
 
 from ftexp.errors import FtexpError
 
@@ -42,21 +42,17 @@ def update_with_tensors(h: "hashlib._Hash", tensors: Mapping[str, torch.Tensor])
 
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (created if missing). The kernel drops it when the
-    holder exits, so a killed job never leaves a stale lock behind. A cache folder that cannot be
+    """An exclusive advisory lock on ``path`` (created if missing), waited for. The kernel drops it when
+    the holder exits, so a killed job never leaves a stale lock behind. A cache folder that cannot be
     written ends the job with a :class:`CacheDirError` naming it."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(path, "a+")
-    except OSError as exc:  # every cache entry is locked before it is read or written: the one place to say so
+        path.touch()  # every cache entry is locked before it is read or written: the one place to say so
+    except OSError as exc:
         raise CacheDirError(_unwritable(path, exc)) from None
-    with f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    with FileLock(path):
+        yield
 
 
 def _unwritable(path: Path, exc: OSError) -> str:

@@ -9,12 +9,13 @@ one's checkpoints. The kernel drops the lock when the holder exits, so a killed 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import socket
 from pathlib import Path
 from typing import Iterator, Optional
+
+from filelock import FileLock, Timeout
 
 from ftexp.errors import FtexpError
 
@@ -30,36 +31,33 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
     """Create ``run_dir`` and hold its lock for the body; refused (one paragraph) when another run holds
     it or the folder cannot be written."""
     run_dir = Path(run_dir)
+    path = run_dir / LOCK_FILE
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(run_dir / LOCK_FILE, "a+", encoding="utf-8")
+        path.touch()  # an unwritable folder is said here, not inside the lock's retries
     except OSError as exc:
         raise RunFolderError(unwritable(run_dir, exc)) from None
-    with handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunFolderError(f"{run_dir} is in use by another run ({holder(handle)}). Two runs in one folder "
-                                 "would mix their files, and the second would delete the first one's checkpoints. "
-                                 "Wait for it to end, or start this run in another hydra.run.dir / "
-                                 "hydra.sweep.dir.") from None
-        try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
-            handle.flush()
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def holder(handle) -> str:
-    """The process that holds the lock, as it wrote itself into the lock file."""
-    handle.seek(0)
+    lock = FileLock(path, timeout=0)
     try:
-        who = json.loads(handle.read())
+        lock.acquire()
+    except Timeout:
+        raise RunFolderError(f"{run_dir} is in use by another run ({holder(path)}). Two runs in one folder "
+                             "would mix their files, and the second would delete the first one's checkpoints. "
+                             "Wait for it to end, or start this run in another hydra.run.dir / "
+                             "hydra.sweep.dir.") from None
+    try:
+        path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}), encoding="utf-8")
+        yield
+    finally:
+        lock.release()
+
+
+def holder(path: Path) -> str:
+    """The process that holds the lock, as it wrote itself into the lock file."""
+    try:
+        who = json.loads(path.read_text(encoding="utf-8"))
         return f"process {who['pid']} on {who['host']}"
-    except (ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):
         return "a process that has not yet said which"
 
 
