@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from ftexp.tracking.identity import (TAG_MAX, arm_of, single_identity, sweep_identity, tags, typed_swept,
-                                     typed_value)
+from ftexp.tracking.identity import (GROUP_MAX, TAG_MAX, arm_of, group_of, single_identity, sweep_identity, tags,
+                                     typed_swept, typed_value)
 from ftexp.tracking.media import matrix_columns, matrix_rows
 
 SWEEP = "mitigation/2026-12-07/10-00-00"
@@ -54,8 +54,11 @@ def test_a_single_run_is_a_group_of_its_own():
     assert ident.config() == {"swept": {}}
 
 
-def test_tags_are_unique_and_short_enough_for_w_and_b():
+def test_tags_and_groups_are_short_enough_for_w_and_b():
     assert tags(["a", "b"], ["a", "x" * 100, ""]) == ["a", "b", "x" * TAG_MAX]
+    long_a, long_b = group_of(SWEEP, "k=" + "x" * 200), group_of(SWEEP, "k=" + "x" * 199 + "y")
+    assert len(long_a) == len(long_b) == GROUP_MAX and long_a != long_b and long_a.startswith(f"{SWEEP}/k=xx")
+    assert group_of(SWEEP, "") == SWEEP and group_of(SWEEP, "a=1") == f"{SWEEP}/a=1"
 
 
 def test_the_forgetting_matrix_becomes_table_rows():

@@ -10,12 +10,14 @@ values of the swept keys, typed as Hydra parses them (``data.n_train=100`` -> 10
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
 SEED = "seed"  # the swept key that makes replicates, not arms
 TAG_MAX = 64  # W&B refuses longer tags
+GROUP_MAX = 128  # and keeps group names to 128 characters
 
 
 @dataclass
@@ -63,6 +65,16 @@ def arm_of(own: Dict[str, str], keys: Iterable[str]) -> str:
     return ",".join(f"{k}={own.get(k, '')}" for k in sorted(keys) if k.lstrip("+~") != SEED)
 
 
+def group_of(sweep: str, arm: str) -> str:
+    """``<sweep>/<arm>`` (the sweep alone when only seeds vary); an arm too long for W&B's group names is cut
+    and ends with a hash of the whole arm, so two arms never share a group."""
+    group = f"{sweep}/{arm}" if arm else sweep
+    if len(group) <= GROUP_MAX:
+        return group
+    digest = hashlib.sha1(arm.encode("utf-8")).hexdigest()[:8]
+    return f"{group[:GROUP_MAX - 9]}~{digest}"
+
+
 def tags(*groups: Iterable[str]) -> List[str]:
     """The tags in order, each once, cut to W&B's length limit."""
     out: List[str] = []
@@ -80,7 +92,7 @@ def sweep_identity(sweep: str, run_dir: Path, experiment: Optional[str], own: Di
     arm = arm_of(own, keys)
     name = sweep.split("/")[0]
     return RunIdentity(
-        name=f"{sweep}/{run_dir.name}", group=f"{sweep}/{arm}" if arm else sweep, job_type=experiment or "sweep",
+        name=f"{sweep}/{run_dir.name}", group=group_of(sweep, arm), job_type=experiment or "sweep",
         tags=tags(run_tags or [], [name, f"sweep:{sweep}"], [f"arm:{arm}"] if arm else [],
                   [f"swept:{k}" for k in keys]),
         swept=typed_swept(own, keys), sweep=sweep, arm=arm)
