@@ -28,6 +28,7 @@ from ftexp.errors import FtexpError, JobFailed
 from ftexp.record import RunRecord
 from ftexp.run import run
 from ftexp.training import checkpoints
+from ftexp.tracking.identity import single_identity, sweep_identity
 from ftexp.tracking.loggers import NoLogger, RunIdentity
 from ftexp.tracking.results import RESULTS_FILE, environment, now, write_results
 from ftexp.utils.build import build, typed
@@ -64,28 +65,21 @@ def hydra_info() -> Dict[str, Any]:
 
 
 def run_identity(run_dir: Path, tags: Optional[List[str]] = None) -> RunIdentity:
-    """Name the tracker run after its folder. Jobs of one sweep share a group: the sweep's name (its
-    sweep file, else "sweep") and time; job_type is the experiment; ``swept`` holds the values this
-    job got for the keys the sweep varies, flat, for grouping in the W&B UI."""
-    parts = run_dir.parts
-    experiment = "run"
-    if HydraConfig.initialized():
-        experiment = HydraConfig.get().runtime.choices.get("experiment") or "run"
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        hc = HydraConfig.get()
-        sweep = Path(hc.sweep.dir)
-        name = hc.runtime.choices.get("sweeps") or "sweep"
-        group = f"{name}/{'/'.join(sweep.parts[-2:])}"
-        return RunIdentity(name=f"{group}/{run_dir.name}", group=group, job_type=experiment, tags=tags or [],
-                           swept=swept_values(hc))
-    return RunIdentity(name="/".join(parts[-2:]) if len(parts) >= 2 else run_dir.name, job_type=experiment,
-                       tags=tags or [])
+    """Name the tracker run after its folder (see :mod:`ftexp.tracking.identity`): a sweep's jobs are
+    grouped per arm (the swept values but the seed), seeds as the group's replicates; the sweep's name
+    (its sweep file, else "sweep") and time tag every job; job_type is the experiment, else sweep or run."""
+    experiment = HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None
+    if not multirun_mode():
+        return single_identity(run_dir, experiment, tags)
+    hc = HydraConfig.get()
+    sweep = f"{hc.runtime.choices.get('sweeps') or 'sweep'}/{'/'.join(Path(hc.sweep.dir).parts[-2:])}"
+    own = dict(o.split("=", 1) for o in hc.overrides.task if "=" in o)
+    return sweep_identity(sweep, run_dir, experiment, own, swept_keys(hc), tags)
 
 
-def swept_values(hc: Any) -> Dict[str, str]:
-    """key -> this job's value, for every key the sweep varies: swept on the command line (e.g.
-    ``seed=0,1,2``) or in the sweep file's ``hydra.sweeper.params``, as the sweep's multirun.yaml
-    recorded them."""
+def swept_keys(hc: Any) -> List[str]:
+    """Every key the sweep varies: swept on the command line (e.g. ``seed=0,1,2``) or in the sweep file's
+    ``hydra.sweeper.params``, as the sweep's multirun.yaml recorded them."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
@@ -93,11 +87,9 @@ def swept_values(hc: Any) -> Dict[str, str]:
         texts = list(sweep_cfg.hydra.overrides.task)
         texts += [f"{k}={v}" for k, v in (sweep_cfg.hydra.sweeper.get("params") or {}).items()]
     except Exception:  # noqa: BLE001 - a launcher that writes no multirun.yaml: no swept keys to show
-        return {}
+        return []
     parser = OverridesParser.create()
-    keys = sorted({ov.get_key_element() for text in texts for ov in _parsed(parser, text) if ov.is_sweep_override()})
-    own = dict(o.split("=", 1) for o in hc.overrides.task if "=" in o)
-    return {k: own.get(k, "") for k in keys}
+    return sorted({ov.get_key_element() for text in texts for ov in _parsed(parser, text) if ov.is_sweep_override()})
 
 
 def _parsed(parser: Any, text: str) -> List[Any]:
@@ -192,9 +184,9 @@ def _run_locked(cfg: DictConfig, run_dir: Path, rank: int) -> Optional[float]:
     with distributed_scope(), log_filter_scope(log_filter):
         try:
             identity = redact(run_identity(run_dir, list(cfg.tags)), secrets)
-            results.tracker_group = cfg.logger.get("group") or identity.group
+            results.link(cfg.logger.get("group"), identity)
             with redacted_argv(secrets):
-                tracker.start(run_dir, {**resolved, "swept": identity.swept}, identity)
+                tracker.start(run_dir, {**resolved, **identity.config()}, identity)
             run(cfg, run_dir, tracker, record, rank=rank)
         except BaseException as exc:
             if rank == 0:
@@ -205,6 +197,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, rank: int) -> Optional[float]:
         return None
     written = results.write(record, tracker)
     checkpoints.remove(run_dir)  # only an interrupted job needs them
+    tracker.log_files(run_dir, written)
     tracker.log_summary(written["metrics"])
     tracker.finish(failed=False)
     _print_summary(written, cfg.objective)
@@ -344,8 +337,15 @@ class ResultsFile:
 
     def __init__(self, run_dir: Path, main_task: str, secrets: List[str], base: Dict[str, Any]) -> None:
         self.run_dir, self.main_task, self.secrets, self.base = run_dir, main_task, secrets, base
-        self.tracker_group: Optional[str] = None  # the W&B group: `ftexp.review import` logs next to the run
+        self.tracker_group: Optional[str] = None  # the sweep's (or the run's) W&B group: `compare --group`
+        self.run_group: Optional[str] = None  # this run's W&B group: `ftexp.review import` logs next to the run
         self.t0 = time.perf_counter()
+
+    def link(self, group: Optional[str], identity: RunIdentity) -> None:
+        """Where the run is in the tracker: ``group`` (``logger.group``) holds every job when set; else the
+        sweep's identity finds every job of the sweep, the identity's group (an arm's) this one's."""
+        self.run_group = group or identity.group
+        self.tracker_group = group or identity.sweep or identity.group
 
     def write(self, record: RunRecord, tracker: Any, error: Optional[BaseException] = None) -> Dict[str, Any]:
         results = dict(self.base)
@@ -362,7 +362,8 @@ class ResultsFile:
         if record.continual:
             results["continual"] = record.continual
         if tracker.location:
-            results["logger"] = {"type": type(tracker).__name__, "dir": tracker.location, "group": self.tracker_group}
+            results["logger"] = {"type": type(tracker).__name__, "dir": tracker.location, "id": tracker.run_id,
+                                 "group": self.tracker_group, "run_group": self.run_group}
         if error is not None:
             results["error"] = {"type": type(error).__name__, "message": str(error),
                                 "traceback": traceback.format_exception(type(error), error, error.__traceback__)[-8:]}

@@ -30,6 +30,9 @@ def test_single_run_writes_results_and_an_offline_wandb_run(data_dir, cache_dir,
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
     assert wandb_exit_code(runs[0]) == 0
     assert res["logger"]["dir"] == str(runs[0])
+    # a single run is a group of its own (its review joins it there); its console is in the Logs tab
+    assert wandb_run_record(runs[0]).run_group == res["logger"]["group"] == res["logger"]["run_group"]
+    assert "banking77" in (runs[0] / "files" / "output.log").read_text()  # the log lines of the run
     assert f"results: {tmp_path / 'results.json'}" in proc.stdout
     assert (tmp_path / ".hydra" / "config.yaml").is_file()
 
@@ -58,13 +61,17 @@ def test_a_failing_job_does_not_stop_the_sweep_and_resume_skips_completed_jobs(d
     done, failed = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("0", "1"))
     assert done["status"] == "completed"  # ... but the other job ran (failures do not stop a sweep)
     assert failed["status"] == "failed" and "n_train" in failed["error"]["message"]
-    # W&B: the sweep's jobs share a group (sweep name and time), the experiment is the job type,
-    # and the swept keys are in the config, flat
+    # W&B: each arm of the sweep is a group (sweep name and time, then the arm); the sweep is in the
+    # config and a tag (results.json's logger.group: what compare --group takes); no experiment: job type
+    # "sweep"; the swept keys are in the config, flat and typed
     run = wandb_run_record(offline_runs(tmp_path / "0")[0])
-    assert run.run_group == f"sweep/{tmp_path.parts[-2]}/{tmp_path.parts[-1]}" == done["logger"]["group"]
-    assert run.job_type == "run"
+    sweep = f"sweep/{tmp_path.parts[-2]}/{tmp_path.parts[-1]}"
+    assert run.run_group == f"{sweep}/data.n_train=60" == done["logger"]["run_group"]
+    assert done["logger"]["group"] == sweep and f"sweep:{sweep}"[:64] in run.tags
+    assert run.job_type == "sweep"
     config = {u.key: json.loads(u.value_json) for u in run.config.update}
-    assert config["swept"] == {"data.n_train": "60"} and config["data"]["n_train"] == 60
+    assert config["swept"] == {"data.n_train": 60} and config["data"]["n_train"] == 60
+    assert (config["sweep"], config["arm"]) == (sweep, "data.n_train=60")
     assert wandb_exit_code(offline_runs(tmp_path / "1")[0]) == 1
 
     stamp = (tmp_path / "0" / "results.json").stat().st_mtime_ns

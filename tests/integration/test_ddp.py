@@ -59,7 +59,8 @@ def test_ddp_single_run_and_two_job_sweep_give_one_folder_and_result_per_job(dat
     for job in [ddp_dir, *jobs]:
         res = results(job)
         assert res["status"] == "completed" and res["stages"][0]["world_size"] == 2
-        assert len(list((job / "wandb").glob("offline-run-*"))) == 1  # one W&B run per job, not per rank
+        [run] = (job / "wandb").glob("offline-run-*")  # one W&B run per job, not per rank
+        assert (run / "files" / "output.log").stat().st_size > 0  # rank 0's console, captured
         assert (job / "rank_1.log").is_file()  # rank 1 ran this job, in this folder
     assert [results(j)["seed"] for j in jobs] == [0, 1]
     for key in ("train/loss", "val/loss"):  # the sweep's seed-0 job is the single DDP run (seed 0)

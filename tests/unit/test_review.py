@@ -11,6 +11,7 @@ import random
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from types import SimpleNamespace
 
 import pytest
 
@@ -467,8 +468,35 @@ def test_import_logs_a_review_run_offline_when_the_run_used_w_and_b(run_dir, mon
     assert any(made.glob("run-*.wandb"))
     (kw,) = calls
     assert (kw["job_type"], kw["group"], kw["mode"], kw["dir"]) == ("review", "sweep/1", "offline", str(run_dir))
+    assert (kw["config"]["reviewed_run_id"], kw["tags"]) == ("abc", ["review-of:abc"])  # the folder's run id
     monkeypatch.setattr("wandb.init", lambda **kw: (_ for _ in ()).throw(RuntimeError("no network")))
     assert import_ratings(filled(run_dir, "jsonl"), run_dir)["n_rated"] == 10  # W&B failing only warns
+
+
+def test_the_review_of_a_single_run_joins_the_runs_own_w_and_b_group(run_dir, monkeypatch):
+    """A single run is a W&B group of its own (results.json: logger.group and run_group); a sweep's job is in its
+    arm's group (run_group), and the review names the reviewed run's id and the sweep."""
+    from ftexp.review.importer import log_to_wandb
+
+    results = json.loads((run_dir / RESULTS_FILE).read_text())
+    results["config"]["logger"] = {"project": "ftexp", "mode": "offline"}
+    results["review"] = {"sha256": "x", "sample": {}, "red_team": {}}
+    calls = []
+
+    class Run:
+        dir, summary = None, {}
+
+        def finish(self):
+            pass
+
+    monkeypatch.setattr("wandb.init", lambda **kw: calls.append(kw) or Run())
+    monkeypatch.setattr("ftexp.review.importer.log_table", lambda *a, **k: None)
+    for logged in ({"group": "day/10-00-00", "run_group": "day/10-00-00", "id": "r1"},
+                   {"group": "sweep/day/t", "run_group": "sweep/day/t/lr=0.1", "id": "r2"}):
+        results["logger"] = {"type": "WandbLogger", "dir": str(run_dir / "wandb" / "offline-run-1-x"), **logged}
+        log_to_wandb(run_dir, results, [], SimpleNamespace(by_id={}))
+    assert [(c["group"], c["config"]["reviewed_run_id"], c["config"]["sweep"]) for c in calls] == [
+        ("day/10-00-00", "r1", "day/10-00-00"), ("sweep/day/t/lr=0.1", "r2", "sweep/day/t")]
 
 
 # ------------------------------------------------------------------------------------- Label Studio SDK

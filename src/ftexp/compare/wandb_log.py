@@ -1,4 +1,5 @@
-"""The compare report in W&B: a ``compare`` run in the sweep's group, holding the report, the table
+"""The compare report in W&B: a ``compare`` run in the sweep's group (the sweep's identity, tagged
+``sweep:<it>``; a sweep grouped per arm has its jobs in groups of their own), holding the report, the table
 and the plots as one artifact (and as a table and images to look at in the run's page)."""
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ def log_report(sweep: Sweep, report: Path) -> str:
 
         run = wandb.init(project=where.get("project") or "ftexp", entity=where.get("entity"), group=where["group"],
                          job_type="compare", name=f"{where['group']}/compare", dir=str(folder), mode=mode,
-                         config={"source": sweep.source, "swept": sweep.keys, "jobs": len(sweep.jobs),
-                                 "completed": len(sweep.completed), "problems": len(sweep.problems)},
+                         tags=[f"sweep:{where['group']}"[:64]],
+                         config={"sweep": where["group"], "source": sweep.source, "swept": sweep.keys,
+                                 "jobs": len(sweep.jobs), "completed": len(sweep.completed),
+                                 "problems": len(sweep.problems)},
                          settings=wandb.Settings(silent=True, console="off", init_timeout=30))
     except Exception as exc:  # noqa: BLE001 - no wandb, no login: the report is on disk all the same
         raise CompareError(f"--log-wandb: could not start a W&B run ({type(exc).__name__}: {exc}); "

@@ -1,14 +1,17 @@
-"""A sweep's runs from W&B: ``wandb.Api().runs(path, filters={"group": g})`` into :mod:`collect`'s shape.
+"""A sweep's runs from W&B into :mod:`collect`'s shape: ``wandb.Api().runs(path, filters=...)`` by the
+sweep's identity (results.json's ``logger.group``): the runs of that W&B group, else (a sweep grouped
+per arm) the runs whose config says ``sweep: <it>``.
 
 The job wrapper logs the resolved config (plus ``swept``: this job's values of the keys its sweep
-varies) as the run's config, results.json's ``metrics`` as ``final/<metric>`` in its summary and
-``status`` (completed | failed). ``python -m ftexp.review import`` logs a second run in the same group
-(job_type ``review``, config ``run_dir``) whose summary holds ``review/sample/...``.
+varies, typed; ``sweep`` and ``arm``) as the run's config, results.json's ``metrics`` as
+``final/<metric>`` in its summary and ``status`` (completed | failed). ``python -m ftexp.review
+import`` logs a second run in the reviewed run's group (job_type ``review``, config ``run_dir`` and
+``sweep``) whose summary holds ``review/sample/...``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from ftexp.compare.collect import CompareError, Job, Sweep, derive, finish, number
 
@@ -28,6 +31,13 @@ def _summary(run: Any) -> Dict[str, Any]:
     return dict(summary)
 
 
+def _text(value: Any) -> str:
+    """A swept value (typed since ``swept`` holds numbers) as an override writes it."""
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 STATES = {"finished": "completed", "failed": "failed", "crashed": "failed", "killed": "failed",
           "running": "incomplete", "pending": "incomplete", "preempted": "incomplete"}
 
@@ -37,7 +47,7 @@ def wandb_job(run: Any) -> Job:
     config, summary = _plain(run.config), _summary(run)
     source = getattr(run, "url", None) or "/".join(getattr(run, "path", []) or []) or str(run.id)
     job = Job(name=str(getattr(run, "name", None) or run.id), source=source, status="unreadable",
-              overrides={str(k): str(v) for k, v in (config.get("swept") or {}).items()},
+              overrides={str(k): _text(v) for k, v in (config.get("swept") or {}).items()},
               seed=config.get("seed"), tags=[str(t) for t in (config.get("tags") or getattr(run, "tags", None) or [])])
     job.report = config.get("report") if isinstance(config.get("report"), dict) else None
     final = {k[len("final/"):]: v for k, v in summary.items() if k.startswith("final/")}
@@ -54,15 +64,25 @@ def wandb_job(run: Any) -> Job:
     return job
 
 
+def sweep_runs(api: Any, path: str, group: str) -> List[Any]:
+    """The runs of W&B group ``group``; when it holds no job (a sweep grouped per arm, whose ``group`` is
+    the sweep's identity), the runs whose config names it as their ``sweep``."""
+    runs = list(api.runs(path, filters={"group": group}))
+    if any(getattr(run, "job_type", None) not in ("compare", "review") for run in runs):
+        return runs
+    return list(api.runs(path, filters={"config.sweep": group}))
+
+
 def read_wandb(path: str, group: str, api: Any = None) -> Sweep:
-    """Every run of W&B group ``group`` in ``entity/project``; review runs (job_type ``review``,
-    written by ``python -m ftexp.review import``) add their ``review/...`` summary to the run they review."""
+    """Every run of the sweep ``group`` (see :func:`sweep_runs`) in ``entity/project``; review runs (job_type
+    ``review``, written by ``python -m ftexp.review import``) add their ``review/...`` summary to the run they
+    review."""
     try:
         if api is None:
             import wandb
 
             api = wandb.Api()
-        runs = list(api.runs(path, filters={"group": group}))
+        runs = sweep_runs(api, path, group)
     except Exception as exc:  # noqa: BLE001 - no wandb, no login, no network, a wrong path: say which
         raise CompareError(f"could not list the runs of W&B group '{group}' in '{path}' "
                            f"({type(exc).__name__}: {exc}); W&B needs network and a login (wandb login or "
@@ -84,8 +104,9 @@ def read_wandb(path: str, group: str, api: Any = None) -> Sweep:
     for output_dir, job in jobs:  # the review of a job, matched by the job's folder
         job.metrics = derive({**reviews.get(output_dir, {}), **job.metrics})
     if not jobs:
-        raise CompareError(f"W&B group '{group}' in '{path}' holds no runs (check the entity/project and the group: "
-                           f"a sweep's group is '<sweep file>/<date>/<time>', as results.json's logger.group says)")
+        raise CompareError(f"W&B group '{group}' in '{path}' holds no runs, nor does config sweep={group} (check "
+                           f"the entity/project and the group: a sweep's is '<sweep file>/<date>/<time>', as "
+                           f"results.json's logger.group says)")
     entity, _, project = path.rpartition("/")
     where = {"project": project, "entity": entity or None, "group": group, "mode": "online"}
     return finish(Sweep(source=f"wandb:{path} group={group}", jobs=[j for _, j in jobs], wandb=where))

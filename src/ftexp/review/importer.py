@@ -101,9 +101,12 @@ def import_ratings(ratings_file: Path, run_dir: Path, replace: bool = False,
 
 def log_to_wandb(run_dir: Path, results: Dict[str, Any], exported: List[Dict[str, Any]],
                  ratings: Ratings) -> Optional[str]:
-    """When the run logged to W&B: a new run (job_type ``review``, the run's group) with a table of the
-    rated rows and the statistics in its summary. Offline unless the run's mode or WANDB_MODE say
-    otherwise; skipped when disabled; a failure only warns. Returns the W&B run's folder."""
+    """When the run logged to W&B: a new run (job_type ``review``) in the reviewed run's own W&B group (a
+    sweep's arm, or the single run's group) with the reviewed run's id in its config (``reviewed_run_id``),
+    a table of the rated rows and the statistics in its summary. A run of its own rather than the reviewed
+    run resumed: an offline run cannot be resumed (W&B ignores ``resume`` offline), and compare reads the
+    review from it by job_type. Offline unless the run's mode or WANDB_MODE say otherwise; skipped when
+    disabled; a failure only warns. Returns the W&B run's folder."""
     if (results.get("logger") or {}).get("type") != "WandbLogger":
         return None
     cfg = (results.get("config") or {}).get("logger") or {}
@@ -113,11 +116,16 @@ def log_to_wandb(run_dir: Path, results: Dict[str, Any], exported: List[Dict[str
     try:
         import wandb
 
-        group = (results.get("logger") or {}).get("group") or cfg.get("group")
+        logged = results["logger"]
         name = cfg.get("name") or "/".join(run_dir.resolve().parts[-2:])
+        group = logged.get("run_group") or logged.get("group") or cfg.get("group") or name
+        rid = reviewed_id(logged)
+        # The import prints nothing worth a Logs tab while its run is open.
         run = wandb.init(project=cfg.get("project") or "ftexp", entity=cfg.get("entity"), group=group,
                          job_type="review", name=f"{name}/review", dir=str(run_dir), mode=mode,
-                         config={"run_dir": str(run_dir.resolve()), "reviewed_run": results["logger"].get("dir"),
+                         tags=[f"review-of:{rid}"] if rid else None,
+                         config={"run_dir": str(run_dir.resolve()), "reviewed_run": logged.get("dir"),
+                                 "reviewed_run_id": rid, "sweep": logged.get("group"),
                                  "ratings_sha256": results["review"]["sha256"]},
                          settings=wandb.Settings(silent=True, console="off", init_timeout=30))
         try:
@@ -134,6 +142,15 @@ def log_to_wandb(run_dir: Path, results: Dict[str, Any], exported: List[Dict[str
         log.warning("ftexp.review: could not log the review to W&B (%s); the results are in %s", exc,
                     run_dir / RESULTS_FILE)
         return None
+
+
+def reviewed_id(logged: Dict[str, Any]) -> Optional[str]:
+    """The reviewed run's W&B id: as results.json records it, else from its folder's name
+    (``[offline-]run-<time>-<id>``)."""
+    if logged.get("id"):
+        return str(logged["id"])
+    folder = Path(str(logged.get("dir") or "")).name
+    return folder.rsplit("-", 1)[-1] if folder.count("-") >= 2 and "run-" in folder else None
 
 
 def _flat(d: Dict[str, Any], prefix: str) -> Dict[str, Any]:

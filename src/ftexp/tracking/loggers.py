@@ -7,13 +7,17 @@ continue instead of overlapping, and evaluation rows land at the step where they
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from pytorch_lightning.loggers import CSVLogger as _LightningCSV
 from pytorch_lightning.loggers import WandbLogger as _LightningWandb
 from pytorch_lightning.utilities import rank_zero_only
+
+from ftexp.tracking.identity import RunIdentity, tags
+
+log = logging.getLogger(__name__)
 
 
 class _StepOffset:
@@ -35,17 +39,6 @@ class OffsetWandbLogger(_StepOffset, _LightningWandb):
         super().__init__(**kwargs)
         # Lightning always passes ``anonymous`` to wandb.init, which then warns that it has no effect.
         self._wandb_init.pop("anonymous", None)
-
-
-@dataclass
-class RunIdentity:
-    """How the job is named in the tracker: its name and, for a sweep, the group of its jobs."""
-
-    name: str
-    group: Optional[str] = None
-    job_type: Optional[str] = None
-    tags: List[str] = field(default_factory=list)  # the run's own tags (``tags=[...]``, set by experiments)
-    swept: Dict[str, str] = field(default_factory=dict)  # this job's values of the keys its sweep varies
 
 
 class NoLogger:
@@ -75,6 +68,10 @@ class NoLogger:
     def log_summary(self, metrics: Dict[str, float]) -> None:
         """The run's final metrics (results.json's ``metrics``), as the tracker's summary."""
 
+    def log_files(self, run_dir: Path, written: Dict[str, Any]) -> None:
+        """What the finished run wrote besides metrics: the plots in ``run_dir`` and the forgetting matrix of
+        ``written`` (its results.json)."""
+
     def finish(self, failed: bool, error: Optional[str] = None) -> None:
         """Close the run, marking it failed (with the error) when the job failed."""
         if self.lightning is not None:
@@ -82,6 +79,11 @@ class NoLogger:
 
     @property
     def location(self) -> Optional[str]:
+        return None
+
+    @property
+    def run_id(self) -> Optional[str]:
+        """The tracker's id of the run (W&B's), where it has one."""
         return None
 
 
@@ -140,12 +142,14 @@ class WandbLogger(NoLogger):
             entity=c.entity,
             group=c.group or identity.group,
             job_type=c.job_type or identity.job_type,
-            tags=[*identity.tags, *c.tags] or None,
+            tags=tags(identity.tags, c.tags) or None,
             name=c.name or identity.name,
             save_dir=str(run_dir),
             mode=c.mode,
             config=config,
-            settings=wandb.Settings(silent=True, console="off"),
+            # The Logs tab: stdout and stderr as the job printed them (wrapped writes, which work with a
+            # file or a pipe as stdout too); only rank 0 opens a run (job.py: other ranks get a NoLogger).
+            settings=wandb.Settings(silent=True, console="wrap"),
         )
         self.run = self.lightning.experiment  # start now, so the run exists even if training fails
         # What the run tables show per metric: the best validation loss, the last of everything else.
@@ -156,6 +160,20 @@ class WandbLogger(NoLogger):
     def log_summary(self, metrics: Dict[str, float]) -> None:
         if getattr(self, "run", None) is not None:
             self.run.summary.update({f"final/{k}": v for k, v in metrics.items()})
+
+    def log_files(self, run_dir: Path, written: Dict[str, Any]) -> None:
+        """Every plot in ``run_dir`` as an image (``plots/<name>``), the forgetting matrix as a table
+        (``cl/matrix``); a failure only warns (the run has finished)."""
+        if getattr(self, "run", None) is None:
+            return
+        try:
+            from ftexp.tracking.media import run_media
+
+            media = run_media(run_dir, written)
+            if media:
+                self.run.log(media)
+        except Exception as exc:  # noqa: BLE001 - results.json and the plots are on disk all the same
+            log.warning("could not log the run's plots to W&B: %s", exc)
 
     def finish(self, failed: bool, error: Optional[str] = None) -> None:
         import wandb
@@ -169,6 +187,11 @@ class WandbLogger(NoLogger):
         finally:
             wandb.finish(exit_code=1 if failed else 0)
             self.run = None
+
+    @property
+    def run_id(self) -> Optional[str]:
+        run = getattr(self, "run", None)
+        return getattr(run, "id", None) if run is not None else None
 
     @property
     def location(self) -> Optional[str]:
