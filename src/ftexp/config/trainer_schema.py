@@ -79,6 +79,10 @@ class TrainerConfig:
     # 16, pure bf16 8); not with FSDP or DeepSpeed.
     master_weights: bool = False
     fsdp: FsdpConfig = field(default_factory=lambda: FsdpConfig())  # used when strategy=fsdp
+    # Recompute each decoder layer's activations in the backward instead of keeping them: less activation
+    # memory for about one more forward per step, the same losses. One device or DDP (FSDP:
+    # trainer.fsdp.activation_checkpointing).
+    activation_checkpointing: bool = False
     deterministic: bool = False
     enable_progress_bar: bool = True  # show training's progress (as progress.mode says); false: none
     # Stop a stage when val/loss has not improved for this many validation checks (None = never),
@@ -118,6 +122,9 @@ class TrainerConfig:
         if t.early_stopping_patience is not None:
             yield "early_stopping_patience", t.early_stopping_patience, (
                 "early stopping keeps a copy of the best weights, which FSDP shards; not supported with trainer=fsdp")
+        if t.activation_checkpointing:
+            yield "activation_checkpointing", True, ("Lightning's FSDP checkpoints the layers it wraps: set "
+                                                     "trainer.fsdp.activation_checkpointing=true instead")
         if t.compile:
             yield "compile", True, (
                 "torch.compile cannot trace into the units of Lightning's FSDP (torch's FSDP v1 swaps each layer's "

@@ -21,6 +21,7 @@ from ftexp.mitigation.base import Mitigation, StageContext
 from ftexp.models.attention import takes_flat_batches
 from ftexp.models.base import count_parameters
 from ftexp.training import checkpoints, fsdp
+from ftexp.training.activation_checkpointing import set_activation_checkpointing
 from ftexp.training.best_weights import BestWeights
 from ftexp.training.divergence import FiniteLoss
 from ftexp.training.module import FineTuneModule, StepOptions
@@ -33,7 +34,8 @@ from ftexp.utils.devices import PEAK_BF16_TFLOPS, lookup, process_device
 log = logging.getLogger(__name__)
 
 # Trainer settings with no effect on the weights a stage trains: left out of the stage cache's key.
-NOT_IN_CACHE_KEY = ("num_workers", "enable_progress_bar", "log_every_n_steps")
+# Settings that change how a stage runs, not what it learns (activation checkpointing: the same losses).
+NOT_IN_CACHE_KEY = ("num_workers", "enable_progress_bar", "log_every_n_steps", "activation_checkpointing")
 BATCH_LIMITS = ("limit_train_batches", "limit_val_batches")
 
 
@@ -170,6 +172,7 @@ class StageTrainer:
     def fit(self, stage: Stage, datamodule: FineTuneDataModule) -> Dict[str, Any]:
         """Train one stage with Lightning (from its last epoch checkpoint when resuming)."""
         trainer_cfg = self.settings.trainer
+        set_activation_checkpointing(self.model, trainer_cfg.activation_checkpointing)
         module = FineTuneModule(self.model, self.settings.optim, lr=stage.lr, mitigation=self.mitigation,
                                 step=StepOptions.of(trainer_cfg))
         throughput = Throughput(*mfu_inputs(self.model, trainer_cfg))
