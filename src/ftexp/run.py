@@ -25,6 +25,7 @@ from ftexp.eval.continual_summary import continual_summary
 from ftexp.eval.row import RowEvaluator
 from ftexp.eval.row_cache import RowCache
 from ftexp.models.base import count_parameters
+from ftexp.models.quantize import quantized_modules, require_backend, unquantized_linears
 from ftexp.parts import build_evaluators, build_stages, build_tasks, seeds_used, task_info
 from ftexp.record import RunRecord
 from ftexp.synthesis import SynthesisInputs, add_synthetic
@@ -81,9 +82,8 @@ class Run:
         self._add_synthetic()
         for task in self.tasks.values():  # warned, and recorded in results.json -> data
             task.count_cut(self.tokenizer, cfg.model.max_length)
-        model = self.source.load_model(self.tokenizer)
         self.adapter = build(cfg.peft)
-        self.model = self.adapter.apply(model, typed(cfg.model))
+        self.model = self.adapter.apply(self._base_model(), typed(cfg.model))
         evaluators = build_evaluators(cfg.evaluator)
         self.mitigation = build(cfg.mitigation)
         self._describe()
@@ -109,6 +109,18 @@ class Run:
             self.record.info["tokenizer"] = tokenizer.cache_info
         return tokenizer
 
+    def _base_model(self) -> torch.nn.Module:
+        """The model before its adapter: its weights in 4 bits where the adapter wants them so (peft=qlora)."""
+        four_bit = self.adapter.quantization(self.device)
+        self.quantization = None
+        if four_bit is None:
+            return self.source.load_model(self.tokenizer)
+        require_backend(self.device)
+        model = self.source.load_quantized(self.tokenizer, four_bit)
+        self.quantization = {**four_bit.record(), "quantized_modules": len(quantized_modules(model)),
+                             "unquantized_linears": unquantized_linears(model)}
+        return model
+
     def _add_synthetic(self) -> None:
         started = time.perf_counter()
         for task in self.tasks.values():
@@ -123,7 +135,8 @@ class Run:
         device = self.device
         info.update(
             model={"name": cfg.model.name, "parameters": count_parameters(self.model),
-                   "trust_remote_code": self.source.trust_remote_code, "weights": self.source.provenance},
+                   "trust_remote_code": self.source.trust_remote_code, "weights": self.source.provenance,
+                   **({"quantization": self.quantization} if self.quantization else {})},
             data=task_info(main),
             device=str(device) if device.type == "cpu" else f"cuda:{torch.cuda.get_device_name()}",
         )

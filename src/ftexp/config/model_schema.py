@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import ClassVar, List, Optional
 
 from omegaconf import II, MISSING, DictConfig
 
@@ -127,6 +127,7 @@ class PeftConfig:
     """How the model's weights are adapted."""
 
     _target_: str = MISSING
+    quantized_base: ClassVar[bool] = False  # the base weights load in 4 bits (the trainer may not cast them)
 
 
 @dataclass
@@ -146,6 +147,30 @@ class LoraConfig(PeftConfig):
     dropout: float = 0.05
     target_modules: Optional[List[str]] = None  # None = the model config's lora_target_modules
     bias: str = "none"
+
+
+QUANT_TYPES = ("nf4", "fp4")
+COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
+
+
+@dataclass
+class QLoraConfig(LoraConfig):
+    """LoRA on base weights loaded in 4 bits (bitsandbytes through transformers; ftexp.models.quantize)."""
+
+    _target_: str = "ftexp.models.adapters.QLora"
+    quantized_base: ClassVar[bool] = True
+    quant_type: str = "nf4"  # nf4 (normal float, QLoRA's) | fp4
+    double_quant: bool = True  # quantize the quantization constants too (~0.4 bits per weight saved)
+    compute_dtype: str = "bfloat16"  # what the 4-bit layers dequantize to for their matmuls
+    # Modules kept in their precision (names or name endings): the output layer by default.
+    skip_modules: List[str] = field(default_factory=lambda: ["lm_head"])
+
+    @classmethod
+    def problems(cls, node: DictConfig) -> Problems:
+        if node.quant_type not in QUANT_TYPES:
+            yield "quant_type", node.quant_type, f"must be one of {', '.join(QUANT_TYPES)}"
+        if node.compute_dtype not in COMPUTE_DTYPES:
+            yield "compute_dtype", node.compute_dtype, f"must be one of {', '.join(COMPUTE_DTYPES)}"
 
 
 # data: see ftexp.config.data_schema

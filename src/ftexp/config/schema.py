@@ -62,6 +62,7 @@ from ftexp.config.model_schema import (  # noqa: F401
     LoraConfig,
     ModelConfig,
     PeftConfig,
+    QLoraConfig,
     TinyModelConfig,
 )
 from ftexp.config.report_schema import ReportConfig
@@ -220,6 +221,7 @@ class Config:
     def problems(cls, node: DictConfig) -> Problems:
         """The rules across groups (each group's own are on its schema)."""
         yield from cls._mitigation_problems(node)
+        yield from cls._quantized_problems(node)
         yield from cls._optimizer_problems(node)
         yield from cls._packing_problems(node)
         if not (node.limit_eval_examples is None or node.limit_eval_examples >= 1):
@@ -240,6 +242,21 @@ class Config:
         if t.fused_loss and getattr(mitigation, "reads_student_logits", False):
             yield "trainer.fused_loss", True, ("mitigation=lwf distils from the student's full logits, which the "
                                                "fused loss never makes; set trainer.fused_loss=false with LwF")
+
+    @staticmethod
+    def _quantized_problems(cfg: DictConfig) -> Problems:
+        """A 4-bit base (peft=qlora) against what the trainer would do to its weights."""
+        t = cfg.trainer
+        if not getattr(OmegaConf.get_type(cfg.peft), "quantized_base", False):
+            return
+        if str(t.precision).endswith("-true") and str(t.precision) != "32-true":
+            yield "trainer.precision", t.precision, (
+                "casts the whole model to one dtype, which bitsandbytes' 4-bit weights refuse; with peft=qlora use "
+                "trainer.precision=bf16-mixed (the 4-bit layers compute in peft.compute_dtype) or 32-true")
+        if t.strategy == "fsdp":
+            yield "trainer.strategy", "fsdp", ("FSDP would shard the 4-bit weights with their quantization state, "
+                                               "which ftexp does not support; use peft=qlora with trainer=gpu or "
+                                               "trainer=ddp")
 
     @staticmethod
     def _optimizer_problems(cfg: DictConfig) -> Problems:
@@ -285,7 +302,7 @@ class Config:
 
 SCHEMAS: Dict[str, Dict[str, type]] = {
     "model": {"hub": HubModelConfig, "tiny": TinyModelConfig},
-    "peft": {"full": FullFinetuneConfig, "lora": LoraConfig},
+    "peft": {"full": FullFinetuneConfig, "lora": LoraConfig, "qlora": QLoraConfig},
     "data": {"classification": ClassificationDataConfig, "generation": GenerationDataConfig,
              "corpus": CorpusDataConfig, "multiple_choice": MultipleChoiceDataConfig},
     "mitigation": {"none": NoMitigationConfig, "ewc": EwcConfig, "lwf": LwfConfig, "replay": ReplayConfig},

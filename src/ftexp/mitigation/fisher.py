@@ -6,7 +6,7 @@ world size), so each sample's gradient is taken on its own, vectorised with ``to
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Mapping
+from typing import Dict, Iterable, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -42,13 +42,17 @@ def per_sample_fisher(model: torch.nn.Module, batches: Iterable[Batch],
         raise ValueError("per_sample_fisher: no parameters to estimate the Fisher of")
     device = next(iter(params.values())).device
     theta = {name: p.detach() for name, p in params.items()}
+    # The other weights enter as detached constants; 4-bit ones (peft=qlora) stay the module's own, since
+    # bitsandbytes keeps their quantization state on the parameter object that a detached copy loses.
     fixed = {name: t.detach() for name, t in [*model.named_parameters(), *model.named_buffers()]
-             if name not in theta}
+             if name not in theta and getattr(t, "quant_state", None) is None}
     squared_sum = {name: torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32))
                    for name, p in theta.items()}
     count = torch.zeros((), dtype=torch.long, device=device)
 
     sample_loss = sample_loss_fn(model, fixed)
+    # bitsandbytes' 4-bit kernels (peft=qlora) have no vmap rule: one sample at a time there.
+    quantized = any(getattr(t, "quant_state", None) is not None for t in model.parameters())
     vocab = model.get_output_embeddings().weight.shape[0] if hasattr(model, "get_output_embeddings") else 1
     weights = max(1, sum(p.numel() for p in theta.values()))
     modes = [(module, module.training) for module in model.modules()]
@@ -60,10 +64,16 @@ def per_sample_fisher(model: torch.nn.Module, batches: Iterable[Batch],
             for batch in batches:
                 require_right_padding(batch)
                 input_ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
-                chunk = max(1, min(LOGITS_PER_CHUNK // (input_ids.shape[1] * vocab), GRADIENTS_PER_CHUNK // weights))
-                per_sample_grads = vmap(grad(sample_loss), in_dims=(None, 0, 0), chunk_size=chunk)
-                for name, g in per_sample_grads(theta, input_ids, labels).items():
-                    squared_sum[name] += g.to(squared_sum[name].dtype).square().sum(0)
+                if quantized:
+                    for sample in looped_grads(model, params, input_ids, labels):
+                        for name, g in sample.items():
+                            squared_sum[name] += g.to(squared_sum[name].dtype).square()
+                else:
+                    chunk = max(1, min(LOGITS_PER_CHUNK // (input_ids.shape[1] * vocab),
+                                       GRADIENTS_PER_CHUNK // weights))
+                    per_sample_grads = vmap(grad(sample_loss), in_dims=(None, 0, 0), chunk_size=chunk)
+                    for name, g in per_sample_grads(theta, input_ids, labels).items():
+                        squared_sum[name] += g.to(squared_sum[name].dtype).square().sum(0)
                 count += (labels[:, 1:] != -100).any(1).sum()
     finally:
         for module, training in modes:
@@ -81,13 +91,29 @@ def sample_loss_fn(model: torch.nn.Module, fixed: Mapping[str, torch.Tensor]):
 
     def sample_loss(theta, input_ids, labels):
         logits = functional_call(model, (theta, fixed), args=(),
-                                 kwargs={"input_ids": input_ids[None], "use_cache": False}).logits[0, :-1]
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        targets = labels[1:]  # causal shift, as transformers does
-        total = F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
-        return total / (targets != -100).sum().clamp(min=1)  # no targets: 0, not NaN
+                                 kwargs={"input_ids": input_ids[None], "use_cache": False}).logits[0]
+        return completion_loss(logits, labels)
 
     return sample_loss
+
+
+def completion_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One sample's mean loss over its target tokens (``logits``: its (T, V) logits)."""
+    logits = logits[:-1].to(torch.promote_types(logits.dtype, torch.float32))
+    targets = labels[1:]  # causal shift, as transformers does
+    total = F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
+    return total / (targets != -100).sum().clamp(min=1)  # no targets: 0, not NaN
+
+
+def looped_grads(model: torch.nn.Module, params: Mapping[str, torch.Tensor], input_ids: torch.Tensor,
+                 labels: torch.Tensor) -> Iterator[Dict[str, torch.Tensor]]:
+    """Each sample's gradient of its completion loss by plain autograd, one sample at a time (the model's
+    own ``params``; the same values as the vectorised path, slower)."""
+    names = list(params)
+    for i in range(input_ids.shape[0]):
+        loss = completion_loss(model(input_ids=input_ids[i:i + 1], use_cache=False).logits[0], labels[i])
+        grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
+        yield {n: g if g is not None else torch.zeros_like(params[n]) for n, g in zip(names, grads)}
 
 
 def require_right_padding(batch: Batch) -> None:

@@ -60,6 +60,14 @@ class ModelSource(ABC):
     def load_model(self, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
         ...
 
+    def load_quantized(self, tokenizer: PreTrainedTokenizerBase, four_bit: Any) -> PreTrainedModel:
+        """The model with its linear weights in 4 bits (``peft=qlora``; ``four_bit``: a
+        :class:`ftexp.models.quantize.FourBit`). Here: built as usual, then loaded again quantized; sources that
+        read weights from files quantize while they load."""
+        from ftexp.models.quantize import reload_quantized
+
+        return reload_quantized(self.load_model(tokenizer), four_bit)
+
 
 def torch_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
@@ -68,6 +76,12 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def count_parameters(model: torch.nn.Module) -> Dict[str, int]:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(weights(p) for p in model.parameters())
+    trainable = sum(weights(p) for p in model.parameters() if p.requires_grad)
     return {"total": total, "trainable": trainable}
+
+
+def weights(p: torch.Tensor) -> int:
+    """How many weights a parameter holds: a 4-bit one (bitsandbytes) packs two per byte of its storage."""
+    state = getattr(p, "quant_state", None)
+    return int(state.shape.numel()) if state is not None else p.numel()

@@ -160,6 +160,14 @@ class HubModel(ModelSource):
         return tok
 
     def load_model(self, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+        return self._load(tokenizer, {})
+
+    def load_quantized(self, tokenizer: PreTrainedTokenizerBase, four_bit: Any) -> PreTrainedModel:
+        if self.cfg.random_init:
+            return super().load_quantized(tokenizer, four_bit)
+        return self._load(tokenizer, four_bit.load_kwargs())  # quantized layer by layer as the weights load
+
+    def _load(self, tokenizer: PreTrainedTokenizerBase, extra: Dict[str, Any]) -> PreTrainedModel:
         if self._weights is None:
             raise ModelLoadError(f"model '{self.cfg.name}': load_tokenizer(…, cache_dir) chooses the weights' "
                                  "source and must come first")
@@ -170,7 +178,8 @@ class HubModel(ModelSource):
             if self.cfg.random_init:
                 model = self._random(kw)
             else:
-                model = AutoModelForCausalLM.from_pretrained(self.location, dtype=torch_dtype(self.cfg.dtype), **kw)
+                model = AutoModelForCausalLM.from_pretrained(self.location, dtype=torch_dtype(self.cfg.dtype), **kw,
+                                                             **extra)
         except ModelLoadError:
             raise
         except Exception as exc:  # noqa: BLE001
