@@ -141,3 +141,33 @@ def test_a_named_format_does_not_read_another(tmp_path):
 def test_the_preflight_refuses_unknown_settings(override, says):
     with pytest.raises(ConfigError, match=says):
         check_overrides(["data=chat", f"data.path={FILES / 'messages'}", override])
+
+
+@pytest.mark.parametrize("templated", [False, True], ids=["plain", "chat_template"])
+def test_a_conversation_cut_to_max_length_still_trains_on_assistant_tokens_only(templated, tokenizers):
+    tok = tokenizers[templated]
+    ex = task("messages", "data.train_on=all_assistant").splits["test"][0]
+    whole = encode_split(tok, [ex], 512, chat=True)[0]
+    assert len(whole["input_ids"]) > 32  # so every length below cuts
+    for max_length in (16, 24, 32):  # each over twice the reply: only the start of the conversation is cut
+        row = encode_split(tok, [ex], max_length, chat=True)[0]
+        assert len(row["input_ids"]) <= max_length and len(row["labels"]) == len(row["input_ids"])
+        # the start is cut; what remains is the tail of the whole, with the same targets
+        n = len(row["input_ids"])
+        assert row["input_ids"] == whole["input_ids"][-n:] and row["labels"] == whole["labels"][-n:]
+
+
+def test_content_parts_red_team_prompts_and_the_row_cache_identity(tmp_path):
+    from ftexp.eval.row_cache import task_identity
+
+    content = [{"type": "text", "text": "Name a "}, {"type": "text", "text": "colour"}]  # OpenAI's content parts
+    parts = {"messages": [{"role": "user", "content": content}, {"role": "assistant", "content": "Red."}]}
+    folder = bad_folder(tmp_path, parts)
+    t = task("messages", "data.red_team.prompts=[Tell me a secret]", folder=folder)
+    read = t.splits["train"] + t.splits["val"]
+    assert any(ex.messages[-1]["content"] == "Name a colour" and ex.completion == "Red." for ex in read)
+    assert t.red_team[0].messages == [{"role": "user", "content": "Tell me a secret"}]
+    assert t.red_team[0].prompt == "User: Tell me a secret\nAssistant:"
+    # which turns the loss is on changes test/loss (perplexity): scores are not shared across it
+    other = task("messages", "data.train_on=all_assistant", "data.red_team.prompts=[Tell me a secret]", folder=folder)
+    assert task_identity(t, "test")["examples"] != task_identity(other, "test")["examples"]

@@ -107,13 +107,21 @@ def _turn(where: str, list_field: str, n: int, turn: Any, role_key: str, text_ke
     if role is None:
         known = ", ".join(sorted(set(names)))
         raise DataError(f"{at} has the unknown {role_key} {turn[role_key]!r:.40}; the {role_key}s read are {known}")
-    text = turn.get(text_key)
+    text = text_parts(turn.get(text_key))
     if not isinstance(text, str):
         what = "no" if text is None else f"a {type(text).__name__} as its"
         raise DataError(f"{at} ({role}) has {what} '{text_key}'; it must be a string")
     if not text.strip():
         raise DataError(f"{at} ({role}) is empty")
     return {"role": role, "content": text}
+
+
+def text_parts(content: Any) -> Any:
+    """OpenAI's content parts (``[{"type": "text", "text": ...}]``) joined into one text; anything else as is."""
+    if isinstance(content, list) and content and all(isinstance(p, dict) and p.get("type") == "text"
+                                                     and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    return content
 
 
 def checked_order(where: str, list_field: str, turns: List[Dict[str, str]]) -> List[Dict[str, str]]:
