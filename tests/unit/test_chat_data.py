@@ -171,3 +171,8 @@ def test_content_parts_red_team_prompts_and_the_row_cache_identity(tmp_path):
     # which turns the loss is on changes test/loss (perplexity): scores are not shared across it
     other = task("messages", "data.train_on=all_assistant", "data.red_team.prompts=[Tell me a secret]", folder=folder)
     assert task_identity(t, "test")["examples"] != task_identity(other, "test")["examples"]
+
+
+def test_the_preflight_asks_for_the_folder():
+    with pytest.raises(ConfigError, match=r"data.path=None: .*data=chat .* set it to the folder that holds your files"):
+        check_overrides(["data=chat"])

@@ -155,8 +155,8 @@ class DataConfig(SourceConfig):
     def problems(cls, node: DictConfig) -> Problems:
         yield from super().problems(node)
         if node.path is None and OmegaConf.is_interpolation(node, "name"):
-            yield "path", None, ("data=own is named after and reads the folder data.path: set it to the folder that "
-                                 "holds your files")
+            yield "path", None, ("data=own and data=chat are named after and read the folder data.path: set it to the "
+                                 "folder that holds your files")
         if not 0 <= node.val_fraction < 1:
             yield "val_fraction", node.val_fraction, "must be in [0, 1)"
         for key in ("n_train", "n_test", "n_val"):
