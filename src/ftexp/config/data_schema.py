@@ -155,8 +155,8 @@ class DataConfig(SourceConfig):
     def problems(cls, node: DictConfig) -> Problems:
         yield from super().problems(node)
         if node.path is None and OmegaConf.is_interpolation(node, "name"):
-            yield "path", None, ("data=own is named after and reads the folder data.path: set it to the folder that "
-                                 "holds your files")
+            yield "path", None, ("data=own and data=chat are named after and read the folder data.path: set it to the "
+                                 "folder that holds your files")
         if not 0 <= node.val_fraction < 1:
             yield "val_fraction", node.val_fraction, "must be in [0, 1)"
         for key in ("n_train", "n_test", "n_val"):
@@ -212,3 +212,27 @@ class MultipleChoiceDataConfig(DataConfig):
     answer_field: str = "answer_index"  # index of the correct choice in `choices_field`
     mc2_choices_field: Optional[str] = None  # e.g. mc2_choices
     mc2_labels_field: Optional[str] = None  # e.g. mc2_labels: 1 = true, 0 = false, one per mc2 choice
+
+
+@dataclass
+class ChatDataConfig(DataConfig):
+    """Conversations (``data=chat``): OpenAI-style ``messages``, ShareGPT ``conversations`` or Alpaca
+    ``instruction``/``input``/``output`` records, trained on their assistant turns and scored on the last."""
+
+    _target_: str = "ftexp.data.chat.ChatTask"
+    format: str = "auto"  # messages | sharegpt | alpaca | auto (told apart per record by its fields)
+    messages_field: Optional[str] = None  # the field holding the turns; null = messages / conversations
+    train_on: str = "last_assistant"  # last_assistant | all_assistant: which assistant turns the loss is on
+    prompt_template: str = ""  # unused: the turns are the prompt
+
+    @classmethod
+    def problems(cls, node: DictConfig) -> Problems:
+        yield from super().problems(node)
+        if node.format not in CHAT_FORMATS:
+            yield "format", node.format, f"must be one of {', '.join(CHAT_FORMATS)}"
+        if node.train_on not in CHAT_TRAIN_ON:
+            yield "train_on", node.train_on, f"must be {' or '.join(CHAT_TRAIN_ON)}"
+
+
+CHAT_FORMATS = ("auto", "messages", "sharegpt", "alpaca")
+CHAT_TRAIN_ON = ("last_assistant", "all_assistant")

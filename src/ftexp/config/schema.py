@@ -30,6 +30,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, DictConfig, OmegaConf
 
 from ftexp.config.data_schema import (
+    ChatDataConfig,
     ClassificationDataConfig,
     CorpusDataConfig,
     GenerationDataConfig,
@@ -304,7 +305,7 @@ SCHEMAS: Dict[str, Dict[str, type]] = {
     "model": {"hub": HubModelConfig, "tiny": TinyModelConfig},
     "peft": {"full": FullFinetuneConfig, "lora": LoraConfig, "qlora": QLoraConfig},
     "data": {"classification": ClassificationDataConfig, "generation": GenerationDataConfig,
-             "corpus": CorpusDataConfig, "multiple_choice": MultipleChoiceDataConfig},
+             "corpus": CorpusDataConfig, "multiple_choice": MultipleChoiceDataConfig, "chat": ChatDataConfig},
     "mitigation": {"none": NoMitigationConfig, "ewc": EwcConfig, "lwf": LwfConfig, "replay": ReplayConfig},
     "evaluator": {"classification": ClassificationEvalConfig, "perplexity": PerplexityEvalConfig,
                   "generation": GenerationEvalConfig, "multiple_choice": MultipleChoiceEvalConfig,

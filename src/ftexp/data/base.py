@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from ftexp.data.turns import TemplateError, conversation_ids
 from ftexp.errors import FtexpError
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,14 @@ class Example:
     text: str = ""  # the input text before templating: what leakage checks and slices look at
     meta: Dict[str, Any] = field(default_factory=dict)  # the record's other fields
     where: str = ""  # file and line it was read from, for error messages
+    # Chat data: the turns ({role, content}) before the reply, which is ``completion``; ``prompt`` is then
+    # their plain transcript. The earlier assistant turns are trained on too when ``train_all_turns``.
+    messages: Optional[List[Dict[str, str]]] = None
+    train_all_turns: bool = False
+
+    def turns(self) -> List[Dict[str, str]]:
+        """The whole conversation: the turns before the reply, then the reply."""
+        return [*(self.messages or []), {"role": "assistant", "content": self.completion}]
 
 
 @dataclass
@@ -121,6 +130,25 @@ def encode_prompt(tokenizer, prompt: str, chat: bool = False) -> List[int]:
     return tokenizer(text, add_special_tokens=not uses_chat_template(tokenizer, chat))["input_ids"]
 
 
+def example_prompt(tokenizer, ex: Example, chat: bool = False, prefix: str = " ") -> List[int]:
+    """The ids an evaluator decodes from: a conversation up to its last assistant turn (with the
+    template's generation prompt), or the prompt as :func:`encode_prompt` encodes it."""
+    if ex.messages is None:
+        return encode_prompt(tokenizer, ex.prompt, chat)
+    return conversation_parts(tokenizer, ex, prefix, chat)[0]
+
+
+def conversation_parts(tokenizer, ex: Example, prefix: str = " ",
+                       chat: bool = False) -> Tuple[List[int], List[bool], List[int]]:
+    """A chat example's prompt ids, which of them are trained on, and its reply's ids (see
+    :func:`ftexp.data.turns.conversation_ids`); a template that cannot be split names the record."""
+    try:
+        return conversation_ids(tokenizer, ex.turns(), prefix, uses_chat_template(tokenizer, chat), ex.train_all_turns)
+    except TemplateError as exc:
+        raise DataError(f"{ex.where or 'a chat example'}: {exc}; set data.chat_template=false to train on a plain "
+                        "transcript instead") from None
+
+
 def encode_completion(tokenizer, completion: str, prefix: str = " ") -> List[int]:
     """The completion's ids, encoded on its own (so prompt and label never merge into one token)
     and closed with EOS, which also tells a label from a longer label it is a prefix of."""
@@ -138,13 +166,20 @@ def fitted_lengths(n_prompt: int, n_completion: int, max_length: int) -> Tuple[i
     return min(n_prompt, max(1, max_length - completion)), completion
 
 
-def assemble(prompt: List[int], completion: List[int], max_length: int, train_on_prompt: bool = False):
+def assemble(prompt: List[int], completion: List[int], max_length: int, train_on_prompt: bool = False,
+             trained: Optional[List[bool]] = None):
     """input_ids and labels, cut to ``max_length`` as :func:`fitted_lengths` says: -100 on the prompt,
     so the loss is on completion tokens only, unless ``train_on_prompt`` (then every token but the
-    first is a target)."""
+    first is a target); ``trained`` marks prompt tokens that are targets all the same (earlier
+    assistant turns of a conversation)."""
     keep_prompt, keep_completion = fitted_lengths(len(prompt), len(completion), max_length)
-    prompt, completion = prompt[len(prompt) - keep_prompt:], completion[:keep_completion]
-    prompt_labels = ([-100] + prompt[1:]) if train_on_prompt else [-100] * len(prompt)
+    cut = len(prompt) - keep_prompt
+    prompt, completion = prompt[cut:], completion[:keep_completion]
+    if train_on_prompt:
+        prompt_labels = [-100] + prompt[1:]
+    else:
+        marks = (trained or [False] * (cut + len(prompt)))[cut:]
+        prompt_labels = [t if on else -100 for t, on in zip(prompt, marks)]
     return {"input_ids": prompt + completion, "labels": prompt_labels + completion}
 
 
@@ -154,6 +189,9 @@ def split_ids(tokenizer, examples: Sequence[Example], prefix: str = " ",
     calls, exactly as :func:`encode_prompt` and :func:`encode_completion` would one by one."""
     if not examples:
         return [], []
+    if any(ex.messages is not None for ex in examples):
+        parts = [example_parts(tokenizer, ex, prefix, chat) for ex in examples]
+        return [p for p, _, _ in parts], [c for _, _, c in parts]
     texts = [prompt_text(tokenizer, ex.prompt, chat) for ex in examples]
     prompts = tokenizer(texts, add_special_tokens=not uses_chat_template(tokenizer, chat))["input_ids"]
     completions = tokenizer([prefix + ex.completion for ex in examples], add_special_tokens=False)["input_ids"]
@@ -164,8 +202,19 @@ def encode_split(tokenizer, examples: Sequence[Example], max_length: int, prefix
                  train_on_prompt: bool = False, chat: bool = False) -> List[Dict]:
     """Tokenise a split (evaluation relies on it matching :func:`encode_prompt` and
     :func:`encode_completion`) and cut each example to ``max_length``."""
+    if any(ex.messages is not None for ex in examples):
+        parts = [example_parts(tokenizer, ex, prefix, chat) for ex in examples]
+        return [assemble(p, c, max_length, train_on_prompt, trained) for p, trained, c in parts]
     prompts, completions = split_ids(tokenizer, examples, prefix, chat)
     return [assemble(p, c, max_length, train_on_prompt) for p, c in zip(prompts, completions)]
+
+
+def example_parts(tokenizer, ex: Example, prefix: str = " ",
+                  chat: bool = False) -> Tuple[List[int], Optional[List[bool]], List[int]]:
+    """One example's prompt ids, its trained prompt tokens (None: none) and its completion ids."""
+    if ex.messages is not None:
+        return conversation_parts(tokenizer, ex, prefix, chat)
+    return encode_prompt(tokenizer, ex.prompt, chat), None, encode_completion(tokenizer, ex.completion, prefix)
 
 
 def cut_counts(tokenizer, examples: Sequence[Example], max_length: int, prefix: str = " ",

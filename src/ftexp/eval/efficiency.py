@@ -39,7 +39,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ftexp.data.base import encode_completion, encode_prompt
+from ftexp.data.base import encode_completion, example_prompt
 from ftexp.eval.base import EvalContext, Evaluator, model_device
 from ftexp.eval.classification import label_logprobs, scoring_attention
 from ftexp.models.base import count_parameters
@@ -162,7 +162,7 @@ class EfficiencyEvaluator(Evaluator):
         """Encoded prompts per request kind, cut from the left to leave room for what follows."""
         tok, cfg = ctx.tokenizer, self.cfg
         examples = task.splits.get(cfg.split, [])[: cfg.n_requests]
-        ids = [encode_prompt(tok, ex.prompt, task.chat_template) for ex in examples]
+        ids = [example_prompt(tok, ex, task.chat_template, task.completion_prefix) for ex in examples]
         if task.kind == "classification":
             longest = max((len(encode_completion(tok, lab, task.completion_prefix)) for lab in task.labels), default=1)
             return {"score": [p[-max(1, ctx.max_length - longest):] for p in ids]}

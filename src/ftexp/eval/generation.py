@@ -17,7 +17,7 @@ import sacrebleu
 import torch
 from torchmetrics.functional.text.rouge import rouge_score
 
-from ftexp.data.base import Example, encode_prompt
+from ftexp.data.base import Example, example_prompt
 from ftexp.eval.base import EvalContext, Evaluator, Output
 from ftexp.models.decoding import Decoding, generate_ids
 
@@ -66,7 +66,7 @@ class GenerationEvaluator(Evaluator):
         does not depend on the batch it was decoded in."""
         cfg, tokenizer = self.cfg, ctx.tokenizer
         keep = max(1, ctx.max_length - cfg.max_new_tokens)  # prompts cut from the left, as in training
-        prompts = [encode_prompt(tokenizer, ex.prompt, task.chat_template)[-keep:] for ex in examples]
+        prompts = [example_prompt(tokenizer, ex, task.chat_template, task.completion_prefix)[-keep:] for ex in examples]
         seeds = None
         if cfg.do_sample:
             seeds = [hash_seed(ctx.seed, first_id + i) for i in range(len(examples))]

@@ -58,7 +58,10 @@ def task_identity(task: Any, split: str) -> Dict[str, Any]:
     slices and the red team (not the training split: jobs that train on different subsets share row 0)."""
     h = hashlib.sha256()
     for ex in task.splits.get(split, []):
-        h.update(json.dumps([ex.prompt, ex.completion, ex.label, ex.meta], sort_keys=True, default=str).encode())
+        item = [ex.prompt, ex.completion, ex.label, ex.meta]
+        if ex.messages is not None:  # a conversation: its roles, and which turns the loss (perplexity) is on
+            item += [ex.messages, ex.train_all_turns]
+        h.update(json.dumps(item, sort_keys=True, default=str).encode())
     for ex in task.red_team:
         h.update(json.dumps(["red_team", ex.prompt], default=str).encode())
     return {"name": task.name, "kind": task.kind, "examples": h.hexdigest(), "labels": list(getattr(task, "labels", [])),
