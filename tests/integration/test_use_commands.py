@@ -56,7 +56,8 @@ def rescore(cfg_overrides, model, tokenizer):
     return rows.evaluate(model, ctx)[cfg.data.name]
 
 
-def test_merge_then_generate_on_a_tiny_lora_run_answers_as_the_unmerged_model_and_scores_its_rows(data_dir, cache_dir, tmp_path):
+def test_merge_then_generate_on_a_tiny_lora_run_answers_as_the_unmerged_model_and_scores_its_rows(data_dir, cache_dir,
+                                                                                                  tmp_path):
     import json
 
     from transformers import AutoModelForCausalLM

@@ -58,9 +58,9 @@ def read_run(path: Path) -> RunFolder:
 def saved_weights(path: Path, results: Dict[str, Any]) -> Path:
     saved_to = results.get("saved_to")
     if not saved_to:
-        raise UseError(f"{path / RESULTS_FILE}: the run saved no weights (save_model={results['config'].get('save_model')}"
-                       "; results.json has no 'saved_to'), so there is nothing trained to use. Run it again with "
-                       "save_model=true.")
+        save = results["config"].get("save_model")
+        raise UseError(f"{path / RESULTS_FILE}: the run saved no weights (save_model={save}; results.json has no "
+                       "'saved_to'), so there is nothing trained to use. Run it again with save_model=true.")
     folder = Path(saved_to)
     if not folder.is_dir():  # the run folder was moved or copied: the same folder name inside it
         folder = path / Path(saved_to).name
