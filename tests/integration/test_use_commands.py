@@ -79,6 +79,8 @@ def test_merge_then_generate_on_a_tiny_lora_run_answers_as_the_unmerged_model_an
     for row, metrics in ((results["rows"][0], row0), (results["rows"][-1], last)):
         want = row["metrics"]["medquad"]
         assert {k: metrics[k] for k in want} == pytest.approx(want, rel=1e-5)
+    card = (merged / "README.md").read_text()
+    assert results["data"]["files"] and all(f["path"] in card and f["sha256"] in card for f in results["data"]["files"])
     perplexity = [row["metrics"]["medquad"]["test/perplexity"] for row in results["rows"]]
     assert perplexity[-1] < 0.99 * perplexity[0]  # the adapter changed the model: the checks above mean something
 

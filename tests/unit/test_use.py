@@ -84,6 +84,17 @@ def test_generate_on_the_run_and_on_the_merged_folder_matches_the_unmerged_model
     assert answers == [want, want] and want
 
 
+def test_sampling_depends_on_the_seed_and_the_prompt_only(lora_run, capsys):
+    run_dir, _ = lora_run
+    said = []
+    for seed in (1, 1, 2):
+        code, stdout, err = _run(["generate", str(run_dir), "--prompt", PROMPT, "--temperature", "1.5", "--seed",
+                                  str(seed), "--max-new-tokens", "16"], capsys)
+        assert code == 0, err
+        said.append(stdout)
+    assert said[0] == said[1] != said[2]
+
+
 def test_the_model_card_names_the_data_files_with_their_sha256_and_the_metrics_beside_row_0(lora_run, tmp_path):
     run_dir, made = lora_run
     card = (merge(run_dir, tmp_path / "merged") / "README.md").read_text()
