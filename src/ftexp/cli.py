@@ -27,8 +27,9 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
     return run_job(cfg)
 
 
-# ``ftexp compare ...`` / ``ftexp review ...``: the tools beside a run, by the module whose ``main`` takes the rest.
-SUBCOMMANDS = {"compare": "ftexp.compare.__main__", "review": "ftexp.review.__main__"}
+# ``ftexp compare/review/merge/generate ...``: the tools beside a run, by the module whose ``main`` takes the rest.
+SUBCOMMANDS = {"compare": "ftexp.compare.__main__", "review": "ftexp.review.__main__",
+               "merge": "ftexp.use.merge", "generate": "ftexp.use.generate"}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -75,3 +75,14 @@ def test_subcommands_hand_the_rest_of_the_line_to_their_tools(capsys, tmp_path):
     with pytest.raises(SystemExit) as exited:
         main(["review", "--help"])
     assert exited.value.code == 0 and "usage: python -m ftexp.review" in capsys.readouterr().out
+
+
+def test_merge_and_generate_are_subcommands_with_their_own_help(capsys):
+    from ftexp.cli import SUBCOMMANDS, main
+
+    assert SUBCOMMANDS["merge"] == "ftexp.use.merge" and SUBCOMMANDS["generate"] == "ftexp.use.generate"
+    for name, flag in (("merge", "--out"), ("generate", "--max-new-tokens")):
+        with pytest.raises(SystemExit) as exited:
+            main([name, "--help"])
+        out = capsys.readouterr().out
+        assert exited.value.code == 0 and f"usage: ftexp {name}" in out and flag in out
