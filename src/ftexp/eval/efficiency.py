@@ -23,8 +23,9 @@ metrics under ``efficiency/``:
 Every timing is warm-up excluded; p50 is the median over the timed repeats, p95 their 95th
 percentile (numpy's linear interpolation); throughput is requests per call / median call time. Costs come
 from ``price_per_hour``: the longest key found in the device name; without one, no cost metric is
-reported (never a guessed price). The device, the memory measure and the settings are returned by
-:meth:`EfficiencyEvaluator.finish`, i.e. recorded in results.json under ``evaluators.efficiency``.
+reported (never a guessed price). No progress display runs here (ftexp.utils.progress): a live bar's
+refresh thread would share the CPU with the calls being timed. The device, the memory measure and the settings
+are returned by :meth:`EfficiencyEvaluator.finish`, i.e. recorded in results.json under ``evaluators.efficiency``.
 """
 
 from __future__ import annotations
@@ -188,8 +189,6 @@ class EfficiencyEvaluator(Evaluator):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         attention = scoring_attention(model) if task.kind == "classification" else nullcontext()
-        # No progress display here (ftexp.utils.progress): a live bar's refresh thread would share the CPU
-        # with the calls being timed.
         try:
             with torch.inference_mode(), attention:
                 for kind, answer in self._requests(model, task, ctx).items():

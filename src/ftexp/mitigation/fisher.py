@@ -6,7 +6,7 @@ world size), so each sample's gradient is taken on its own, vectorised with ``to
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Iterator, Mapping
+from typing import Callable, Dict, Iterable, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -50,11 +50,9 @@ def per_sample_fisher(model: torch.nn.Module, batches: Iterable[Batch],
                    for name, p in theta.items()}
     count = torch.zeros((), dtype=torch.long, device=device)
 
-    sample_loss = sample_loss_fn(model, fixed)
     # bitsandbytes' 4-bit kernels (peft=qlora) have no vmap rule: one sample at a time there.
     quantized = any(getattr(t, "quant_state", None) is not None for t in model.parameters())
-    vocab = model.get_output_embeddings().weight.shape[0] if hasattr(model, "get_output_embeddings") else 1
-    weights = max(1, sum(p.numel() for p in theta.values()))
+    squares = looped_squares(model, params) if quantized else vmapped_squares(model, theta, fixed)
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
@@ -64,16 +62,8 @@ def per_sample_fisher(model: torch.nn.Module, batches: Iterable[Batch],
             for batch in batches:
                 require_right_padding(batch)
                 input_ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
-                if quantized:
-                    for sample in looped_grads(model, params, input_ids, labels):
-                        for name, g in sample.items():
-                            squared_sum[name] += g.to(squared_sum[name].dtype).square()
-                else:
-                    chunk = max(1, min(LOGITS_PER_CHUNK // (input_ids.shape[1] * vocab),
-                                       GRADIENTS_PER_CHUNK // weights))
-                    per_sample_grads = vmap(grad(sample_loss), in_dims=(None, 0, 0), chunk_size=chunk)
-                    for name, g in per_sample_grads(theta, input_ids, labels).items():
-                        squared_sum[name] += g.to(squared_sum[name].dtype).square().sum(0)
+                for name, square in squares(input_ids, labels).items():
+                    squared_sum[name] += square
                 count += (labels[:, 1:] != -100).any(1).sum()
     finally:
         for module, training in modes:
@@ -83,6 +73,39 @@ def per_sample_fisher(model: torch.nn.Module, batches: Iterable[Batch],
             dist.all_reduce(squared_sum[name])
         dist.all_reduce(count)
     return {name: s / count.clamp(min=1) for name, s in squared_sum.items()}
+
+
+SquaresOf = Callable[[torch.Tensor, torch.Tensor], Dict[str, torch.Tensor]]
+
+
+def vmapped_squares(model: torch.nn.Module, theta: Mapping[str, torch.Tensor],
+                    fixed: Mapping[str, torch.Tensor]) -> SquaresOf:
+    """``squares(input_ids, labels)``: per parameter, the sum over a batch's samples of each one's squared
+    gradient (in at least fp32), the samples vectorised with ``vmap`` in chunks that bound memory."""
+    sample_loss = sample_loss_fn(model, fixed)
+    vocab = model.get_output_embeddings().weight.shape[0] if hasattr(model, "get_output_embeddings") else 1
+    weights = max(1, sum(p.numel() for p in theta.values()))
+
+    def squares(input_ids: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        chunk = max(1, min(LOGITS_PER_CHUNK // (input_ids.shape[1] * vocab), GRADIENTS_PER_CHUNK // weights))
+        grads = vmap(grad(sample_loss), in_dims=(None, 0, 0), chunk_size=chunk)(theta, input_ids, labels)
+        return {name: g.to(torch.promote_types(g.dtype, torch.float32)).square().sum(0) for name, g in grads.items()}
+
+    return squares
+
+
+def looped_squares(model: torch.nn.Module, params: Mapping[str, torch.Tensor]) -> SquaresOf:
+    """As :func:`vmapped_squares`, one sample at a time with plain autograd on the model's own ``params``."""
+
+    def squares(input_ids: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        total: Dict[str, torch.Tensor] = {}
+        for sample in looped_grads(model, params, input_ids, labels):
+            for name, g in sample.items():
+                square = g.to(torch.promote_types(g.dtype, torch.float32)).square()
+                total[name] = total[name] + square if name in total else square
+        return total
+
+    return squares
 
 
 def sample_loss_fn(model: torch.nn.Module, fixed: Mapping[str, torch.Tensor]):
