@@ -225,7 +225,7 @@ class Config:
     mitigation: Any = MISSING
     evaluator: Dict[str, Any] = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)  # one logger (logger=wandb) or several ([tensorboard,wandb])
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # one logger or several (logger=[tensorboard,wandb])
     progress: ProgressConfig = field(default_factory=ProgressConfig)  # how long work shows progress and time left
     optim: OptimConfig = field(default_factory=OptimConfig)
     # More tasks besides `data`, each a data config (`- /data@tasks.cuad: cuad` in a defaults list):
