@@ -166,6 +166,7 @@ def test_tensorboard_shifts_stage_steps_and_writes_the_final_metrics_at_the_last
     assert steps["eval/test/accuracy"] == [(14, pytest.approx(0.7))]
     assert steps["final/test/accuracy"] == [(14, pytest.approx(0.7))] and "final/test/label" not in steps
     assert "max_epochs: 2" in (tmp_path / "tensorboard" / "hparams.yaml").read_text()
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")  # the HParams tab
 
 
 def test_mlflow_names_tags_and_closes_the_run_failed_with_its_error(tmp_path):

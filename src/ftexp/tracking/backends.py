@@ -44,18 +44,26 @@ def final_metrics(metrics: Dict[str, Any]) -> Dict[str, float]:
 
 class TensorBoardLogger(NoLogger):
     """``logger=tensorboard``: event files in ``<run dir>/tensorboard/``; the resolved config as
-    hyperparameters (hparams.yaml beside them); the final metrics as ``final/<name>`` at the last step."""
+    hyperparameters (hparams.yaml beside them, and the HParams tab with the final metrics, ``final/<name>``
+    at the last step)."""
 
     def start(self, run_dir: Path, config: Dict[str, Any], identity: RunIdentity) -> None:
         _need("tensorboard", "tensorboard")
         # default_hp_metric off: no placeholder "hp_metric" curve of -1
         self.lightning = OffsetTensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="",
                                                  default_hp_metric=False)
-        self.lightning.log_hyperparams(config)
+        self.lightning.log_hyperparams(config)  # hparams.yaml
+        self.config = config
 
     def log_summary(self, metrics: Dict[str, float]) -> None:
-        if self.lightning is not None:
-            self.log_metrics(final_metrics(metrics), step=self.last_step)
+        """The final metrics at the last step, and the HParams tab: the config beside them."""
+        if self.lightning is None:
+            return
+        offset, self.lightning.step_offset = self.lightning.step_offset, 0  # the last step is run-wide already
+        try:
+            self.lightning.log_hyperparams(self.config, metrics=final_metrics(metrics) or None, step=self.last_step)
+        finally:
+            self.lightning.step_offset = offset
 
     def finish(self, failed: bool, error: Optional[str] = None) -> None:
         if self.lightning is not None:  # TensorBoard has no run status: the event files are flushed
