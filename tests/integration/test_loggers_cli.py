@@ -67,6 +67,7 @@ def test_mlflow_holds_the_curves_and_final_metrics_finished_or_failed(data_dir, 
     assert run.data.metrics["final/test/accuracy"] == pytest.approx(res["metrics"]["test/accuracy"])
     assert run.data.metrics["final/train/loss"] == pytest.approx(res["metrics"]["train/loss"])
     assert run.data.params["trainer/max_epochs"] == str(res["config"]["trainer"]["max_epochs"])
+    assert "results.json" in [a.path for a in client_of(done).list_artifacts(run.info.run_id)]
 
 
 def client_of(run_dir: Path):

@@ -88,11 +88,11 @@ class MLflowLogger(NoLogger):
             folder.mkdir(parents=True, exist_ok=True)
             uri = f"sqlite:///{(folder / 'mlflow.db').resolve()}"
         previous = _previous_run(folder) if config.get("resume") else None
+        artifacts = None if c.tracking_uri else (folder / "artifacts").resolve().as_uri()
+        _experiment(uri, c.project, artifacts)
         self.lightning = OffsetMLflowLogger(
             experiment_name=c.project, run_name=c.name or identity.name, tracking_uri=uri,
-            tags=None if previous else self._tags(identity),
-            artifact_location=None if c.tracking_uri else (folder / "artifacts").resolve().as_uri(),
-            run_id=previous)
+            tags=None if previous else self._tags(identity), artifact_location=artifacts, run_id=previous)
         self.uri, self.local = uri, c.tracking_uri is None
         run_id = self.lightning.run_id  # starts the run now, so it exists even if training fails
         folder.mkdir(parents=True, exist_ok=True)
@@ -140,6 +140,18 @@ class MLflowLogger(NoLogger):
     @property
     def run_id(self) -> Optional[str]:
         return self.lightning.run_id if self.lightning is not None else None
+
+
+def _experiment(uri: str, name: str, artifacts: Optional[str]) -> None:
+    """Make the experiment when the store has none of that name (a new run folder's store never has): what
+    Lightning would do, with a warning each time. The store's own set-up lines stay out of the run's log."""
+    from mlflow.tracking import MlflowClient
+
+    for noisy in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    client = MlflowClient(uri)
+    if client.get_experiment_by_name(name) is None:
+        client.create_experiment(name, artifact_location=artifacts)
 
 
 def _previous_run(folder: Path) -> Optional[str]:
