@@ -29,7 +29,7 @@ from ftexp.record import RunRecord
 from ftexp.run import run
 from ftexp.training import checkpoints
 from ftexp.tracking.identity import single_identity, sweep_identity
-from ftexp.tracking.loggers import NoLogger, RunIdentity
+from ftexp.tracking.loggers import Loggers, NoLogger, RunIdentity
 from ftexp.tracking.results import RESULTS_FILE, environment, now, write_results
 from ftexp.utils.build import build, typed
 from ftexp.utils.devices import process_device
@@ -361,9 +361,13 @@ class ResultsFile:
         )
         if record.continual:
             results["continual"] = record.continual
-        if tracker.location:
-            results["logger"] = {"type": type(tracker).__name__, "dir": tracker.location, "id": tracker.run_id,
-                                 "group": self.tracker_group, "run_group": self.run_group}
+        main = tracker.primary if isinstance(tracker, Loggers) else tracker
+        if main is not None and main.location:  # the W&B run's fields first (compare and review read them)
+            each = tracker.records() if isinstance(tracker, Loggers) else []
+            results["logger"] = {"type": type(main).__name__, "dir": main.location, "id": main.run_id,
+                                 "group": self.tracker_group, "run_group": self.run_group,
+                                 "loggers": each or [{"type": type(main).__name__, "dir": main.location,
+                                                      "id": main.run_id}]}
         if error is not None:
             results["error"] = {"type": type(error).__name__, "message": str(error),
                                 "traceback": traceback.format_exception(type(error), error, error.__traceback__)[-8:]}
@@ -378,8 +382,9 @@ def _print_summary(results: Dict[str, Any], objective: Optional[str] = None) -> 
     for line in _wrap([f"{k}={v:.4g}" for k, v in headline(results["metrics"], objective).items()]):
         print(f"ftexp:   {line}")
     print(f"ftexp: results: {Path(results['run_dir']) / RESULTS_FILE}")
-    if results.get("logger"):
-        print(f"ftexp: {results['logger']['type']}: {_beside(results['logger']['dir'], results['run_dir'])}")
+    logger = results.get("logger") or {}
+    for logged in logger.get("loggers") or ([logger] if logger else []):
+        print(f"ftexp: {logged['type']}: {_beside(logged['dir'], results['run_dir'])}")
 
 
 def _beside(path: str, run_dir: str) -> str:

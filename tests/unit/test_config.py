@@ -76,10 +76,12 @@ def test_config_groups_are_the_documented_axes():
 def test_every_option_composes_against_its_schema(group, option):
     override = f"{group}=[{option}]" if group == "evaluator" else f"{group}={option}"
     cfg = compose_config([override])
-    for node in ("model", "peft", "data", "mitigation", "trainer", "logger"):
+    for node in ("model", "peft", "data", "mitigation", "trainer"):
         assert OmegaConf.get_type(cfg[node]) in SCHEMAS[node].values(), node  # its own group's schema
     for name, ev in cfg.evaluator.items():
         assert OmegaConf.get_type(ev) in SCHEMAS["evaluator"].values(), name
+    for name, backend in cfg.logger.backends.items():  # each logger option under its own name
+        assert OmegaConf.get_type(backend) is SCHEMAS["logger"][name], name
     text = (config_dir() / group / f"{option}.yaml").read_text()
     if "# @package _global_" not in text:  # the option file itself starts from a schema of its group
         assert f"/schema/{group}/" in text

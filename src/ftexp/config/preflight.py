@@ -19,7 +19,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ftexp.config.explain import explain, explain_unknown_key, locate, one_paragraph, override_key, where_from
-from ftexp.config.session import ConfigError, hydra_context
+from ftexp.config.session import ConfigError, group_options, hydra_context
 
 # Not chosen on the command line: Hydra's own, the schemas, and parts that data configs and experiments include.
 HIDDEN_GROUPS = ("hydra", "schema", "red_team", "suite")
@@ -74,6 +74,7 @@ def check_overrides(overrides: Sequence[str], config_name: str = "config", multi
             with open_dict(cfg):
                 hydra_node = cfg.pop("hydra")
             check_hydra(hydra_node, line)
+            check_repeated_options(line)
             check_keys(cfg, line, config_name)
             check_env_values(cfg, line)
             check_allowed_targets(cfg, line, hydra_node.runtime.choices)
@@ -81,6 +82,18 @@ def check_overrides(overrides: Sequence[str], config_name: str = "config", multi
             if i == 0:
                 check_output_folder(hydra_node, cfg, multirun)
                 check_own_files(hydra_node.runtime.choices, line, config_name)
+
+
+def check_repeated_options(overrides: Sequence[str]) -> None:
+    """An option chosen twice in a list (``logger=[wandb,wandb]``): Hydra merges it once, silently."""
+    for ov in OverridesParser.create().parse_overrides(list(overrides)):
+        chosen = ov.value() if not ov.is_sweep_override() else None
+        if not isinstance(chosen, list) or not group_options(ov.get_key_element()):  # a list of options only
+            continue
+        twice = sorted({str(c) for c in chosen if chosen.count(c) > 1})
+        if twice:
+            raise ConfigError(f"override '{ov.input_line}': {', '.join(twice)} is chosen more than once; name each "
+                              f"option of {ov.get_key_element()} once.")
 
 
 def check_own_files(choices: Any, overrides: Sequence[str], config_name: str = "config") -> None:

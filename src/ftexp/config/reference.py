@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from omegaconf import MISSING
 
 from ftexp.config import config_dir
-from ftexp.config.schema import SCHEMAS, Config
+from ftexp.config.schema import SCHEMAS, Config, LoggerConfig
 
 COMMAND = "python -m ftexp.config.reference docs/settings.md"
 
@@ -49,8 +49,10 @@ change the defaults below (`conf/model/tiny_8m.yaml` sets its own `hidden_size`)
 `${{...}}` is a reference to another key.
 """
 
-# Where a group's keys sit in the composed config (the evaluator group is a dict of options).
-PREFIX = {"evaluator": "evaluator.{option}", "trainer": "trainer"}
+# Where a group's keys sit in the composed config (the evaluator group is a dict of options; so is
+# logger.backends, under keys of the whole logger node that SHARED documents).
+PREFIX = {"evaluator": "evaluator.{option}", "trainer": "trainer", "logger": "logger.backends.{option}"}
+SHARED = {"logger": LoggerConfig}
 
 
 # ---------------------------------------------------------------------------------- comments
@@ -298,6 +300,8 @@ def common_base(classes: Sequence[type], with_keys: bool = True) -> Optional[typ
 def group_section(group: str, options: Dict[str, type]) -> List[str]:
     template = PREFIX.get(group, group)
     out = ["", f"## {group}", ""]
+    if group in SHARED:  # keys of the group's node besides its options'
+        out += prose(docstring(SHARED[group])) + [""] + table(SHARED[group], group, skip=("_target_",)) + [""]
     base = common_base(list(options.values()))
     parent = common_base(list(options.values()), with_keys=False)
     if base is not None:

@@ -74,32 +74,77 @@ from ftexp.config.validate import Problems, targets
 
 
 @dataclass
-class LoggerConfig:
-    """Where training curves and results go besides results.json."""
+class LoggerBackendConfig:
+    """Each option adds one logger, under ``logger.backends.<option>``; a list of options runs them all
+    (``logger=[tensorboard,wandb]``, each named once; ``none`` alone)."""
 
     _target_: str = MISSING
 
 
 @dataclass
-class NoLoggerConfig(LoggerConfig):
+class NoLoggerConfig(LoggerBackendConfig):
     _target_: str = "ftexp.tracking.loggers.NoLogger"
 
 
 @dataclass
-class CSVLoggerConfig(LoggerConfig):
+class CSVLoggerConfig(LoggerBackendConfig):
     _target_: str = "ftexp.tracking.loggers.CSVLogger"
 
 
 @dataclass
-class WandbLoggerConfig(LoggerConfig):
+class WandbLoggerConfig(LoggerBackendConfig):
     _target_: str = "ftexp.tracking.loggers.WandbLogger"
-    project: str = "ftexp"
-    entity: Optional[str] = None
-    mode: str = "offline"  # offline | online | disabled (WANDB_MODE wins when set)
-    group: Optional[str] = None  # runs of one sweep share a group
-    job_type: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
-    name: Optional[str] = None  # None = the output folder's name
+
+
+@dataclass
+class TensorBoardLoggerConfig(LoggerBackendConfig):
+    _target_: str = "ftexp.tracking.backends.TensorBoardLogger"
+
+    @classmethod
+    def problems(cls, node: DictConfig) -> Problems:
+        yield from _installed("tensorboard", "tensorboard")
+
+
+@dataclass
+class MLflowLoggerConfig(LoggerBackendConfig):
+    _target_: str = "ftexp.tracking.backends.MLflowLogger"
+
+    @classmethod
+    def problems(cls, node: DictConfig) -> Problems:
+        yield from _installed("mlflow", "mlflow")
+
+
+def _installed(module: str, option: str) -> Problems:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        yield "", option, f"logger={option} needs the {module} package: pip install 'ftexp[{option}]'"
+
+
+@dataclass
+class LoggerConfig:
+    """Where training curves and results go besides results.json: the loggers chosen with ``logger=``
+    (one, or a list: ``logger=[tensorboard,wandb]``), each under ``logger.backends.<name>``. The keys below
+    name the run in every logger that has such a name."""
+
+    _target_: str = "ftexp.tracking.loggers.Loggers"
+    project: str = "ftexp"  # W&B's project; MLflow's experiment
+    entity: Optional[str] = None  # W&B
+    mode: str = "${oc.env:WANDB_MODE,offline}"  # W&B: offline | online | disabled (WANDB_MODE wins when set)
+    group: Optional[str] = None  # runs of one sweep share a group (W&B's group; an MLflow tag)
+    job_type: Optional[str] = None  # W&B's job type; an MLflow tag
+    tags: List[str] = field(default_factory=list)  # W&B's tags; MLflow tags (name -> "true")
+    name: Optional[str] = None  # the run's name in W&B and MLflow; None = the output folder's name
+    # MLflow's tracking server or store; None = a SQLite store in <run dir>/mlflow/ (mlflow.db, artifacts/)
+    tracking_uri: Optional[str] = None
+    backends: Dict[str, Any] = field(default_factory=dict)  # the chosen loggers, by option name
+
+    @classmethod
+    def problems(cls, node: DictConfig) -> Problems:
+        chosen = list(node.backends.keys())
+        if "none" in chosen and len(chosen) > 1:
+            yield "backends", chosen, ("logger=none means no logger: leave it out of a list of loggers "
+                                       f"(logger=[{','.join(c for c in chosen if c != 'none')}])")
 
 
 @dataclass
@@ -182,7 +227,7 @@ class Config:
     mitigation: Any = MISSING
     evaluator: Dict[str, Any] = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    logger: Any = MISSING
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # one logger or several (logger=[tensorboard,wandb])
     progress: ProgressConfig = field(default_factory=ProgressConfig)  # how long work shows progress and time left
     optim: OptimConfig = field(default_factory=OptimConfig)
     # More tasks besides `data`, each a data config (`- /data@tasks.cuad: cuad` in a defaults list):
@@ -311,7 +356,8 @@ SCHEMAS: Dict[str, Dict[str, type]] = {
                   "generation": GenerationEvalConfig, "multiple_choice": MultipleChoiceEvalConfig,
                   "lm_eval": LmEvalConfig, "efficiency": EfficiencyEvalConfig, "human_review": HumanReviewConfig},
     "trainer": {"trainer": TrainerConfig},
-    "logger": {"none": NoLoggerConfig, "csv": CSVLoggerConfig, "wandb": WandbLoggerConfig},
+    "logger": {"none": NoLoggerConfig, "csv": CSVLoggerConfig, "wandb": WandbLoggerConfig,
+               "tensorboard": TensorBoardLoggerConfig, "mlflow": MLflowLoggerConfig},
 }
 
 

@@ -1,4 +1,5 @@
-"""``logger=wandb|csv|none``: one logger per job, handed to every stage's Trainer.
+"""``logger=wandb|csv|tensorboard|mlflow|none``, or several (``logger=[tensorboard,wandb]``): the job's
+trackers, behind one :class:`Loggers`, whose Lightning loggers every stage's Trainer gets.
 
 Each stage gets a fresh Lightning Trainer whose step counter starts at 0; the Lightning loggers
 here add the steps of the earlier stages (``step_offset``), so the curves of a multi-stage run
@@ -16,6 +17,7 @@ from pytorch_lightning.loggers import WandbLogger as _LightningWandb
 from pytorch_lightning.utilities import rank_zero_only
 
 from ftexp.tracking.identity import RunIdentity, tags
+from ftexp.utils.build import build
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +44,13 @@ class OffsetWandbLogger(_StepOffset, _LightningWandb):
 
 
 class NoLogger:
-    """``logger=none``: nothing besides results.json."""
+    """``logger=none``: nothing besides results.json. The base of every tracker: ``cfg`` is the option's
+    own config (``logger.backends.<name>``), ``settings`` the logger config that names the run."""
 
-    def __init__(self, cfg: Any) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: Any, settings: Any = None) -> None:
+        self.cfg, self.settings = cfg, settings
         self.lightning: Optional[Any] = None
+        self.last_step = 0  # the run-wide step of the newest row logged: where the final metrics go
 
     def start(self, run_dir: Path, config: Dict[str, Any], identity: RunIdentity) -> None:
         """Open the run; ``config`` is the resolved config, logged with it."""
@@ -58,6 +62,7 @@ class NoLogger:
 
     def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
         """Log at run-wide ``step`` (not shifted by the stage offset)."""
+        self.last_step = max(self.last_step, step)
         if self.lightning is not None:
             offset, self.lightning.step_offset = self.lightning.step_offset, 0
             try:
@@ -130,7 +135,7 @@ class WandbLogger(NoLogger):
     def start(self, run_dir: Path, config: Dict[str, Any], identity: RunIdentity) -> None:
         import wandb
 
-        c = self.cfg
+        c = self.settings
         # A previous job of the same process (multirun) must not leak its run into this one.
         if wandb.run is not None:
             wandb.finish()
@@ -197,3 +202,66 @@ class WandbLogger(NoLogger):
     def location(self) -> Optional[str]:
         run = getattr(self, "run", None)
         return str(Path(run.dir).parent) if run is not None and getattr(run, "dir", None) else None
+
+
+class Loggers(NoLogger):
+    """The job's tracker: every logger of ``logger.backends`` (one, or several with ``logger=[a,b]``), each
+    call passed to each in turn. The stages' Trainers get their Lightning loggers (a list when several)."""
+
+    def __init__(self, cfg: Any, trackers: Optional[List[NoLogger]] = None) -> None:
+        super().__init__(cfg, cfg)
+        backends = getattr(cfg, "backends", None) or {}
+        self.trackers = trackers if trackers is not None else [build(b, cfg) for b in backends.values()]
+
+    def start(self, run_dir: Path, config: Dict[str, Any], identity: RunIdentity) -> None:
+        for tracker in self.trackers:
+            tracker.start(run_dir, config, identity)
+        found = [t.lightning for t in self.trackers if t.lightning is not None]
+        self.lightning = found[0] if len(found) == 1 else (found or None)
+
+    def set_step_offset(self, steps: int) -> None:
+        for tracker in self.trackers:
+            tracker.set_step_offset(steps)
+
+    def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
+        for tracker in self.trackers:
+            tracker.log_metrics(metrics, step)
+
+    def log_summary(self, metrics: Dict[str, float]) -> None:
+        for tracker in self.trackers:
+            tracker.log_summary(metrics)
+
+    def log_files(self, run_dir: Path, written: Dict[str, Any]) -> None:
+        for tracker in self.trackers:
+            tracker.log_files(run_dir, written)
+
+    def finish(self, failed: bool, error: Optional[str] = None) -> None:
+        """Every tracker is closed even when one of them fails to; then the first failure is raised."""
+        first: Optional[BaseException] = None
+        for tracker in self.trackers:
+            try:
+                tracker.finish(failed, error)
+            except Exception as exc:  # noqa: BLE001 - the other trackers still close their runs
+                log.warning("could not close the %s run: %s", type(tracker).__name__, exc)
+                first = first or exc
+        if first is not None:
+            raise first
+
+    def records(self) -> List[Dict[str, Any]]:
+        """Each tracker that keeps the run somewhere: its type, where (``dir``) and its id of the run."""
+        return [{"type": type(t).__name__, "dir": t.location, "id": t.run_id} for t in self.trackers if t.location]
+
+    @property
+    def primary(self) -> Optional[NoLogger]:
+        """The tracker results.json names first: W&B's when it is one of them (compare and the review
+        import read it), else the first that keeps the run somewhere."""
+        kept = [t for t in self.trackers if t.location]
+        return next((t for t in kept if isinstance(t, WandbLogger)), kept[0] if kept else None)
+
+    @property
+    def location(self) -> Optional[str]:
+        return self.primary.location if self.primary is not None else None
+
+    @property
+    def run_id(self) -> Optional[str]:
+        return self.primary.run_id if self.primary is not None else None
