@@ -478,6 +478,7 @@ def test_the_review_of_a_single_run_joins_the_runs_own_w_and_b_group(run_dir, mo
     arm's group (run_group), and the review names the reviewed run's id and the sweep."""
     from ftexp.review.importer import log_to_wandb
 
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the importer logs nothing with W&B disabled
     results = json.loads((run_dir / RESULTS_FILE).read_text())
     results["config"]["logger"] = {"project": "ftexp", "mode": "offline"}
     results["review"] = {"sha256": "x", "sample": {}, "red_team": {}}
