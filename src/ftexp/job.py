@@ -12,8 +12,6 @@ import json
 import logging
 import os
 import sys
-import time
-import traceback
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
@@ -29,8 +27,10 @@ from ftexp.record import RunRecord
 from ftexp.run import run
 from ftexp.training import checkpoints
 from ftexp.tracking.identity import single_identity, sweep_identity
-from ftexp.tracking.loggers import Loggers, NoLogger, RunIdentity
-from ftexp.tracking.results import RESULTS_FILE, environment, now, write_results
+from ftexp.tracking.loggers import NoLogger, RunIdentity
+from ftexp.tracking.results import RESULTS_FILE, environment, now
+from ftexp.tracking.results_file import ResultsFile
+from ftexp.tracking.summary import print_summary
 from ftexp.utils.build import build, typed
 from ftexp.utils.devices import process_device
 from ftexp.utils.run_folder import RunFolderError, run_folder_lock
@@ -200,7 +200,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, rank: int) -> Optional[float]:
     tracker.log_files(run_dir, written)
     tracker.log_summary(written["metrics"])
     tracker.finish(failed=False)
-    _print_summary(written, cfg.objective)
+    print_summary(written, cfg.objective)
     return written["metrics"].get(cfg.objective) if cfg.objective else None
 
 
@@ -329,94 +329,3 @@ def unreadable_results(run_dir: Path) -> Optional[str]:
     except (OSError, ValueError) as exc:
         return f"{type(exc).__name__}: {exc}"
     return None if isinstance(results, dict) and "status" in results else "it is not a run's record"
-
-
-class ResultsFile:
-    """The job's results.json: what is known at the start, written with the run's record at the end
-    (``completed``) or when it fails (``failed``, with the error), secrets redacted."""
-
-    def __init__(self, run_dir: Path, main_task: str, secrets: List[str], base: Dict[str, Any]) -> None:
-        self.run_dir, self.main_task, self.secrets, self.base = run_dir, main_task, secrets, base
-        self.tracker_group: Optional[str] = None  # the sweep's (or the run's) W&B group: `compare --group`
-        self.run_group: Optional[str] = None  # this run's W&B group: `ftexp.review import` logs next to the run
-        self.t0 = time.perf_counter()
-
-    def link(self, group: Optional[str], identity: RunIdentity) -> None:
-        """Where the run is in the tracker: ``group`` (``logger.group``) holds every job when set; else the
-        sweep's identity finds every job of the sweep, the identity's group (an arm's) this one's."""
-        self.run_group = group or identity.group
-        self.tracker_group = group or identity.sweep or identity.group
-
-    def write(self, record: RunRecord, tracker: Any, error: Optional[BaseException] = None) -> Dict[str, Any]:
-        results = dict(self.base)
-        results.update(
-            status="failed" if error is not None else "completed",
-            finished_at=now(),
-            # A failed run has no final metrics: its rows say how far it got (row 0 is the untrained model's).
-            metrics=record.final_metrics(self.main_task) if error is None else {},
-            rows=record.rows,
-            stages=record.stages,
-            wall_time_s={**record.wall_time_s, "total": time.perf_counter() - self.t0},
-            **record.info,
-        )
-        if record.continual:
-            results["continual"] = record.continual
-        main = tracker.primary if isinstance(tracker, Loggers) else tracker
-        if main is not None and main.location:  # the W&B run's fields first (compare and review read them)
-            each = tracker.records() if isinstance(tracker, Loggers) else []
-            results["logger"] = {"type": type(main).__name__, "dir": main.location, "id": main.run_id,
-                                 "group": self.tracker_group, "run_group": self.run_group,
-                                 "loggers": each or [{"type": type(main).__name__, "dir": main.location,
-                                                      "id": main.run_id}]}
-        if error is not None:
-            results["error"] = {"type": type(error).__name__, "message": str(error),
-                                "traceback": traceback.format_exception(type(error), error, error.__traceback__)[-8:]}
-        results = redact(results, self.secrets)  # error messages and tracebacks too
-        write_results(self.run_dir, results)
-        return results
-
-
-def _print_summary(results: Dict[str, Any], objective: Optional[str] = None) -> None:
-    """A few lines: the headline metrics, where the results went, the wall time (results.json has every metric)."""
-    print(f"ftexp: {results['status']} in {results['wall_time_s']['total']:.1f}s")
-    for line in _wrap([f"{k}={v:.4g}" for k, v in headline(results["metrics"], objective).items()]):
-        print(f"ftexp:   {line}")
-    print(f"ftexp: results: {Path(results['run_dir']) / RESULTS_FILE}")
-    logger = results.get("logger") or {}
-    for logged in logger.get("loggers") or ([logger] if logger else []):
-        print(f"ftexp: {logged['type']}: {_beside(logged['dir'], results['run_dir'])}")
-
-
-def _beside(path: str, run_dir: str) -> str:
-    """``path`` from the run's folder (named on the line above) when it lies in it: a shorter line."""
-    try:
-        return str(Path(path).relative_to(run_dir)) + " (in the run's folder)"
-    except ValueError:
-        return path
-
-
-_HEADLINE = ("accuracy", "macro_f1", "loss")
-_NOT_A_TASK = ("train", "val", "cl", "eval", "lr")
-
-
-def headline(metrics: Dict[str, Any], objective: Optional[str] = None, most: int = 6) -> Dict[str, float]:
-    """The metrics a reader looks at first: the sweep's objective, the primary task's (its keys have no task
-    prefix: ``test/accuracy``) accuracy, macro F1 and loss, ``cl/acc``, ``cl/bwt`` and ``train/loss``."""
-    scores = {k: v for k, v in metrics.items() if isinstance(v, float)}
-    primary = [k for k in scores if k.count("/") == 1 and k.split("/")[0] not in _NOT_A_TASK
-               and not k.endswith("/n")]
-    # A task without accuracy or loss (generation) shows its first scores instead.
-    main = [k for k in primary if k.split("/")[1] in _HEADLINE] or primary[:2]
-    keys = [objective, *main, "cl/acc", "cl/bwt", "train/loss"]
-    chosen = [k for i, k in enumerate(keys) if k in scores and k not in keys[:i]]
-    return {k: scores[k] for k in chosen[:most]}
-
-
-def _wrap(items: List[str], width: int = 90) -> List[str]:
-    lines: List[str] = []
-    for item in items:
-        if lines and len(lines[-1]) + 2 + len(item) <= width:
-            lines[-1] += "  " + item
-        else:
-            lines.append(item)
-    return lines

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ftexp.job import _print_summary, headline
+from ftexp.tracking.summary import headline, print_summary as _print_summary
 
 FORGETTING = {"test/accuracy": 0.5, "test/macro_f1": 0.4, "test/n": 80, "test/red_team/n": 10,
               "cuad/test/accuracy": 0.3, "general/test/loss": 5.2, "cl/acc": 0.45, "cl/bwt": -0.1,
