@@ -16,6 +16,22 @@ from ftexp.training.module import FineTuneModule, StepOptions
 from tests.helpers.models import tiny_lm, varied_rows
 
 
+def train_bf16(master_weights: bool, lr: float = 1e-5, model=None):
+    """Six bf16-true steps of the tiny model; the model, its weights before, and the trainer."""
+    pl.seed_everything(0, verbose=False)
+    rows = varied_rows(48, seed=2)
+    dm = FineTuneDataModule(rows, rows[:16], Batching(pad_id=0, batch_size=16, seed=0, group_by_length=False))
+    model = (model or tiny_lm()).to(torch.bfloat16)
+    before = copy.deepcopy(model)
+    optim = compose_config(["optim.warmup_ratio=0"]).optim
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", precision="bf16-true", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         gradient_clip_val=1.0)
+    trainer.fit(FineTuneModule(model, optim, lr=lr, step=StepOptions(master_weights=master_weights)), datamodule=dm)
+    return model, before, trainer
+
+
+
 class FirstStepGrads(pl.Callback):
     """The micro-batches of the first optimizer step and the fp32 copies' gradients it stepped with
     (still there at the batch's end: Lightning zeroes them before the next step), in the order of the

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ftexp.training.activation_checkpointing import checkpointed_layers, set_activation_checkpointing
+from tests.helpers.master_weights import train_bf16
 from tests.helpers.models import tiny_lm, train_tiny
 
 
@@ -71,3 +72,14 @@ def test_a_model_without_checkpointing_support_is_refused_by_name():
     model = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match="Linear does not support activation checkpointing"):
         set_activation_checkpointing(model, True)
+
+
+def test_checkpointing_composes_with_master_weights():
+    """bf16-true with fp32 master copies: the checkpointed run steps to the same weights."""
+    plain, _, _ = train_bf16(master_weights=True, lr=1e-3)
+    model = tiny_lm().train()
+    set_activation_checkpointing(model, True)
+    checkpointed, _, _ = train_bf16(master_weights=True, lr=1e-3, model=model)
+    assert checkpointed_layers(checkpointed) == 2
+    for a, b in zip(plain.parameters(), checkpointed.parameters()):
+        assert torch.equal(a, b)

@@ -12,23 +12,8 @@ from ftexp.config.preflight import ConfigError, check_overrides, compose_config
 from ftexp.data.datamodule import Batching, FineTuneDataModule
 from ftexp.training.master_weights import MasterWeightAdamW
 from ftexp.training.module import FineTuneModule, StepOptions
-from tests.helpers.master_weights import first_step
+from tests.helpers.master_weights import first_step, train_bf16
 from tests.helpers.models import tiny_lm, varied_rows
-
-
-def _train_bf16(master_weights: bool, lr: float = 1e-5):
-    """Six bf16-true steps of the tiny model; the model, its weights before, and the trainer."""
-    pl.seed_everything(0, verbose=False)
-    rows = varied_rows(48, seed=2)
-    dm = FineTuneDataModule(rows, rows[:16], Batching(pad_id=0, batch_size=16, seed=0, group_by_length=False))
-    model = tiny_lm().to(torch.bfloat16)
-    before = copy.deepcopy(model)
-    optim = compose_config(["optim.warmup_ratio=0"]).optim
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", precision="bf16-true", logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         gradient_clip_val=1.0)
-    trainer.fit(FineTuneModule(model, optim, lr=lr, step=StepOptions(master_weights=master_weights)), datamodule=dm)
-    return model, before, trainer
 
 
 def _share_changed(a: torch.nn.Module, b: torch.nn.Module) -> float:
@@ -39,9 +24,9 @@ def _share_changed(a: torch.nn.Module, b: torch.nn.Module) -> float:
 def test_updates_too_small_for_bf16_accumulate_in_the_fp32_copies():
     """At a fine-tuning learning rate most AdamW updates are below bf16's resolution: pure bf16 drops
     them, the fp32 copies keep them, and the model's weights are the copies rounded."""
-    pure, before, _ = _train_bf16(master_weights=False)
+    pure, before, _ = train_bf16(master_weights=False)
     assert _share_changed(pure, before) < 0.3
-    model, before, trainer = _train_bf16(master_weights=True)
+    model, before, trainer = train_bf16(master_weights=True)
     optimizer = trainer.optimizers[0]
     assert isinstance(optimizer, MasterWeightAdamW)
     masters = dict(zip([id(p) for p in optimizer.model_params], optimizer.masters))
@@ -83,7 +68,7 @@ def test_gradients_reach_the_fp32_copies_before_lightning_clips_them(monkeypatch
 
 
 def test_the_fp32_copies_travel_in_the_optimizers_checkpoint_state():
-    model, _, trainer = _train_bf16(master_weights=True)
+    model, _, trainer = train_bf16(master_weights=True)
     optimizer = trainer.optimizers[0]
     state = optimizer.state_dict()
     assert len(state["master_weights"]) == len(list(model.parameters()))
