@@ -8,6 +8,8 @@ imported ratings), generic: the primary metric per cell. matplotlib is imported 
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -232,7 +234,11 @@ def pareto(sweep: Sweep, cells: Sequence[Cell], metric: str, path: Path) -> Path
         if "param" in x_metric:
             ax.set_xscale("log")
             xs = sorted({sx.mean for _, sx, _ in pts})
-            ax.set_xticks(xs, [_count(x) for x in xs], fontsize=8)
+            logs = [math.log10(x) for x in xs if x > 0]
+            # sizes close on the log axis (139 M and 272 M) would print their labels over each other
+            close = any(b - a < 0.12 * ((logs[-1] - logs[0]) or 1) for a, b in zip(logs, logs[1:]))
+            ax.set_xticks(xs, [_count(x) for x in xs], fontsize=8, rotation=40 if close else 0,
+                          ha="right" if close else "center")
             ax.minorticks_off()
         else:  # costs like 0.0004: at most 5 ticks, in compact notation, so the labels do not run together
             from matplotlib.ticker import MaxNLocator
