@@ -1,4 +1,5 @@
-"""``python -m ftexp.review import <ratings file> <run dir> [--replace] [--no-wandb]``."""
+"""``python -m ftexp.review import <ratings file> <run dir> [--replace] [--no-wandb]`` and
+``python -m ftexp.review serve <run dir> [<run dir> ...] --rater NAME [--host 127.0.0.1] [--port 0]``."""
 
 from __future__ import annotations
 
@@ -27,6 +28,17 @@ def parser() -> argparse.ArgumentParser:
                      help="replace ratings imported before from a different file")
     imp.add_argument("--no-wandb", action="store_true",
                      help="do not log the reviewed samples to W&B even when the run used W&B")
+    srv = sub.add_parser(
+        "serve", help="rate a run's outputs in a local web page",
+        description="Serve a review page for one rater: one output at a time (prompt, reference, output; "
+                    "never the automated scores), rated with the keyboard; every answer is written at once "
+                    "to <run dir>/review/ratings-<rater>.jsonl, which `import` reads. Several runs are "
+                    "interleaved in an order seeded by the rater's name, the run hidden from the page.")
+    srv.add_argument("run_dirs", type=Path, nargs="+", metavar="run_dir", help="run folder(s) with a review set")
+    srv.add_argument("--rater", required=True, help="the rater's name (names the ratings file)")
+    srv.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (default 127.0.0.1; any other needs the printed token)")
+    srv.add_argument("--port", type=int, default=0, help="port (default 0: a free one)")
     return p
 
 
@@ -65,8 +77,38 @@ def summary(review: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def serve(args: argparse.Namespace) -> int:
+    from ftexp.review.serve import ReviewServer
+    from ftexp.review.sitting import Sitting
+
+    try:
+        sitting = Sitting(args.run_dirs, args.rater).open()
+    except ReviewError as exc:
+        print(f"ftexp.review: error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        server = ReviewServer(sitting, args.host, args.port)
+    except OSError as exc:
+        sitting.close()
+        print(f"ftexp.review: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    print(f"ftexp.review: {args.rater}: {sitting.n_rated()} of {len(sitting)} rated; open {server.url}", flush=True)
+    for run in sitting.runs:
+        print(f"ftexp.review: answers go to {run.path}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        sitting.close()
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
     from ftexp.review.importer import import_ratings  # torch-heavy: after the usage check
 
     try:
