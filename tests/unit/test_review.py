@@ -221,7 +221,7 @@ def test_round_trip_gives_the_hand_computed_statistics(run_dir, fmt):
     assert results["review"] == review
     assert {k: v for k, v in results.items() if k != "review"} == before  # nothing else touched
     assert set(review) == {"ratings_file", "format", "sha256", "imported_at", "ratings", "n_exported", "n_rated",
-                           "n_unrated", "sample", "red_team", "by_task"}
+                           "n_unrated", "raters", "sample", "red_team", "by_task"}
     assert review["format"] == ("label_studio" if fmt == "label_studio" else fmt)
     assert review["ratings_file"] == str(path.resolve()) and len(review["sha256"]) == 64
     assert (review["n_exported"], review["n_rated"], review["n_unrated"]) == (12, 10, 2)

@@ -1,4 +1,4 @@
-"""``python -m ftexp.review import <ratings file> <run dir> [--replace] [--no-wandb]`` and
+"""``python -m ftexp.review import <ratings file or folder> [...] <run dir> [--replace] [--no-wandb]`` and
 ``python -m ftexp.review serve <run dir> [<run dir> ...] --rater NAME [--host 127.0.0.1] [--port 0]``."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from ftexp.review.schema import RATINGS, ReviewError
 
@@ -21,8 +21,13 @@ def parser() -> argparse.ArgumentParser:
         description="Validate a filled ratings file (review.csv, a copy of review.jsonl, or a Label Studio "
                     "JSON export) against the outputs the run exported for review, then add the human "
                     "ratings and their agreement with the automated metrics to <run dir>/results.json "
-                    "under 'review'. Nothing is written if the file has a problem.")
-    imp.add_argument("ratings", type=Path, help="the ratings file (.csv, .jsonl, or .json from Label Studio)")
+                    "under 'review'. Nothing is written if the file has a problem. Several files (one per "
+                    "rater, or a review folder standing for its ratings-<rater>.jsonl) add the agreement "
+                    "between the raters (Krippendorff's alpha) and the outputs they disagree on; people are "
+                    "then compared with the metrics by their majority verdict.")
+    imp.add_argument("ratings", type=Path, nargs="+",
+                     help="the ratings file(s) (.csv, .jsonl, or .json from Label Studio), or a folder of "
+                          "ratings-<rater>.jsonl")
     imp.add_argument("run_dir", type=Path, help="the run folder (the one holding results.json)")
     imp.add_argument("--replace", action="store_true",
                      help="replace ratings imported before from a different file")
@@ -59,6 +64,21 @@ def _rho(r: Dict[str, Any], c: str) -> str:
     return _fmt(r[c], why=(r.get("undefined") or {}).get(c)) + ("" if p is None else f" (p = {p:.2g})")
 
 
+def raters_lines(r: Optional[Dict[str, Any]]) -> List[str]:
+    if not r or r["n_raters"] < 2:
+        return []
+    ci = r.get("krippendorff_alpha_ci95")
+    alpha = _fmt(r["krippendorff_alpha"], why=r.get("krippendorff_alpha_undefined"))
+    lines = [f"  between {r['n_raters']} raters ({', '.join(r['names'])}): Krippendorff's alpha (correctness) "
+             f"{alpha} over {r['n_units']} outputs rated twice or more"
+             + (f"; 95 % CI {ci[0]:.2f} to {ci[1]:.2f}, bootstrap over outputs" if ci else ""),
+             f"  human verdict vs automated: {r['human_verdict']}"]
+    if r["disagreements"]:
+        lines.append(f"  to adjudicate ({len(r['disagreements'])} outputs the raters disagree on): "
+                     + ", ".join(d["id"] for d in r["disagreements"]))
+    return lines
+
+
 def summary(review: Dict[str, Any]) -> str:
     s, red = review["sample"], review["red_team"]
     a = s["agreement"]
@@ -72,6 +92,7 @@ def summary(review: Dict[str, Any]) -> str:
         for name, r in s["spearman"].items():
             lines.append(f"  Spearman vs {name} (n={r['n']}): correctness {_rho(r, 'correctness')}, "
                          f"helpfulness {_rho(r, 'helpfulness')}")
+    lines += raters_lines(review.get("raters"))
     if red["n_rated"]:
         lines.append(f"  red team ({red['n_rated']}): " + ", ".join(f"{c} {_fmt(red[c])}" for c in RATINGS))
     return "\n".join(lines)

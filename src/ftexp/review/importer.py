@@ -13,9 +13,10 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from ftexp.review.files import log_table, read_export
+from ftexp.review.raters import between_raters, combine, rater_name
 from ftexp.review.ratings import Ratings, read_ratings
 from ftexp.review.schema import NOTES, RATINGS, RATINGS_JSONL, REVIEW_JSONL, ReviewError
 from ftexp.review.stats import summarise
@@ -61,30 +62,70 @@ def normalised(exported: List[Dict[str, Any]], ratings: Ratings) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def import_ratings(ratings_file: Path, run_dir: Path, replace: bool = False,
+def ratings_paths(given: Union[Path, Sequence[Path]]) -> List[Path]:
+    """The files named; a folder stands for its ``ratings-*.jsonl`` (the files ``ftexp review serve`` writes)."""
+    out: List[Path] = []
+    for p in [given] if isinstance(given, (str, Path)) else given:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(p.glob("ratings-*.jsonl"))
+            if not found:
+                raise ReviewError(f"{p} is a folder without ratings-<rater>.jsonl files; nothing was imported")
+            out += found
+        else:
+            out.append(p)
+    names = [rater_name(p) for p in out]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ReviewError(f"rater(s) {', '.join(twice)} named by more than one file ({[str(p) for p in out]}); "
+                          f"one file per rater; nothing was imported")
+    return out
+
+
+def read_raters(paths: List[Path], exported: List[Dict[str, Any]], folder: Path) -> Dict[str, Any]:
+    """Each file validated, the human verdict of every output (combined when several), between-rater stats."""
+    each = [read_ratings(p, exported, folder) for p in paths]
+    by_rater = {rater_name(p): r.by_id for p, r in zip(paths, each)}
+    ids = [row["id"] for row in exported]
+    by_id = each[0].by_id if len(each) == 1 else combine(by_rater, ids)[0]
+    fmt = each[0].format if len({r.format for r in each}) == 1 else "mixed"
+    ratings = Ratings(path=paths[0], format=fmt, by_id=by_id, n_rows=sum(r.n_rows for r in each),
+                      n_exported=each[0].n_exported)
+    digest = hashlib.sha256()
+    for p in paths:
+        digest.update(hashlib.sha256(p.read_bytes()).digest() if len(paths) > 1 else p.read_bytes())
+    return {"ratings": ratings, "raters": between_raters(by_rater, ids), "sha256": digest.hexdigest(),
+            "files": ", ".join(str(p.resolve()) for p in paths)}
+
+
+def import_ratings(ratings_file: Union[Path, Sequence[Path]], run_dir: Path, replace: bool = False,
                    use_wandb: bool = True) -> Dict[str, Any]:
-    """Validate ``ratings_file`` against the run's export and record it; returns ``results["review"]``."""
-    ratings_file, run_dir = Path(ratings_file), Path(run_dir)
+    """Validate the ratings file(s) against the run's export and record them; returns ``results["review"]``.
+    Several files (one per rater) add the agreement between them and are compared with the metrics by
+    their combined verdict (:mod:`ftexp.review.raters`)."""
+    paths, run_dir = ratings_paths(ratings_file), Path(run_dir)
     results = load_results(run_dir)
     folder = review_folder(run_dir, results)
     exported = read_export(folder)
-    ratings = read_ratings(ratings_file, exported, folder)
+    read = read_raters(paths, exported, folder)
+    ratings = read["ratings"]
     text = normalised(exported, ratings)
     target = folder / RATINGS_JSONL
     previous = results.get("review") if isinstance(results.get("review"), dict) else None
     if target.is_file() and target.read_text(encoding="utf-8") != text and not replace:
         since = f" (imported from {previous.get('ratings_file')} at {previous.get('imported_at')})" if previous else ""
         raise ReviewError(f"{target} already holds different ratings{since}; nothing was imported. "
-                          f"Pass --replace to replace them with those of {ratings_file}")
+                          f"Pass --replace to replace them with those of {read['files']}")
     review: Dict[str, Any] = {
-        "ratings_file": str(ratings_file.resolve()),
+        "ratings_file": read["files"],
         "format": ratings.format,
-        "sha256": hashlib.sha256(ratings_file.read_bytes()).hexdigest(),
+        "sha256": read["sha256"],
         "imported_at": now(),
         "ratings": os.path.relpath(target, run_dir),
         "n_exported": ratings.n_exported,
         "n_rated": ratings.n_rated,
         "n_unrated": ratings.n_unrated,
+        "raters": read["raters"],
         **summarise(exported, ratings.by_id),
     }
     if previous and previous.get("sha256") != review["sha256"]:
