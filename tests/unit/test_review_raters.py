@@ -92,3 +92,29 @@ def test_a_folder_without_rater_files_or_a_rater_twice_is_refused(run_dir, tmp_p
     f = rater_file(run_dir / "review" / "ratings-ann.jsonl", {"qa/test/0": (1, 5, 5, None)})
     with pytest.raises(ReviewError, match="rater.s. ann named by more than one file"):
         import_ratings([f, run_dir / "review"], run_dir, use_wandb=False)
+
+
+def test_compare_shows_human_correctness_with_its_wilson_interval_and_the_raters_alpha(run_dir):
+    from types import SimpleNamespace
+
+    from ftexp.compare.collect import job_metrics
+    from ftexp.compare.report import shown_metrics
+
+    folder = run_dir / "review"
+    ann = {f"qa/test/{i}": (*h, None) for i, h in enumerate(HUMAN)}
+    rater_file(folder / "ratings-ann.jsonl", ann)
+    rater_file(folder / "ratings-bob.jsonl", {**ann, "qa/test/0": (0, 2, 2, None)})
+    import_ratings(folder, run_dir, use_wandb=False)
+    m = job_metrics(json.loads((run_dir / "results.json").read_text()))
+    # 2 correct of 7 (the tie on qa/test/0 left out); Wilson 95 %, z = 1.95996: centre (2/7 + z^2/14) / (1 + z^2/7),
+    # half z / (1 + z^2/7) * sqrt((2/7)(5/7)/7 + z^2/196) -> 0.0822 to 0.6411
+    assert m["review/sample/correctness"] == pytest.approx(2 / 7)
+    assert (m["review/sample/correctness_ci95_low"], m["review/sample/correctness_ci95_high"]) == \
+        (pytest.approx(0.08221, abs=1e-4), pytest.approx(0.64106, abs=1e-4))
+    assert m["review/raters/krippendorff_alpha"] == pytest.approx(8 / 11)
+    assert m["review/sample/agreement/auto_pass_human_fail_rate"] == pytest.approx(2 / 4)
+    cells = [SimpleNamespace(jobs=[SimpleNamespace(metrics=m)])]
+    shown = shown_metrics(["review"], cells, "qa/test/rougeL")
+    for key in ("review/sample/correctness", "review/sample/correctness_ci95_low", "review/sample/correctness_ci95_high",
+                "review/sample/agreement/auto_pass_human_fail_rate", "review/raters/krippendorff_alpha"):
+        assert key in shown

@@ -113,7 +113,7 @@ def job_metrics(results: Dict[str, Any]) -> Dict[str, float]:
         out["time/wall_s"] = number(wall)
     review = results.get("review")
     if isinstance(review, dict):
-        for part in ("sample", "red_team"):
+        for part in ("sample", "red_team", "raters"):  # raters: several people's agreement (alpha)
             out.update(flatten(review.get(part), f"review/{part}"))
     return derive(out)
 
@@ -135,11 +135,23 @@ def label_counts(results: Dict[str, Any]) -> Dict[str, int]:
 
 
 def derive(metrics: Dict[str, float]) -> Dict[str, float]:
-    """The automated verdict's pass rate on the reviewed rows, beside the human correctness rate."""
+    """The automated verdict's pass rate on the reviewed rows, beside the human correctness rate, and that
+    rate's 95 % Wilson interval over the rated rows of the run."""
     n, passed = metrics.get("review/sample/agreement/n"), metrics.get("review/sample/agreement/n_auto_pass")
     if n and passed is not None:
         metrics["review/sample/agreement/auto_pass_rate"] = passed / n
+    rate, rated = metrics.get("review/sample/correctness"), metrics.get("review/sample/n_rated")
+    if rate is not None and rated:
+        low, high = wilson(rate, rated)
+        metrics["review/sample/correctness_ci95_low"], metrics["review/sample/correctness_ci95_high"] = low, high
     return metrics
+
+
+def wilson(p: float, n: float, z: float = 1.959963984540054) -> Tuple[float, float]:
+    """Wilson's score interval of a proportion: stays inside [0, 1] and is not empty at 0 or 1 (few rows)."""
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def parse_overrides(items: Iterable[str]) -> Dict[str, str]:

@@ -53,7 +53,8 @@ def shown_metrics(kinds: Sequence[str], cells: Sequence[Cell], metric: str,
     if "pareto" in kinds:
         out += select.cost_axes(cells)
     if "review" in kinds:
-        out += [m for m, _ in select.REVIEW + select.AGREEMENT if select.has(cells, m)]
+        out += [m for m, _ in select.REVIEW + select.HUMAN_CI + select.AGREEMENT + select.RATERS
+                if select.has(cells, m)]
     return list(dict.fromkeys(out + list(declared_metrics)))
 
 

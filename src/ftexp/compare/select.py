@@ -25,6 +25,9 @@ UNFIT = {"learning_curve": "its x key ({x}) is not swept", "share_curve": "its x
 KAPPA = "review/sample/agreement/cohen_kappa"
 REVIEW = [("review/sample/correctness", "human: correct"),
           ("review/sample/agreement/auto_pass_rate", "automated: pass")]
+HUMAN_CI = [("review/sample/correctness_ci95_low", "human: correct, 95 % low"),
+            ("review/sample/correctness_ci95_high", "human: correct, 95 % high")]  # Wilson, within a run
+RATERS = [("review/raters/krippendorff_alpha", "Krippendorff's α between raters")]
 AGREEMENT = [(KAPPA, "Cohen's κ"), ("review/sample/agreement/agreement_rate", "raw agreement"),
              ("review/sample/agreement/auto_pass_human_fail_rate", "auto pass, human fail")]
 
