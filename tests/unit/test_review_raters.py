@@ -115,6 +115,7 @@ def test_compare_shows_human_correctness_with_its_wilson_interval_and_the_raters
     assert m["review/sample/agreement/auto_pass_human_fail_rate"] == pytest.approx(2 / 4)
     cells = [SimpleNamespace(jobs=[SimpleNamespace(metrics=m)])]
     shown = shown_metrics(["review"], cells, "qa/test/rougeL")
-    for key in ("review/sample/correctness", "review/sample/correctness_ci95_low", "review/sample/correctness_ci95_high",
+    for key in ("review/sample/correctness", "review/sample/correctness_ci95_low",
+                "review/sample/correctness_ci95_high",
                 "review/sample/agreement/auto_pass_human_fail_rate", "review/raters/krippendorff_alpha"):
         assert key in shown
