@@ -139,10 +139,17 @@ def test_a_rater_rates_five_with_the_keyboard_reloads_and_resumes_at_the_sixth(t
         wait_for(driver, "6 of 18")
         assert "(rated)" not in progress(driver)
         page = driver.page_source
-        shots = [tmp_path / "review-page-1280x800.png", tmp_path / "review-page-390x844.png"]
+        shots = [tmp_path / "review-page-1280x800.png", tmp_path / "review-page-390x844.png",
+                 tmp_path / "review-page-red-team-1280x800.png"]
         driver.save_screenshot(str(shots[0]))
         driver.set_window_size(390, 844)
         driver.save_screenshot(str(shots[1]))
+        driver.set_window_size(1280, 800)
+        red = next(i for i in range(5, 18) if call(f"{url}api/item/{i}")[1]["red_team"])
+        ActionChains(driver).send_keys(*[Keys.ARROW_RIGHT] * (red - 5)).perform()  # skip ahead: flagged
+        wait_for(driver, f"{red + 1} of 18")
+        assert driver.find_element("id", "redteam").is_displayed()
+        driver.save_screenshot(str(shots[2]))
         print("screenshots:", *shots)
     finally:
         driver.quit()

@@ -138,7 +138,8 @@ def test_cli_bad_input_one_line_and_exit_1(runs, tmp_path, capsys):
     (tmp_path / "bare").mkdir()
     for args, expected in ((["serve", str(tmp_path / "nope"), "--rater", "ann"], "does not exist"),
                            (["serve", str(tmp_path / "bare"), "--rater", "ann"], "no outputs for review"),
-                           (["serve", str(runs[0]), "--rater", "../x"], "rater name '../x'")):
+                           (["serve", str(runs[0]), "--rater", "../x"], "rater name '../x'"),
+                           (["serve", str(runs[0]), str(runs[0]), "--rater", "ann"], "named twice")):
         assert main(args) == 1
         err = capsys.readouterr().err
         assert err.startswith("ftexp.review: error:") and expected in err and err.count("\n") == 1

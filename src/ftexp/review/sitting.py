@@ -100,6 +100,10 @@ class Sitting:
                               f"ratings-<rater>.jsonl)")
         self.rater = rater
         self.runs: List[Run] = []
+        named = [Path(d).resolve() for d in run_dirs]
+        twice = sorted({str(d) for d in named if named.count(d) > 1})
+        if twice:
+            raise ReviewError(f"run folder(s) named twice: {', '.join(twice)}; name each run once")
         for run_dir in map(Path, run_dirs):
             if not run_dir.is_dir():
                 raise ReviewError(f"run folder {run_dir} does not exist")
