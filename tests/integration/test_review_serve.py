@@ -122,19 +122,24 @@ def test_a_rater_rates_five_with_the_keyboard_reloads_and_resumes_at_the_sixth(t
     proc, url = start(*runs, "--rater", "ann")
     driver = browser(tmp_path)
     typed = [(1, 5, 4, ""), (0, 2, 3, "wrong dose"), (1, 4, 5, ""), (0, 1, 1, "rude"), (1, 3, 4, "")]
-    shown = []
     try:
         driver.get(url)
         wait_for(driver, "1 of 18")
-        for k, (c, h, t, note) in enumerate(typed):
-            shown.append(driver.find_element("id", "output").text)
-            keys = ActionChains(driver).send_keys(f"{c}{h}{t}")
+        shown = [call(f"{url}api/item/{i}")[1]["output"] for i in range(5)]
+        assert driver.find_element("id", "output").text == shown[0]
+        keys = ActionChains(driver)
+        for c, h, t, note in typed:  # one burst, as a quick rater types: no waiting for the next output
+            keys = keys.send_keys(f"{c}{h}{t}")
             if note:
                 keys = keys.send_keys("n", note, Keys.ESCAPE)
-            keys.send_keys(Keys.ENTER).perform()
-            wait_for(driver, f"{k + 2} of 18")
+            keys = keys.send_keys(Keys.ENTER)
+        keys.perform()
+        wait_for(driver, "6 of 18")
         ActionChains(driver).send_keys(Keys.ARROW_LEFT).perform()  # back: the fifth answer is still there
         wait_for(driver, "5 of 18 (rated)")
+        on = [driver.find_element("css selector", f".field[data-name={f}] button.on").text
+              for f in ("correctness", "helpfulness", "tone")]
+        assert on == [str(v) for v in typed[4][:3]]
         driver.refresh()
         wait_for(driver, "6 of 18")
         assert "(rated)" not in progress(driver)
