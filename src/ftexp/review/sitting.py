@@ -26,6 +26,7 @@ from ftexp.review.files import read_export
 from ftexp.review.schema import NOTES, RATINGS, SCALES, ReviewError
 from ftexp.tracking.results import RESULTS_FILE
 from ftexp.utils.io import atomic_write_text
+from ftexp.utils.run_folder import holder
 
 RATER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SHOWN = ("prompt", "reference", "output")  # all the page sees of a row, with whether it is red-team
@@ -125,7 +126,7 @@ class Sitting:
                 except Timeout:
                     run.lock = None
                     raise ReviewError(f"{run.path} is open in another `ftexp review serve` "
-                                      f"({_holder(lock_path)}); one server per rater's file: stop that one, "
+                                      f"({holder(lock_path)}); one server per rater's file: stop that one, "
                                       f"or rate under another --rater name") from None
                 lock_path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
                 run.ratings = load_ratings(run.path)
@@ -175,11 +176,3 @@ class Sitting:
                  for r in run.rows if r["id"] in ratings]
         atomic_write_text(run.path, "".join(lines))
         run.ratings = ratings
-
-
-def _holder(path: Path) -> str:
-    try:
-        who = json.loads(path.read_text(encoding="utf-8"))
-        return f"process {who['pid']} on {who['host']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
